@@ -1,0 +1,42 @@
+# Quick start: `make demo` runs the demo federation, `make test` runs the tests. Both set up .venv first.
+VENV    ?= .venv
+PYTHON  ?= python3
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.fedgai-installed
+WORKSPACE ?= runs/demo
+STUDIOS ?= 8
+
+.PHONY: install demo local-demo test lint jobs bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## the main job: an 8-studio demo federation in NVFlare's simulator (quick profile)
+demo: install
+	$(BIN)/fedgai simulate --studios $(STUDIOS) --workspace $(WORKSPACE)
+
+## one studio, local training only
+local-demo: install
+	test -d runs/demo-data || $(BIN)/fedgai data demo --studios $(STUDIOS) --out runs/demo-data
+	$(BIN)/fedgai train-local --studio runs/demo-data/$$(ls runs/demo-data | head -n 1) --epochs 5 --out runs/local
+
+## the test suite (pytest's "no tests collected", exit 5, is not a failure)
+test: install
+	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+lint: install
+	$(BIN)/ruff check .
+
+jobs: install
+	$(BIN)/fedgai job export --out jobs
+
+bench: install
+	$(BIN)/python benchmarks/local_train.py
+
+clean:
+	rm -rf runs

@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from fedgai.config import LossConfig
+from fedgai.losses import ClipLoss, feddecorr_loss, gram_loss, hinge_d_loss, hinge_g_loss, load_clip
+
+
+def test_gram_loss_zero_on_identical_and_positive_otherwise():
+    a = [torch.rand(2, 3, 3), torch.rand(2, 5, 5)]
+    assert gram_loss(a, [t.clone() for t in a]).item() == 0
+    assert gram_loss(a, [t + 0.1 for t in a]).item() > 0
+
+
+def test_hinge_losses():
+    assert hinge_d_loss(torch.tensor([2.0]), torch.tensor([-2.0])).item() == 0
+    assert hinge_d_loss(torch.tensor([0.0]), torch.tensor([0.5])).item() == pytest.approx(2.5)
+    assert hinge_g_loss(torch.tensor([1.0, 3.0])).item() == -2
+
+
+def test_feddecorr_matches_hand_computation():
+    x = torch.tensor([[1.0, 2.0], [3.0, 1.0], [5.0, 6.0]])
+    # by hand: standardise columns (unbiased var), corr = z^T z, mean squared off-diagonal / N
+    mean = x.mean(0)
+    var = ((x - mean) ** 2).sum(0) / 2
+    z = (x - mean) / torch.sqrt(var + 1e-8)
+    c01 = (z[:, 0] * z[:, 1]).sum()
+    expected = (2 * c01**2 / 2) / 3
+    assert feddecorr_loss(x).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert feddecorr_loss(x[:1]).item() == 0
+
+
+def test_feddecorr_penalises_collapsed_dimensions():
+    torch.manual_seed(0)
+    base = torch.randn(64, 1)
+    collapsed = base.repeat(1, 8) + 0.01 * torch.randn(64, 8)
+    assert feddecorr_loss(collapsed) > 10 * feddecorr_loss(torch.randn(64, 8))
+
+
+def test_clip_offline_is_disabled_loudly(caplog):
+    loss, status = load_clip(LossConfig(clip_pretrained="/nonexistent/clip.bin"))
+    assert loss is None and not status.enabled and "does not exist" in status.reason
+    assert "CLIP term DISABLED" in caplog.text
+    loss, status = load_clip(LossConfig(clip=0))
+    assert loss is None and "disabled in config" in status.reason
+
+
+def test_clip_loss_is_one_minus_cosine():
+    visual = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
+    loss = ClipLoss(visual, size=8)
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    assert loss(x, x).item() == pytest.approx(0, abs=1e-6)
+    assert loss(x, -x).item() > 0
