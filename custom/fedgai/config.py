@@ -50,7 +50,8 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    gram: float = 100.0
+    # Relative Gram MSE (see losses.gram_loss), so not HAIGEN's 100 on raw Grams.
+    gram: float = 10.0
     adversarial: float = 1.0
     clip: float = 1.0
     # (1 - cos) of pooled deepest encoder features, generated vs real sketch (HAIGEN's content term).

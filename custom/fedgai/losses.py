@@ -24,8 +24,14 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def gram_loss(real: list[torch.Tensor], fake: list[torch.Tensor]) -> torch.Tensor:
-    """Sum over encoder taps of the MSE between Gram matrices: zero iff the styles' statistics agree."""
-    return sum(F.mse_loss(f, r) for r, f in zip(real, fake, strict=True))
+    """Sum over encoder taps of the MSE between Gram matrices, each relative to the real Gram's energy.
+
+    Zero iff the styles' channel statistics agree. The relative scale makes one weight fit every encoder
+    (raw Gram magnitudes differ ~100x between VGG-16 and EfficientNet taps).
+    """
+    return sum(
+        F.mse_loss(f, r) / (r.detach().pow(2).mean() + 1e-12) for r, f in zip(real, fake, strict=True)
+    )
 
 
 def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -92,14 +98,15 @@ def load_clip(cfg: LossConfig) -> tuple[ClipLoss | None, ClipStatus]:
     """open_clip's model from a pretrained tag or local checkpoint; offline, say so and disable the term."""
     if cfg.clip == 0 or cfg.clip_pretrained == "none":
         return None, ClipStatus(False, "disabled in config (loss.clip = 0 or loss.clip_pretrained = 'none')")
-    import open_clip
-
     source = cfg.clip_pretrained
     if ("/" in source or source.endswith((".pt", ".bin", ".safetensors"))) and not Path(source).is_file():
         return None, _clip_off(f"loss.clip_pretrained file {source} does not exist")
     offline = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1" if offline is None else offline  # fail fast instead of retrying
+    # Cached weights only: read before huggingface_hub is imported, so a missing file fails at once.
+    os.environ["HF_HUB_OFFLINE"] = "1" if offline is None else offline
     try:
+        import open_clip
+
         model, _, _ = open_clip.create_model_and_transforms(cfg.clip_model, pretrained=source)
     except (RuntimeError, OSError) as err:
         return None, _clip_off(f"CLIP weights '{cfg.clip_model}/{source}' unavailable offline ({err})")

@@ -136,8 +136,8 @@ class StudioTrainer:
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
-        out = {name: float(value) for name, value in terms.items()}
-        out.update(loss_g=float(loss_g), loss_d=float(loss_d), feddecorr=float(decorr))
+        out = {name: value.item() for name, value in terms.items()}
+        out.update(loss_g=loss_g.item(), loss_d=loss_d.item(), feddecorr=decorr.item())
         return out
 
     def train_epochs(self, epochs: int, tag: str = "") -> dict[str, float]:
