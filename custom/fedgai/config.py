@@ -175,8 +175,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     "paper": {"model": {"image_size": 256}, "train": {"epochs": 11}, "fed": {"rounds": 11}},
     "quick": {
         "model": {"image_size": 128, "decoder_width": 128},
-        "train": {"epochs": 2, "max_pairs": 24, "batch_size": 8, "lr_g": 1e-3, "lr_d": 2e-4},
-        "fed": {"rounds": 3, "round_timeout": 1800},
+        "train": {"epochs": 5, "max_pairs": 32, "batch_size": 8, "lr_g": 1e-3, "lr_d": 2e-4},
+        "fed": {"rounds": 4, "round_timeout": 1800},
     },
     "test": {
         "model": {"encoder": "random", "image_size": 32, "decoder_width": 32, "disc_width": 16,
