@@ -175,7 +175,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "paper": {"model": {"image_size": 256}, "train": {"epochs": 11}, "fed": {"rounds": 11}},
     "quick": {
         "model": {"image_size": 128, "decoder_width": 128},
-        "train": {"epochs": 5, "max_pairs": 32, "batch_size": 8, "lr_g": 1e-3, "lr_d": 2e-4},
+        "train": {"epochs": 3, "max_pairs": 32, "batch_size": 8, "lr_g": 1e-3, "lr_d": 2e-4},
         "fed": {"rounds": 4, "round_timeout": 1800},
     },
     "test": {
