@@ -117,10 +117,12 @@ class PrivacyConfig:
     clip_norm: float = 1.0
     delta: float = 1e-5
     target_epsilon: float | None = None
+    accountant: Literal["rdp", "prv"] = "rdp"
     he: bool = False
 
     def validate(self) -> None:
         _choice("privacy.dp", self.dp, DP_MODES)
+        _choice("privacy.accountant", self.accountant, ("rdp", "prv"))
         if self.noise_multiplier < 0 or self.clip_norm <= 0:
             raise ConfigError("privacy.noise_multiplier must be >= 0 and privacy.clip_norm > 0")
         if not 0 < self.delta < 1:

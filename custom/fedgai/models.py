@@ -339,9 +339,18 @@ def build_generator(cfg: FedgaiConfig, encoder: Encoder) -> SketchGenerator:
 
 
 def build_discriminator(cfg: FedgaiConfig, n_taps: int = 4) -> GramDiscriminator:
-    """Needs no pretrained weights, so the server can build the initial global model."""
+    """Needs no pretrained weights, so the server can build the initial global model.
+
+    Under record-level DP-SGD, Opacus needs per-sample gradients: spectral norm is removed and BatchNorm
+    becomes GroupNorm - on studios and server alike, so that the shared keys agree.
+    """
     m = cfg.model
-    return GramDiscriminator(n_taps, m.gram_rows, m.gram_cols, m.disc_width)
+    disc = GramDiscriminator(n_taps, m.gram_rows, m.gram_cols, m.disc_width)
+    if cfg.privacy.dp == "record":
+        from fedgai.privacy.dpsgd import make_dp_compatible
+
+        disc = make_dp_compatible(disc)
+    return disc
 
 
 def build_gan(cfg: FedgaiConfig) -> SketchGAN:

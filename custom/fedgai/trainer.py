@@ -3,6 +3,7 @@ an NVFlare client site, which only swaps the discriminator weights between round
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from fedgai.losses import (
     load_clip,
 )
 from fedgai.models import build_gan, gram_matrix
+from fedgai.privacy import PrivacyLedger, attach_dpsgd, record_level_schedule
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,11 @@ class StudioTrainer:
         self.opt_g = make_optimizer(cfg, self.generator.parameters(), cfg.train.lr_g)
         self.opt_d = make_optimizer(cfg, self.discriminator.parameters(), cfg.train.lr_d)
         self.epoch = 0
+        self._dp_loader: DataLoader | None = None
+        self._dp_module = None
+        self.ledger: PrivacyLedger | None = None
+        if cfg.privacy.dp == "record":
+            self._attach_dpsgd()
         self.metadata = {
             "studio": self.studio.name,
             "num_samples": self.num_samples,
@@ -76,14 +83,38 @@ class StudioTrainer:
             "encoder_pretrained": self.encoder.pretrained,
             "clip_enabled": clip_status.enabled,
             "clip_status": clip_status.reason,
+            "dp": cfg.privacy.dp,
         }
         self._writer: SummaryWriter | None = None
         self._fixed = self._fixed_batch()
         self.fit_sketch_statistics()
         (self.run_dir / "metadata.json").write_text(json.dumps(self.metadata, indent=2) + "\n")
 
+    def _attach_dpsgd(self) -> None:
+        """Record-level DP-SGD on D: per-sketch clipping + noise; steps are written to a persistent ledger."""
+        p = self.cfg.privacy
+        plain_loader = DataLoader(self.dataset, batch_size=self.cfg.train.batch_size,
+                                  generator=torch.Generator().manual_seed(self.cfg.train.seed))
+        self._dp_module, self.opt_d, self._dp_loader, _ = attach_dpsgd(
+            self.discriminator, self.opt_d, plain_loader, p.noise_multiplier, p.clip_norm, accountant=p.accountant)
+        self.ledger = PrivacyLedger(self.run_dir / "dp_ledger.json", self.studio.name, p.accountant)
+
+    def dp_epsilon(self) -> float | None:
+        """epsilon spent so far by record-level DP-SGD (None when it is off)."""
+        return None if self.ledger is None else self.ledger.epsilon(self.cfg.privacy.delta)
+
+    def _spend_epoch_budget(self) -> None:
+        """Refuse an epoch that would overrun privacy.target_epsilon, else record its steps."""
+        p = self.cfg.privacy
+        rate, steps = record_level_schedule(self.num_samples, self.cfg.train.batch_size, 1)
+        if p.target_epsilon is not None:
+            self.ledger.check_budget(p.target_epsilon, p.noise_multiplier, rate, steps, p.delta)
+        self.ledger.record(p.noise_multiplier, rate, count=steps)
+
     # ------------------------------------------------------------------ data
     def loader(self) -> DataLoader:
+        if self._dp_loader is not None:
+            return self._dp_loader  # Poisson sampling, as the accountant assumes
         generator = torch.Generator().manual_seed(self.cfg.train.seed * 1000 + self.epoch)
         return DataLoader(
             self.dataset, batch_size=self.cfg.train.batch_size, shuffle=True, drop_last=len(self.dataset) >
@@ -116,29 +147,50 @@ class StudioTrainer:
         fake_taps = self.encoder(fake)
         fake_grams = [gram_matrix(t) for t in fake_taps]
 
-        real_logits, real_feat = self.discriminator(real_grams)
-        fake_logits, _ = self.discriminator([g.detach() for g in fake_grams])
-        decorr = feddecorr_loss(real_feat)
-        loss_d = hinge_d_loss(real_logits, fake_logits) + w.feddecorr * decorr
+        loss_d, decorr = self._discriminator_loss(real_grams, [g.detach() for g in fake_grams])
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
 
-        terms = {
-            "gram": gram_loss(real_grams, fake_grams),
-            "adversarial": hinge_g_loss(self.discriminator(fake_grams)[0]),
-            "content": content_loss(real_taps[-1], fake_taps[-1]),
-            "pixel_l1": (fake - sketch).abs().mean(),
-        }
-        if self.clip is not None:
-            terms["clip"] = self.clip(sketch, fake)
-        loss_g = sum(getattr(w, name) * value for name, value in terms.items())
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
+        with self._generator_pass():
+            terms = {
+                "gram": gram_loss(real_grams, fake_grams),
+                "adversarial": hinge_g_loss(self.discriminator(fake_grams)[0]),
+                "content": content_loss(real_taps[-1], fake_taps[-1]),
+                "pixel_l1": (fake - sketch).abs().mean(),
+            }
+            if self.clip is not None:
+                terms["clip"] = self.clip(sketch, fake)
+            loss_g = sum(getattr(w, name) * value for name, value in terms.items())
+            self.opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
         self.opt_g.step()
         out = {name: value.item() for name, value in terms.items()}
         out.update(loss_g=loss_g.item(), loss_d=loss_d.item(), feddecorr=decorr.item())
         return out
+
+    def _discriminator_loss(self, real: list[torch.Tensor], fake: list[torch.Tensor]):
+        """Hinge + FedDecorr. Real and fake go through D as one batch so that DP-SGD clips per row in one
+        step; FedDecorr couples the rows of a batch, so it is off under record-level DP."""
+        n = real[0].shape[0]
+        logits, feats = self.discriminator([torch.cat([r, f]) for r, f in zip(real, fake, strict=True)])
+        loss = hinge_d_loss(logits[:n], logits[n:])
+        if self.ledger is not None:
+            return loss, torch.zeros(())
+        decorr = feddecorr_loss(feats[:n])
+        return loss + self.cfg.loss.feddecorr * decorr, decorr
+
+    @contextlib.contextmanager
+    def _generator_pass(self):
+        """The G update's forward and backward through D: no per-sample DP-SGD hooks (it is no D step)."""
+        if self._dp_module is None:
+            yield
+            return
+        self._dp_module.disable_hooks()
+        try:
+            yield
+        finally:
+            self._dp_module.enable_hooks()
 
     def train_epochs(self, epochs: int, tag: str = "") -> dict[str, float]:
         """Train `epochs` epochs; returns the mean of each loss term and logs them to TensorBoard."""
@@ -149,7 +201,11 @@ class StudioTrainer:
         for _ in range(epochs):
             bar = tqdm(self.loader(), desc=f"{self.studio.name}{tag} epoch {self.epoch + 1}", leave=False)
             epoch_totals: dict[str, float] = {}
+            if self.ledger is not None:
+                self._spend_epoch_budget()
             for photo, sketch in bar:
+                if len(photo) == 0:
+                    continue  # Poisson sampling can draw an empty batch
                 losses = self.step(photo.to(self.device), sketch.to(self.device))
                 for k, v in losses.items():
                     epoch_totals[k] = epoch_totals.get(k, 0.0) + v
@@ -160,7 +216,10 @@ class StudioTrainer:
             for k, v in epoch_totals.items():
                 self.writer.add_scalar(f"loss/{k}", v / n, self.epoch)
                 totals[k] = totals.get(k, 0.0) + v
-        return {k: v / max(steps, 1) for k, v in totals.items()}
+        means = {k: v / max(steps, 1) for k, v in totals.items()}
+        if self.ledger is not None:
+            means["dp_epsilon"] = self.dp_epsilon()
+        return means
 
     @property
     def writer(self) -> SummaryWriter:
