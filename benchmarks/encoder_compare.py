@@ -21,7 +21,9 @@ from fedgai.config import profile
 from fedgai.data import Studio, make_demo
 from fedgai.trainer import StudioTrainer
 
-ENCODERS = {"efficientnet-lite0": None, "vgg16-random": "vgg16", "random": "random"}
+# name -> encoder setting; "vgg16" (ImageNet) needs --vgg-weights.
+ENCODERS = {"efficientnet-lite0": "efficientnet-lite0", "vgg16": "vgg16", "vgg16-random": "vgg16", "random": "random"}
+DEFAULT_ENCODERS = ["efficientnet-lite0", "vgg16-random", "random"]
 
 
 def ink_iou(fake: torch.Tensor, real: torch.Tensor) -> float:
@@ -38,9 +40,9 @@ def held_out(studio: Studio, first: int, count: int, size: int) -> tuple[torch.T
 
 
 def run(name: str, studio_dir: Path, args: argparse.Namespace, tmp: Path) -> dict:
-    encoder = ENCODERS[name] or name
-    weights = None
-    if encoder == "vgg16":
+    encoder = ENCODERS[name]
+    weights = str(args.vgg_weights) if name == "vgg16" else None
+    if name == "vgg16-random":
         from torchvision.models import vgg16
 
         weights = str(tmp / "vgg16-random.pth")
@@ -68,10 +70,13 @@ def main() -> None:
     parser.add_argument("--test-pairs", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--encoders", nargs="+", default=list(ENCODERS), choices=list(ENCODERS))
+    parser.add_argument("--encoders", nargs="+", default=DEFAULT_ENCODERS, choices=list(ENCODERS))
+    parser.add_argument("--vgg-weights", type=Path, help="ImageNet vgg16-397923af.pth (for --encoders vgg16)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/encoder_compare.json"))
     parser.add_argument("--grids", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
+    if "vgg16" in args.encoders and not args.vgg_weights:
+        parser.error("--encoders vgg16 needs --vgg-weights (the ImageNet file)")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         studio_dir = make_demo(tmp / "demo", studios=args.studio_index + 1, size=args.size, progress=False)[-1]
@@ -80,7 +85,8 @@ def main() -> None:
             rows.append(run(name, studio_dir, args, tmp))
             print(rows[-1], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"settings": vars(args) | {"out": str(args.out), "grids": str(args.grids)},
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    args.out.write_text(json.dumps({"settings": settings,
                                     "results": rows}, indent=2) + "\n")
 
 
