@@ -100,6 +100,9 @@ class FedConfig:
     min_clients: int = 1
     # Seconds the server waits for a round's results before aggregating what arrived.
     round_timeout: int = 7200
+    # Once min_clients studios have answered, wait at most this long for the rest (None = wait for all,
+    # up to round_timeout): a studio that vanishes without an error then costs one grace period, not a timeout.
+    straggler_grace: int | None = None
     # Contributions whose update L2 norm exceeds this are dropped (None = no bound).
     max_update_norm: float | None = 1000.0
 
@@ -108,6 +111,8 @@ class FedConfig:
         _choice("fed.mode", self.mode, FED_MODES)
         _positive("fed.min_clients", self.min_clients)
         _positive("fed.round_timeout", self.round_timeout)
+        if self.straggler_grace is not None and self.straggler_grace < 0:
+            raise ConfigError(f"fed.straggler_grace must be >= 0, got {self.straggler_grace}")
 
 
 @dataclass
@@ -177,8 +182,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     "paper": {"model": {"image_size": 256}, "train": {"epochs": 11}, "fed": {"rounds": 11}},
     "quick": {
         "model": {"image_size": 128, "decoder_width": 128},
-        "train": {"epochs": 3, "max_pairs": 32, "batch_size": 8, "lr_g": 1e-3, "lr_d": 2e-4},
-        "fed": {"rounds": 4, "round_timeout": 1800},
+        "train": {"epochs": 2, "max_pairs": 32, "batch_size": 8, "lr_g": 1e-3, "lr_d": 2e-4},
+        "fed": {"rounds": 4, "round_timeout": 1800, "min_clients": 2, "straggler_grace": 600},
     },
     "test": {
         "model": {"encoder": "random", "image_size": 32, "decoder_width": 32, "disc_width": 16,
