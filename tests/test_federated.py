@@ -30,7 +30,8 @@ from fedgai.federated.controller import (
 from fedgai.federated.job import build_job
 from fedgai.federated.keys import MODE_NETWORKS, norm_keys, shared_keys, spectral_state_keys
 from fedgai.federated.simulate import SimulationError, check_he_run, check_run, server_dir, simulate
-from fedgai.federated.validation import contribution_problem, update_norm
+from fedgai.federated.validation import contribution_problem, update_norm, update_norm_bound
+from fedgai.privacy import clip_and_noise
 from fedgai.models import build_discriminator
 from fedgai.trainer import StudioTrainer
 
@@ -142,6 +143,19 @@ def test_local_mode_accepts_metrics_only_and_refuses_weights():
 
 
 # ----------------------------------------------------------------------------------------------- aggregation
+def test_norm_bound_makes_room_for_client_dp_noise_only():
+    rng = np.random.default_rng(0)
+    update = {"w": rng.normal(size=370_000).astype(np.float32)}
+    cfg = profile("paper")
+    assert update_norm_bound(cfg, 370_000) == cfg.fed.max_update_norm
+    dp = cfg.with_overrides({"privacy.dp": "client", "privacy.noise_multiplier": 3.0, "privacy.clip_norm": 1.0})
+    noised, _ = clip_and_noise(update, 1.0, 3.0, rng)
+    bound = update_norm_bound(dp, 370_000)
+    assert update_norm(noised) > cfg.fed.max_update_norm  # would be dropped without the widening
+    assert contribution_problem(noised, "DIFF", 10, {"w": update["w"]}, bound) is None
+    assert "exceeds" in contribution_problem({"w": update["w"] * 10}, "DIFF", 10, {"w": update["w"]}, bound)
+
+
 def test_weighted_mean_equals_hand_computation():
     u1 = {"w": np.array([1.0, 2.0], np.float32)}
     u2 = {"w": np.array([5.0, -2.0], np.float32)}
@@ -353,6 +367,18 @@ def test_dp_sgd_studio_reports_epsilon_and_keeps_groupnorm_local(studio_dir, tmp
     assert sorted(result.params) == sorted(received)
     groupnorm = {f"discriminator.{k}" for k in norm_keys(studio.discriminator, groupnorm_is_norm=True)}
     assert groupnorm and not groupnorm & set(result.params)
+
+
+def test_dp_sgd_studio_over_budget_sends_a_notice_and_no_update(studio_dir, tmp_path):
+    cfg = profile("test").with_overrides({"privacy.dp": "record", "privacy.target_epsilon": 0.01})
+    studio = StudioTrainer(cfg, studio_dir, tmp_path)
+    before = {k: v.clone() for k, v in studio.discriminator.state_dict().items()}
+    received = {k: torch.from_numpy(v) for k, v in initial_global(cfg).items()}
+    result = local_round(studio, FLModel(params=received, current_round=0))
+    assert result.params == {} and result.meta["dp_budget_exhausted"] is True
+    assert result.meta["dp_epsilon"] == 0  # nothing was spent: the epoch was refused before it ran
+    trained = studio.discriminator.state_dict()
+    assert all(torch.equal(trained[k], before[k]) for k in before if f"discriminator.{k}" not in received)
 
 
 def test_studio_resumes_from_its_checkpoint(studio_dir, tmp_path, test_cfg):

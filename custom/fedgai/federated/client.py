@@ -29,6 +29,7 @@ from torch import nn
 
 from fedgai.config import FedgaiConfig
 from fedgai.federated.keys import CONFIG_META_KEY, DP_EPSILON_META_KEY, shared_keys, shared_state, split_key
+from fedgai.privacy import BUDGET_EXHAUSTED_KEY, PrivacyBudgetExceeded
 from fedgai.trainer import StudioTrainer
 
 DATA_ROOT_ENV = "FEDGAI_DATA_ROOT"
@@ -111,7 +112,10 @@ def local_round(trainer: StudioTrainer, received: FLModel) -> FLModel:
     cfg = trainer.cfg
     federated = cfg.fed.mode != "local"
     baseline = load_global(trainer, received.params or {}) if federated else {}
-    losses = trainer.train_epochs(cfg.train.epochs, tag=f" round {received.current_round}")
+    try:
+        losses = trainer.train_epochs(cfg.train.epochs, tag=f" round {received.current_round}")
+    except PrivacyBudgetExceeded as err:
+        return budget_exhausted_notice(trainer, err)
     metrics = {**losses, **trainer.quality()}
     after = shared_state(studio_networks(trainer), cfg.fed.mode, uses_groupnorm(cfg)) if federated else {}
     diff = {key: after[key] - baseline[key] for key in baseline}
@@ -120,6 +124,17 @@ def local_round(trainer: StudioTrainer, received: FLModel) -> FLModel:
     if epsilon is not None:
         meta[DP_EPSILON_META_KEY] = epsilon
     return FLModel(params=diff, params_type=ParamsType.DIFF, metrics=metrics, meta=meta)
+
+
+def budget_exhausted_notice(trainer: StudioTrainer, reason: PrivacyBudgetExceeded) -> FLModel:
+    """Record-level DP-SGD would overrun privacy.target_epsilon: no update, only the flag and epsilon spent.
+
+    (Client-level DP is enforced where the noise is added: GaussianDPFilter refuses the release.)
+    """
+    print(f"{trainer.studio.name}: {reason}; this studio stops contributing", flush=True)
+    meta = {FLMetaKey.NUM_STEPS_CURRENT_ROUND: trainer.num_samples, BUDGET_EXHAUSTED_KEY: True,
+            DP_EPSILON_META_KEY: trainer.dp_epsilon()}
+    return FLModel(params={}, params_type=ParamsType.DIFF, metrics={"dp_budget_exhausted": 1.0}, meta=meta)
 
 
 def open_trainer(cfg: FedgaiConfig, studio_dir: Path, out_dir: Path, resume: bool, device: str) -> StudioTrainer:

@@ -22,7 +22,7 @@ from nvflare.app_common.workflows.model_controller import ModelController
 
 from fedgai.config import FedgaiConfig
 from fedgai.federated.keys import CONFIG_META_KEY, DP_EPSILON_META_KEY, MODE_NETWORKS, shared_state
-from fedgai.federated.validation import contribution_problem, update_norm
+from fedgai.federated.validation import contribution_problem, update_norm, update_norm_bound
 from fedgai.models import build_discriminator, build_gan
 from fedgai.privacy import BUDGET_EXHAUSTED_KEY
 
@@ -184,7 +184,7 @@ class FilteredFedAvg(ModelController):
             site = result.meta["client_name"]
             num_samples = result.meta.get(FLMetaKey.NUM_STEPS_CURRENT_ROUND)
             problem = contribution_problem(result.params, result.params_type, num_samples, reference,
-                                           cfg.fed.max_update_norm)
+                                           update_norm_bound(cfg, sum(v.size for v in reference.values())))
             if result.meta.get(BUDGET_EXHAUSTED_KEY) is True:
                 problem = "privacy budget exhausted: the studio sends no more updates"
             params = result.params or {}

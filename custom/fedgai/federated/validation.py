@@ -12,7 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from fedgai.config import FedgaiConfig
+from fedgai.privacy.mechanism import update_norm
+
 PREVIEW = 3
+# Standard deviations of the DP noise's norm allowed above its mean before an update counts as outsized.
+NOISE_NORM_MARGIN = 6.0
 
 
 def _preview(keys: list[str]) -> str:
@@ -20,9 +25,18 @@ def _preview(keys: list[str]) -> str:
     return ", ".join(keys[:PREVIEW]) + more
 
 
-def update_norm(params: Mapping[str, np.ndarray]) -> float:
-    """L2 norm of the whole update (all keys as one vector), in float64 so large updates do not overflow."""
-    return float(np.sqrt(sum(np.sum(np.square(v, dtype=np.float64)) for v in params.values())))
+def update_norm_bound(cfg: FedgaiConfig, num_params: int) -> float | None:
+    """fed.max_update_norm, widened under client-level DP to what a clipped, noised update can reach.
+
+    Noise N(0, (sigma C)^2) on d coordinates has norm ~ sigma C sqrt(d) with spread ~ sigma C / sqrt(2);
+    without the widening every honest DP update of the 0.37 M-parameter D (norm ~ 600 sigma C) is dropped.
+    """
+    bound = cfg.fed.max_update_norm
+    p = cfg.privacy
+    if bound is None or p.dp != "client":
+        return bound
+    noisy = p.clip_norm + p.noise_multiplier * p.clip_norm * (np.sqrt(num_params) + NOISE_NORM_MARGIN)
+    return max(bound, float(noisy))
 
 
 def contribution_problem(
