@@ -31,8 +31,8 @@ from fedgai.federated.job import build_job
 from fedgai.federated.keys import MODE_NETWORKS, norm_keys, shared_keys, spectral_state_keys
 from fedgai.federated.simulate import SimulationError, check_he_run, check_run, server_dir, simulate
 from fedgai.federated.validation import contribution_problem, update_norm, update_norm_bound
-from fedgai.privacy import clip_and_noise
 from fedgai.models import build_discriminator
+from fedgai.privacy import clip_and_noise
 from fedgai.trainer import StudioTrainer
 
 NUM_STEPS = FLMetaKey.NUM_STEPS_CURRENT_ROUND
