@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.fedgai-installed
 WORKSPACE ?= runs/demo
 STUDIOS ?= 8
 
-.PHONY: install demo local-demo test lint jobs bench clean
+.PHONY: install demo local-demo poc deploy test lint jobs bench clean
 
 install: $(STAMP)
 
@@ -25,6 +25,14 @@ local-demo: install
 	test -d runs/demo-data || $(BIN)/fedgai data demo --studios $(STUDIOS) --out runs/demo-data
 	$(BIN)/fedgai train-local --studio runs/demo-data/$$(ls runs/demo-data | head -n 1) --epochs 5 --out runs/local
 
+## POC mode on localhost: cloud server + 2 studios + admin, job submitted through the Session API
+poc: install
+	$(BIN)/python poc/run_poc.py --profile test --studios 2
+
+## provisioned deployment on localhost: `nvflare provision`, start kits, submit jobs/fedgai and jobs/fedgai_he
+deploy: install
+	$(BIN)/python provisioning/deploy.py --profile test
+
 ## the test suite (pytest's "no tests collected", exit 5, is not a failure)
 test: install
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
@@ -37,6 +45,7 @@ jobs: install
 
 bench: install
 	$(BIN)/python benchmarks/local_train.py
+	$(BIN)/python benchmarks/he_cost.py
 
 clean:
 	rm -rf runs

@@ -50,6 +50,16 @@ def client_args(studios: Mapping[str, Path] | None, output_root: Path | None) ->
     return text
 
 
+def add_dp_filter(job: FedJob, cfg: FedgaiConfig) -> None:
+    """Client-level DP: every studio clips and noises its result before it leaves (and before encryption)."""
+    if cfg.privacy.dp != "client":
+        return
+    dp = cfg.privacy
+    job.to_clients(GaussianDPFilter(clip_norm=dp.clip_norm, noise_multiplier=dp.noise_multiplier, delta=dp.delta,
+                                    target_epsilon=dp.target_epsilon, accountant=dp.accountant),
+                   tasks=[TASK], filter_type=FilterType.TASK_RESULT)
+
+
 def ship_package(job: FedJob) -> None:
     """Copy every fedgai source file into the app's custom/ folder (server and studios)."""
     package = PACKAGE_ROOT / "fedgai"
@@ -89,11 +99,7 @@ def build_job(
     with contextlib.chdir(PACKAGE_ROOT):
         job.to_clients(runner, tasks=[TASK])
     job.to_clients(ConvertToFedEvent(events_to_convert=[ANALYTIC_EVENT_TYPE]), id="event_to_fed")
-    if cfg.privacy.dp == "client":
-        dp = cfg.privacy
-        job.to_clients(GaussianDPFilter(clip_norm=dp.clip_norm, noise_multiplier=dp.noise_multiplier,
-                                        delta=dp.delta, target_epsilon=dp.target_epsilon),
-                       tasks=[TASK], filter_type=FilterType.TASK_RESULT)
+    add_dp_filter(job, cfg)
     job.to_clients(OutboundAudit(save_arrays=save_outbound_arrays), tasks=[TASK],
                    filter_type=FilterType.TASK_RESULT)
     ship_package(job)

@@ -1,0 +1,295 @@
+"""Homomorphic encryption: keys, the encrypted aggregation against the plaintext mean, the server-side guard,
+the committed job folder and a real 2-studio simulator run."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import tenseal as ts
+from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_constant import ReservedKey
+from nvflare.apis.fl_context import FLContext
+from nvflare.app_common.abstract.model import make_model_learnable
+from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_opt.he.constant import HE_ALGORITHM_CKKS
+from nvflare.app_opt.he.intime_accumulate_model_aggregator import HEInTimeAccumulateWeightedAggregator
+from nvflare.app_opt.he.model_decryptor import HEModelDecryptor
+from nvflare.app_opt.he.model_encryptor import HEModelEncryptor
+from nvflare.fuel.utils import fobs
+
+from fedgai.config import profile
+from fedgai.federated.audit import AUDIT_DIR, LOG_FILE
+from fedgai.federated.controller import initial_global
+from fedgai.federated.he import (
+    CLIENT_CONTEXT,
+    HE_JOB_NAME,
+    HE_OUTPUT_DIR,
+    LAYOUT_META_KEY,
+    RECEIVED_DIR,
+    SERVER_CONTEXT,
+    SIMULATOR_MARKER,
+    CiphertextOnlyGuard,
+    FedgaiHEShareableGenerator,
+    PlaintextUpdate,
+    SecretKeyFound,
+    ShapedHEModelDecryptor,
+    build_he_job,
+    check_no_secret_key,
+    ciphertext_problem,
+    export_he,
+    layout_of,
+    load_encrypted_global,
+    make_contexts,
+    prepare_simulator_he,
+    received_records,
+)
+from fedgai.federated.keys import CONFIG_META_KEY
+
+REPO = Path(__file__).resolve().parent.parent
+CKKS_TOLERANCE = 1e-6
+
+
+@pytest.fixture(scope="module")
+def contexts() -> tuple[ts.Context, ts.Context]:
+    """(server, client) TenSEAL contexts, made as provisioning makes them."""
+    server, client = make_contexts()
+    return ts.context_from(server), ts.context_from(client)
+
+
+@pytest.fixture(scope="module")
+def global_d() -> dict[str, np.ndarray]:
+    return initial_global(profile("test"))
+
+
+def fl_ctx(site: str = "studio-a", rnd: int = 0, run_root: Path | None = None) -> FLContext:
+    """A bare FLContext as a filter or aggregator sees it (peer = the studio; optional workspace)."""
+    ctx = FLContext()
+    ctx.set_prop(AppConstants.CURRENT_ROUND, rnd, private=True, sticky=False)
+    peer = FLContext()
+    peer.set_prop(ReservedKey.IDENTITY_NAME, site, private=False, sticky=False)
+    ctx.set_peer_context(peer)
+    if run_root is not None:
+        workspace = SimpleNamespace(get_run_dir=lambda job_id: str(run_root / job_id))
+        engine = SimpleNamespace(get_workspace=lambda: workspace)
+        ctx.set_prop(ReservedKey.ENGINE, engine, private=True, sticky=False)
+        ctx.set_prop(ReservedKey.RUN_NUM, "job", private=False, sticky=False)
+    return ctx
+
+
+def encrypted_update(encryptor: HEModelEncryptor, diff: dict[str, np.ndarray], num_samples: int, site: str):
+    """A studio's result as the server receives it: encrypted, through FOBS (the wire), peer and round set."""
+    dxo = DXO(DataKind.WEIGHT_DIFF, data={k: v.copy() for k, v in diff.items()},
+              meta={MetaKey.NUM_STEPS_CURRENT_ROUND: num_samples})
+    shareable = fobs.loads(fobs.dumps(encryptor.process(dxo.to_shareable(), fl_ctx(site))))
+    shareable.set_peer_props({ReservedKey.IDENTITY_NAME: site})
+    shareable.add_cookie(AppConstants.CONTRIBUTION_ROUND, 0)
+    return shareable
+
+
+def client_encryptor(client_ctx: ts.Context) -> HEModelEncryptor:
+    encryptor = HEModelEncryptor(weigh_by_local_iter=True)
+    encryptor.tenseal_context = client_ctx
+    encryptor.encrypt_layers = [True]  # what START_RUN sets: encrypt every entry
+    return encryptor
+
+
+def random_diffs(global_d: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {k: rng.normal(0.0, 0.01, v.shape).astype(np.float32) for k, v in global_d.items()}
+
+
+# ----------------------------------------------------------------------------------------------- keys
+def test_simulator_contexts_are_marked_and_only_the_client_can_decrypt(tmp_path):
+    prepare_simulator_he(tmp_path)
+    startup = tmp_path / "startup"
+    assert "NOT FOR PRODUCTION" in (startup / SIMULATOR_MARKER).read_text()
+    check_no_secret_key(startup / SERVER_CONTEXT)
+    with pytest.raises(SecretKeyFound):
+        check_no_secret_key(startup / CLIENT_CONTEXT)
+
+    client = ts.context_from((startup / CLIENT_CONTEXT).read_bytes())
+    server = ts.context_from((startup / SERVER_CONTEXT).read_bytes())
+    sent = ts.ckks_vector_from(server, ts.ckks_vector(client, [1.0, 2.0, 3.0]).serialize())
+    total = (sent + sent) * 0.5  # the server's arithmetic on a ciphertext
+    with pytest.raises(ValueError, match="secret"):
+        total.decrypt()
+    back = ts.ckks_vector_from(client, total.serialize()).decrypt()
+    np.testing.assert_allclose(back, [1.0, 2.0, 3.0], atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------- arithmetic
+def test_he_aggregate_equals_the_plaintext_weighted_mean(contexts, global_d, capsys):
+    """Encryptor -> wire -> NVFlare HE aggregator -> shareable generator (server context) -> wire -> decryptor."""
+    server_ctx, client_ctx = contexts
+    encryptor = client_encryptor(client_ctx)
+    studios = {"studio-a": (random_diffs(global_d, 1), 8), "studio-b": (random_diffs(global_d, 2), 203)}
+    ctx = fl_ctx()
+    aggregator = HEInTimeAccumulateWeightedAggregator(expected_data_kind=DataKind.WEIGHT_DIFF,
+                                                      weigh_by_local_iter=False)
+    aggregator.handle_event(EventType.START_RUN, ctx)
+    for site, (diff, n) in studios.items():
+        received = encrypted_update(encryptor, diff, n, site)
+        data = from_shareable(received).data
+        assert ciphertext_problem(data, set(global_d)) is None  # public ciphertexts only, nothing in plaintext
+        assert aggregator.accept(received, ctx)
+    aggregated = aggregator.aggregate(ctx)
+
+    config = profile("test").to_dict()
+    generator = FedgaiHEShareableGenerator(config)
+    generator.tenseal_context = server_ctx
+    ctx.set_prop(AppConstants.GLOBAL_MODEL, make_model_learnable({k: v.copy() for k, v in global_d.items()}, {}),
+                 private=True, sticky=False)
+    new_global = generator.shareable_to_learnable(aggregated, ctx)
+    task = fobs.loads(fobs.dumps(generator.learnable_to_shareable(new_global, ctx)))
+    assert all(isinstance(v, bytes) for v in from_shareable(task).data.values())
+
+    decryptor = ShapedHEModelDecryptor()
+    decryptor.tenseal_context = client_ctx
+    decrypted = from_shareable(decryptor.process(task, ctx))
+    assert decrypted.get_meta_prop(CONFIG_META_KEY) == config
+
+    total = sum(n for _, n in studios.values())
+    errors = []
+    for key, start in global_d.items():
+        expected = start.astype(np.float64) + sum(d[key].astype(np.float64) * n for d, n in studios.values()) / total
+        got = decrypted.data[key]
+        assert got.shape == start.shape and got.dtype == start.dtype
+        errors.append(float(np.abs(got - expected).max()))
+    with capsys.disabled():
+        print(f"\nHE vs plaintext weighted mean: max abs error {max(errors):.2e}")
+    assert max(errors) < CKKS_TOLERANCE
+
+
+def test_stock_decryptor_fails_on_partial_models_and_ours_does_not(contexts, global_d):
+    """One entry stays plaintext (not in PROCESSED_KEYS): nvflare's filter raises KeyError, ours restores all."""
+    _, client_ctx = contexts
+    keys = sorted(global_d)
+    data = {k: ts.ckks_vector(client_ctx, global_d[k].ravel()).serialize() for k in keys[1:]}
+    data[keys[0]] = global_d[keys[0]].copy()
+    meta = {MetaKey.PROCESSED_KEYS: {k: True for k in keys[1:]}, MetaKey.PROCESSED_ALGORITHM: HE_ALGORITHM_CKKS,
+            LAYOUT_META_KEY: layout_of(global_d)}
+
+    def task():
+        return DXO(DataKind.WEIGHTS, data=dict(data), meta=dict(meta)).to_shareable()
+
+    stock = HEModelDecryptor()
+    stock.tenseal_context = client_ctx
+    with pytest.raises(KeyError):
+        stock.process(task(), fl_ctx())
+    ours = ShapedHEModelDecryptor()
+    ours.tenseal_context = client_ctx
+    out = from_shareable(ours.process(task(), fl_ctx())).data
+    for key, value in global_d.items():
+        assert out[key].shape == value.shape and out[key].dtype == np.float32
+        np.testing.assert_allclose(out[key], value, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------- server guard
+def test_guard_passes_public_ciphertexts_and_records_them(contexts, global_d, tmp_path):
+    _, client_ctx = contexts
+    received = encrypted_update(client_encryptor(client_ctx), random_diffs(global_d, 3), 8, "studio-a")
+    guard = CiphertextOnlyGuard(profile("test").to_dict())
+    assert guard.process(received, fl_ctx(run_root=tmp_path)) is received
+    record = json.loads((tmp_path / "job" / HE_OUTPUT_DIR / RECEIVED_DIR / "round-000-studio-a.json").read_text())
+    assert record["accepted"] and record["algorithm"] == HE_ALGORITHM_CKKS and record["num_samples"] == 8
+    assert {e["type"] for e in record["entries"].values()} == {"CKKSVector"}
+    assert set(record["entries"]) == set(global_d)
+    assert received_records(tmp_path / "job", 1, ["studio-a"]) == [record]
+    with pytest.raises(FileNotFoundError, match="round-000-studio-z"):
+        received_records(tmp_path / "job", 1, ["studio-a", "studio-z"])
+
+
+def test_guard_refuses_plaintext_partial_and_secret_key_carrying_updates(contexts, global_d, tmp_path):
+    _, client_ctx = contexts
+    guard = CiphertextOnlyGuard(profile("test").to_dict())
+    plain = DXO(DataKind.WEIGHT_DIFF, data=random_diffs(global_d, 4), meta={MetaKey.NUM_STEPS_CURRENT_ROUND: 8})
+    half = {k: ts.ckks_vector(client_ctx, v.ravel()) for k, v in random_diffs(global_d, 5).items()}
+    half[sorted(half)[0]] = np.zeros(3, dtype=np.float32)  # one entry left in plaintext
+    half_dxo = DXO(DataKind.WEIGHT_DIFF, data=half,
+                   meta={MetaKey.PROCESSED_ALGORITHM: HE_ALGORITHM_CKKS, MetaKey.NUM_STEPS_CURRENT_ROUND: 8})
+    # a ciphertext still bound to the studio's private context (not what FOBS sends, but must never pass)
+    private = {k: ts.ckks_vector(client_ctx, v.ravel()) for k, v in random_diffs(global_d, 6).items()}
+    private_dxo = DXO(DataKind.WEIGHT_DIFF, data=private, meta=dict(half_dxo.meta))
+    for dxo, reason in ((plain, "not marked as CKKS"), (half_dxo, "not as a CKKS ciphertext"),
+                        (private_dxo, "secret key")):
+        shareable = dxo.to_shareable()
+        shareable.set_peer_props({ReservedKey.IDENTITY_NAME: "studio-b"})
+        with pytest.raises(PlaintextUpdate, match=reason):
+            guard.process(shareable, fl_ctx(run_root=tmp_path))
+        record = json.loads((tmp_path / "job" / HE_OUTPUT_DIR / RECEIVED_DIR / "round-000-studio-b.json").read_text())
+        assert not record["accepted"] and reason in record["problem"]
+
+
+# ----------------------------------------------------------------------------------------------- job
+def test_committed_job_folder_is_a_fresh_export(tmp_path):
+    fresh = export_he(tmp_path, "paper")
+    committed = REPO / "jobs" / HE_JOB_NAME
+    assert committed.is_dir(), "jobs/fedgai_he is missing: run python -m fedgai.federated.he --out jobs"
+    mismatches = compare_trees(committed, fresh)
+    assert not mismatches, f"jobs/fedgai_he is stale ({mismatches[:5]}): run python -m fedgai.federated.he --out jobs"
+
+
+def compare_trees(left: Path, right: Path) -> list[str]:
+    """Relative paths that differ in content or exist on one side only (ignoring __pycache__)."""
+    files = {p.relative_to(root) for root in (left, right) for p in root.rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts}
+    return sorted(str(f) for f in files if not ((left / f).is_file() and (right / f).is_file()
+                                                and filecmp.cmp(left / f, right / f, shallow=False)))
+
+
+def test_job_refuses_a_mode_that_shares_nothing():
+    with pytest.raises(ValueError, match="nothing to encrypt"):
+        build_he_job(profile("test").with_overrides({"fed.mode": "local"}))
+
+
+def test_studios_noise_then_encrypt_then_record(tmp_path):
+    """Filter order on the way out with client-level DP: DP on the plaintext DIFF, HE, the outbound record."""
+    build_he_job(profile("test").with_overrides({"privacy.dp": "client"})).export_job(str(tmp_path))
+    config = json.loads((tmp_path / HE_JOB_NAME / "app" / "config" / "config_fed_client.json").read_text())
+    (chain,) = config["task_result_filters"]
+    assert [f["path"].rsplit(".", 1)[-1] for f in chain["filters"]] == [
+        "GaussianDPFilter", "HEModelEncryptor", "OutboundAudit"]
+    (incoming,) = config["task_data_filters"]
+    assert [f["path"].rsplit(".", 1)[-1] for f in incoming["filters"]] == ["ShapedHEModelDecryptor"]
+
+
+# ----------------------------------------------------------------------------------------------- simulator
+@pytest.mark.slow
+@pytest.mark.parametrize("dp", ["none", "client"])
+def test_two_studio_he_simulation_aggregates_ciphertexts_only(demo_root, tmp_path, dp):
+    cfg = profile("test").with_overrides({"privacy.dp": dp, "privacy.noise_multiplier": 0.1})
+    folders = sorted(p for p in demo_root.iterdir() if p.is_dir())
+    sites = {"studio-a": folders[0], "studio-b": folders[1]}
+    workspace = tmp_path / "nvflare"
+    prepare_simulator_he(workspace)
+    job = build_he_job(cfg, sites, output_root=tmp_path / "studios")
+    assert job.simulator_run(str(workspace), clients=list(sites), threads=2) == 0
+
+    run_dir = workspace / "server" / "simulate_job"
+    records = received_records(run_dir, cfg.fed.rounds, list(sites))
+    assert all(r["accepted"] for r in records), [r["problem"] for r in records]
+    assert {e["type"] for r in records for e in r["entries"].values()} == {"CKKSVector"}
+    for site in sites:  # what left each studio: ciphertexts only
+        sent = [json.loads(line) for line in
+                (workspace / site / "simulate_job" / AUDIT_DIR / LOG_FILE).read_text().splitlines()]
+        assert len(sent) == cfg.fed.rounds
+        assert {e["type"] for msg in sent for e in msg["data"].values()} == {"CKKSVector"}
+        assert all(("dp_noise_multiplier" in msg["meta"]) == (dp == "client") for msg in sent)  # DP ran first
+
+    out = run_dir / HE_OUTPUT_DIR
+
+    context = workspace / "startup" / CLIENT_CONTEXT
+    start = initial_global(cfg)
+    first = load_encrypted_global(out / "global-round-000.npz", context, cfg)
+    last = load_encrypted_global(out / f"global-round-{cfg.fed.rounds - 1:03d}.npz", context, cfg)
+    moved = max(float(np.abs(last[k] - first[k]).max()) for k in start)
+    assert moved > 10 * CKKS_TOLERANCE
+    assert max(float(np.abs(first[k] - start[k]).max()) for k in start) > 10 * CKKS_TOLERANCE
+    assert all(np.isfinite(v).all() and v.shape == start[k].shape for k, v in last.items())
+    assert (tmp_path / "studios" / "studio-a" / "checkpoints" / "last.pt").is_file()
