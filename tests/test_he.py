@@ -230,9 +230,9 @@ def test_guard_refuses_plaintext_partial_and_secret_key_carrying_updates(context
 def test_committed_job_folder_is_a_fresh_export(tmp_path):
     fresh = export_he(tmp_path, "paper")
     committed = REPO / "jobs" / HE_JOB_NAME
-    assert committed.is_dir(), "jobs/fedgai_he is missing: run python -m fedgai.federated.he --out jobs"
+    assert committed.is_dir(), "jobs/fedgai_he is missing: run make jobs"
     mismatches = compare_trees(committed, fresh)
-    assert not mismatches, f"jobs/fedgai_he is stale ({mismatches[:5]}): run python -m fedgai.federated.he --out jobs"
+    assert not mismatches, f"jobs/fedgai_he is stale ({mismatches[:5]}): run make jobs"
 
 
 def compare_trees(left: Path, right: Path) -> list[str]:

@@ -29,7 +29,7 @@ def configs(job: Path) -> tuple[dict, dict]:
 
 def test_committed_job_is_what_the_generator_writes(tmp_path):
     fresh = export(tmp_path)
-    hint = "regenerate it: python -m fedgai.federated.job --out jobs"
+    hint = "regenerate it: make jobs"
     assert tree(fresh) == tree(COMMITTED), hint
     _, mismatch, errors = filecmp.cmpfiles(fresh, COMMITTED, tree(fresh), shallow=False)
     assert mismatch == [] and errors == [], f"{mismatch or errors} differ; {hint}"

@@ -1,6 +1,6 @@
 """The FedGAI NVFlare job, built in Python (FedJob API) for both export and the simulator.
 
-    python -m fedgai.federated.job --out jobs [--profile paper]
+    fedgai job export --out jobs [--profile paper]    (or: make jobs)
 
 writes ``jobs/fedgai/`` (meta.json, app/config/config_fed_{server,client}.json, app/custom/fedgai/...), a
 folder an admin can submit as is, and its homomorphic-encryption variant ``jobs/fedgai_he/`` (he.py). A job
@@ -14,7 +14,6 @@ filter when privacy.dp = "client", and OutboundAudit as the last result filter (
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,7 +26,7 @@ from nvflare.job_config.defs import FilterType
 from nvflare.job_config.script_runner import FrameworkType, ScriptRunner
 
 import fedgai
-from fedgai.config import PROFILES, FedgaiConfig, profile
+from fedgai.config import FedgaiConfig, profile
 from fedgai.federated.audit import OutboundAudit
 from fedgai.federated.controller import FilteredFedAvg
 from fedgai.privacy import GaussianDPFilter
@@ -117,17 +116,3 @@ def export_jobs(out: Path, profile: str = "paper") -> list[Path]:
     from fedgai.federated.he import export_he  # he.py builds on this module
 
     return [export(out, profile), export_he(out, profile)]
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Export the FedGAI NVFlare job folders (plain and HE)")
-    p.add_argument("--out", type=Path, default=Path("jobs"), help="parent folder of the job (default jobs/)")
-    p.add_argument("--profile", default="paper", choices=sorted(PROFILES),
-                   help="settings profile (default paper: 11 rounds x 11 local epochs)")
-    args = p.parse_args(argv)
-    for path in export_jobs(args.out, args.profile):
-        print(f"job written to {path}")
-
-
-if __name__ == "__main__":
-    main()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -112,11 +113,13 @@ def local_round(trainer: StudioTrainer, received: FLModel) -> FLModel:
     cfg = trainer.cfg
     federated = cfg.fed.mode != "local"
     baseline = load_global(trainer, received.params or {}) if federated else {}
+    started = time.perf_counter()
     try:
         losses = trainer.train_epochs(cfg.train.epochs, tag=f" round {received.current_round}")
     except PrivacyBudgetExceeded as err:
         return budget_exhausted_notice(trainer, err)
-    metrics = {**losses, **trainer.quality()}
+    # train_seconds lets the server tell its own orchestration overhead from the studios' compute.
+    metrics = {**losses, **trainer.quality(), "train_seconds": time.perf_counter() - started}
     after = shared_state(studio_networks(trainer), cfg.fed.mode, uses_groupnorm(cfg)) if federated else {}
     diff = {key: after[key] - baseline[key] for key in baseline}
     meta = {FLMetaKey.NUM_STEPS_CURRENT_ROUND: trainer.num_samples}

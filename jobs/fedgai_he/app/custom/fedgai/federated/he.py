@@ -1,6 +1,6 @@
 """The FedGAI job with homomorphic encryption (CKKS via TenSEAL): the cloud aggregates ciphertexts only.
 
-    python -m fedgai.federated.he --out jobs [--profile paper]
+    fedgai job export --out jobs [--profile paper]    (writes jobs/fedgai and jobs/fedgai_he)
 
 writes ``jobs/fedgai_he/``. Per round: studios decrypt the global discriminator entries (round 0 is the
 plaintext seeded initial D), train, send their D DIFF encrypted and pre-multiplied by their pair count; the
@@ -24,7 +24,6 @@ the simulator ``prepare_simulator_he`` writes throw-away contexts - NOT FOR PROD
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -59,7 +58,7 @@ from nvflare.job_config.script_runner import FrameworkType, ScriptRunner
 from nvflare.lighter.constants import ProvFileName
 from nvflare.lighter.impl.he import HEBuilder
 
-from fedgai.config import PROFILES, FedgaiConfig, profile
+from fedgai.config import FedgaiConfig, profile
 from fedgai.federated.audit import OutboundAudit
 from fedgai.federated.controller import initial_global
 from fedgai.federated.job import CLIENT_SCRIPT, PACKAGE_ROOT, TASK, add_dp_filter, client_args, ship_package
@@ -367,19 +366,3 @@ def export_he(out: Path, profile_name: str = "paper") -> Path:
     """Write the portable HE job folder ``out/fedgai_he``; returns it."""
     build_he_job(profile(profile_name)).export_job(str(out))
     return Path(out) / HE_JOB_NAME
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Export the FedGAI NVFlare job with homomorphic encryption")
-    p.add_argument("--out", type=Path, default=Path("jobs"), help="parent folder of the job (default jobs/)")
-    p.add_argument("--profile", default="paper", choices=sorted(PROFILES),
-                   help="settings profile (default paper: 11 rounds x 11 local epochs)")
-    args = p.parse_args(argv)
-    print(f"job written to {export_he(args.out, args.profile)}")
-
-
-if __name__ == "__main__":
-    # Run the package module, not __main__: job components must be importable as fedgai.federated.he.
-    from fedgai.federated.he import main as package_main
-
-    package_main()

@@ -1,6 +1,6 @@
 """Run the FedGAI federation on this machine in NVFlare's simulator, then say where everything landed.
 
-    python -m fedgai.federated.simulate --studios 8 --rounds 3 --workspace runs/sim
+    fedgai simulate --studios 8 --rounds 3 --workspace runs/sim
 
 Layout under the workspace: data/ (demo studios, if no data folder is given), studios/<site>/ (each
 studio's checkpoints with its generator, per-round grids, metrics), server_state/ (resume state) and
@@ -9,11 +9,10 @@ nvflare/ (the simulator workspace: server logs, round summaries, global D, Tenso
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
 from pathlib import Path
 
-from fedgai.config import FED_MODES, PROFILES
 from fedgai.config import profile as load_profile
 from fedgai.federated.controller import OUTPUT_DIR
 from fedgai.federated.job import build_job
@@ -88,7 +87,10 @@ def simulate(
     Without ``data_dir``, demo studios are generated in ``workspace/data`` (at the profile's resolution).
     ``save_outbound_arrays`` keeps a copy of every array each studio sent (see OutboundAudit).
     """
+    threads = min(studios, os.cpu_count() or 1)
     cfg = load_profile(profile).with_overrides({"fed.rounds": rounds, "fed.mode": mode, "privacy.he": he})
+    if cfg.train.num_threads is None:  # studios run side by side: share the cores instead of oversubscribing
+        cfg = cfg.with_overrides({"train.num_threads": max(1, (os.cpu_count() or 1) // threads)})
     workspace = Path(workspace).resolve()
     if data_dir is None:
         data_dir = workspace / "data"
@@ -108,7 +110,7 @@ def simulate(
         job = build_job(cfg, sites, output_root=workspace / "studios",
                         checkpoint_dir=str(workspace / "server_state"), save_outbound_arrays=save_outbound_arrays)
         out = server_dir(workspace) / OUTPUT_DIR
-    code = job.simulator_run(str(sim_workspace), clients=list(sites), threads=min(studios, 2))
+    code = job.simulator_run(str(sim_workspace), clients=list(sites), threads=threads)
     if code != 0:
         raise SimulationError(f"the NVFlare simulator exited with code {code}; see {server_dir(workspace)}/log.txt")
     if cfg.privacy.he:
@@ -134,20 +136,3 @@ def print_summary(workspace: Path, out: Path, sites: dict[str, Path], summaries:
     print(f"  studios' generators: {workspace}/studios/<site>/checkpoints/last.pt")
     print(f"  studios' sample grids: {workspace}/studios/<site>/grids/round-NNN.png")
     print(f"  logs: {workspace}/nvflare/<server|site>/log.txt")
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Simulate the FedGAI federation with NVFlare's simulator")
-    p.add_argument("--studios", type=int, default=8)
-    p.add_argument("--rounds", type=int, help="federated rounds (default: the profile's)")
-    p.add_argument("--workspace", type=Path, required=True)
-    p.add_argument("--profile", default="quick", choices=sorted(PROFILES))
-    p.add_argument("--data-dir", type=Path, help="folder of studio folders (default: generate demo studios)")
-    p.add_argument("--mode", choices=FED_MODES, help="federation mode (default: the profile's, fedgai)")
-    p.add_argument("--he", action="store_true", help="homomorphic encryption of the updates")
-    args = p.parse_args(argv)
-    simulate(args.studios, args.rounds, args.workspace, args.profile, args.data_dir, args.mode, args.he)
-
-
-if __name__ == "__main__":
-    main()
