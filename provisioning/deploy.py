@@ -1,6 +1,6 @@
 """Provision the FedGAI project and run it on this machine from its startup kits, then stop everything.
 
-    python provisioning/deploy.py [--workdir runs/deploy] [--profile test] [--job jobs/fedgai --job jobs/fedgai_he]
+    python provisioning/deploy.py [--workdir runs/deploy] [--profile test] [--job jobs/fedgai ...]
 
 Studios' data: demo studios in ``WORKDIR/data/<site>`` (``--data-size`` px), or ``--data-root`` with one folder
 per site name.
@@ -15,8 +15,9 @@ per site name.
 6. shuts the system down through the admin session - and, whatever happened, ends the processes it
    started (the server and studio processes and the job processes NVFlare spawned from their kits).
 
-Without ``--job`` it submits the committed jobs/fedgai and jobs/fedgai_he (paper profile: GPU-sized); with
-``--profile`` it exports both jobs fresh for that profile into ``WORKDIR/jobs`` and submits those.
+Without ``--job`` it submits the committed jobs/fedgai, jobs/fedgai_dp and jobs/fedgai_he (paper profile:
+GPU-sized); with ``--profile`` it exports the three jobs fresh for that profile into ``WORKDIR/jobs`` and submits
+those.
 ``WORKDIR/output/summary.json`` lists every job's id, status, time and result folder; the exit code is 0
 only if every job finished with status FINISHED:COMPLETED.
 """
@@ -44,7 +45,7 @@ from fedgai.federated.client import DATA_ROOT_ENV, OUTPUT_ROOT_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECT_TEMPLATE = REPO / "provisioning" / "project.yml"
-DEFAULT_JOBS = (REPO / "jobs" / "fedgai", REPO / "jobs" / "fedgai_he")
+DEFAULT_JOBS = (REPO / "jobs" / "fedgai", REPO / "jobs" / "fedgai_dp", REPO / "jobs" / "fedgai_he")
 COMPLETED = "FINISHED:COMPLETED"
 
 
@@ -337,9 +338,9 @@ def deploy(workdir: Path, jobs: Sequence[Path], job_timeout: float, template: Pa
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Provision FedGAI and run its jobs on localhost from the startup kits")
     p.add_argument("--workdir", type=Path, default=Path("runs/deploy"), help="everything goes here")
-    p.add_argument("--job", type=Path, action="append", help="job folder to submit (repeatable; default: both "
-                   "committed jobs)")
-    p.add_argument("--profile", help="export both jobs fresh for this profile instead (e.g. test, quick)")
+    p.add_argument("--job", type=Path, action="append", help="job folder to submit (repeatable; default: the "
+                   "three committed jobs)")
+    p.add_argument("--profile", help="export the jobs fresh for this profile instead (e.g. test, quick)")
     p.add_argument("--job-timeout", type=float, default=3600.0, help="seconds per job before it is aborted")
     p.add_argument("--project", type=Path, default=PROJECT_TEMPLATE, help="project file to provision from")
     p.add_argument("--data-root", type=Path, help="folder with one studio folder per site (default: demo studios)")

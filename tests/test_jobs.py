@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fedgai.config import profile
-from fedgai.federated.job import CLIENT_SCRIPT, build_job, client_args, export
+from fedgai.federated.job import CLIENT_SCRIPT, DP_JOB_SETTINGS, build_job, client_args, export
 
 REPO = Path(__file__).resolve().parent.parent
 COMMITTED = REPO / "jobs" / "fedgai"
@@ -27,12 +27,25 @@ def configs(job: Path) -> tuple[dict, dict]:
             json.loads((config / "config_fed_client.json").read_text()))
 
 
-def test_committed_job_is_what_the_generator_writes(tmp_path):
-    fresh = export(tmp_path)
+@pytest.mark.parametrize("dp", [False, True], ids=["fedgai", "fedgai_dp"])
+def test_committed_job_is_what_the_generator_writes(tmp_path, dp):
+    fresh = export(tmp_path, dp=dp)
+    committed = REPO / "jobs" / fresh.name
     hint = "regenerate it: make jobs"
-    assert tree(fresh) == tree(COMMITTED), hint
-    _, mismatch, errors = filecmp.cmpfiles(fresh, COMMITTED, tree(fresh), shallow=False)
+    assert tree(fresh) == tree(committed), hint
+    _, mismatch, errors = filecmp.cmpfiles(fresh, committed, tree(fresh), shallow=False)
     assert mismatch == [] and errors == [], f"{mismatch or errors} differ; {hint}"
+
+
+def test_dp_job_noises_every_result_before_it_leaves():
+    server, client = configs(REPO / "jobs" / "fedgai_dp")
+    cfg = server["workflows"][0]["args"]["config"]
+    assert cfg["privacy"] == profile("paper").with_overrides(DP_JOB_SETTINGS).to_dict()["privacy"]
+    filters = [f for group in client["task_result_filters"] for f in group["filters"]]
+    names = [f["path"].rsplit(".", 1)[1] for f in filters]
+    assert names.index("GaussianDPFilter") < names.index("OutboundAudit")  # noise first, then record what left
+    dp = filters[names.index("GaussianDPFilter")]["args"]
+    assert (dp["noise_multiplier"], dp["clip_norm"], dp["target_epsilon"]) == (2.0, 1.0, 10.0)
 
 
 def test_job_is_self_contained_and_portable():

@@ -96,16 +96,20 @@ def test_contexts_are_signed_in_the_kits(provisioned):
 
 # ----------------------------------------------------------------------------------------------- end to end
 @pytest.mark.slow
-def test_deploy_script_runs_both_jobs_from_startup_kits(tmp_path):
-    """provision -> start server + 2 studios -> submit fedgai and fedgai_he (test profile) -> results -> stop."""
+def test_deploy_script_runs_plain_dp_and_he_jobs_from_startup_kits(tmp_path):
+    """provision -> start server + 2 studios -> submit fedgai, fedgai_dp, fedgai_he (test profile) -> stop."""
     workdir = tmp_path / "deploy"
     assert deploy.main(["--workdir", str(workdir), "--profile", "test", "--job-timeout", "300"]) == 0
     summary = {s["job"]: s for s in json.loads((workdir / "output" / "summary.json").read_text())}
-    assert {job: s["status"] for job, s in summary.items()} == {"fedgai": deploy.COMPLETED,
-                                                                "fedgai_he": deploy.COMPLETED}
+    assert {job: s["status"] for job, s in summary.items()} == {
+        "fedgai": deploy.COMPLETED, "fedgai_dp": deploy.COMPLETED, "fedgai_he": deploy.COMPLETED}
     rounds = profile("test").fed.rounds
     plain = Path(summary["fedgai"]["result"]) / "workspace" / OUTPUT_DIR
     assert all(json.loads((plain / f"round-{r:03d}.json").read_text())["aggregated"] == 2 for r in range(rounds))
+    noised = Path(summary["fedgai_dp"]["result"]) / "workspace" / OUTPUT_DIR
+    for r in range(rounds):  # every studio's update arrived noised, with its epsilon so far
+        contributions = json.loads((noised / f"round-{r:03d}.json").read_text())["contributions"]
+        assert all(c["accepted"] and c["dp_epsilon"] > 0 for c in contributions.values())
     records = received_records(Path(summary["fedgai_he"]["result"]) / "workspace", rounds, SITES)
     assert all(r["accepted"] for r in records)
     assert {e["type"] for r in records for e in r["entries"].values()} == {"CKKSVector"}

@@ -6,6 +6,7 @@ config.LossConfig.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -98,28 +99,32 @@ def load_clip(cfg: LossConfig) -> tuple[ClipLoss | None, ClipStatus]:
     """open_clip's model from a pretrained tag or local checkpoint; offline, say so and disable the term."""
     if cfg.clip == 0 or cfg.clip_pretrained == "none":
         return None, ClipStatus(False, "disabled in config (loss.clip = 0 or loss.clip_pretrained = 'none')")
-    source = cfg.clip_pretrained
+    visual, reason = _clip_visual(cfg.clip_model, cfg.clip_pretrained)
+    if visual is None:
+        log.warning(
+            "CLIP term DISABLED: %s. Put the checkpoint in the Hugging Face cache or set loss.clip_pretrained "
+            "to a local file to enable it.", reason,
+        )
+        return None, ClipStatus(False, reason)
+    log.info("CLIP loss: %s", reason)
+    return ClipLoss(visual, visual.image_size[0]), ClipStatus(True, reason)
+
+
+@functools.cache
+def _clip_visual(model_name: str, source: str) -> tuple[nn.Module | None, str]:
+    """One load attempt per process: in-process simulator studios share the frozen model (or the failure)."""
     if ("/" in source or source.endswith((".pt", ".bin", ".safetensors"))) and not Path(source).is_file():
-        return None, _clip_off(f"loss.clip_pretrained file {source} does not exist")
+        return None, f"loss.clip_pretrained file {source} does not exist"
     offline = os.environ.get("HF_HUB_OFFLINE")
     # Cached weights only: read before huggingface_hub is imported, so a missing file fails at once.
     os.environ["HF_HUB_OFFLINE"] = "1" if offline is None else offline
     try:
         import open_clip
 
-        model, _, _ = open_clip.create_model_and_transforms(cfg.clip_model, pretrained=source)
+        model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=source)
     except (RuntimeError, OSError) as err:
-        return None, _clip_off(f"CLIP weights '{cfg.clip_model}/{source}' unavailable offline ({err})")
+        return None, f"CLIP weights '{model_name}/{source}' unavailable offline ({err})"
     finally:
         if offline is None:
             del os.environ["HF_HUB_OFFLINE"]
-    log.info("CLIP loss: %s / %s", cfg.clip_model, source)
-    return ClipLoss(model.visual, model.visual.image_size[0]), ClipStatus(True, f"{cfg.clip_model}/{source}")
-
-
-def _clip_off(reason: str) -> ClipStatus:
-    log.warning(
-        "CLIP term DISABLED: %s. Put the checkpoint in the Hugging Face cache or set loss.clip_pretrained "
-        "to a local file to enable it.", reason,
-    )
-    return ClipStatus(False, reason)
+    return model.visual, f"{model_name}/{source}"

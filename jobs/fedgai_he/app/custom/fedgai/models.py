@@ -75,6 +75,16 @@ class Encoder(nn.Module):
         return self.taps(self.normalise(x))
 
 
+def run_taps(x: torch.Tensor, layers, taps) -> list[torch.Tensor]:
+    """Run `layers` in order, keeping the outputs of the layers whose index is in `taps`."""
+    out = []
+    for i, layer in enumerate(layers):
+        x = layer(x)
+        if i in taps:
+            out.append(x)
+    return out
+
+
 class VGG16Encoder(Encoder):
     """The paper's encoder: VGG-16 features before each max-pool."""
 
@@ -91,12 +101,7 @@ class VGG16Encoder(Encoder):
         self.freeze()
 
     def taps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        out = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in VGG16_TAPS:
-                out.append(x)
-        return out
+        return run_taps(x, self.features, VGG16_TAPS)
 
 
 class EfficientNetLite0Encoder(Encoder):
@@ -120,13 +125,7 @@ class EfficientNetLite0Encoder(Encoder):
         self.freeze()
 
     def taps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(x)
-        out = []
-        for i, block in enumerate(self.blocks):
-            x = block(x)
-            if i in EFFNET_TAPS:
-                out.append(x)
-        return out
+        return run_taps(self.stem(x), self.blocks, EFFNET_TAPS)
 
 
 class RandomEncoder(Encoder):
@@ -150,11 +149,7 @@ class RandomEncoder(Encoder):
         self.freeze()
 
     def taps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        out = []
-        for stage in self.stages:
-            x = stage(x)
-            out.append(x)
-        return out
+        return run_taps(x, self.stages, range(len(self.stages)))
 
 
 def find_vgg16_weights(cfg: ModelConfig) -> Path | None:

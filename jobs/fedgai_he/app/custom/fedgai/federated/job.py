@@ -32,6 +32,11 @@ from fedgai.federated.controller import FilteredFedAvg
 from fedgai.privacy import GaussianDPFilter
 
 JOB_NAME = "fedgai"
+DP_JOB_NAME = "fedgai_dp"
+# The DP job: client-level DP at the operating point sized in docs/privacy.md (sigma 2 over the paper's 11
+# rounds gives epsilon ~ 8.5 at delta 1e-5); a studio stops contributing before epsilon would pass 10.
+DP_JOB_SETTINGS = {"privacy.dp": "client", "privacy.noise_multiplier": 2.0, "privacy.clip_norm": 1.0,
+                   "privacy.target_epsilon": 10.0}
 TASK = "train"
 # The folder holding the fedgai package; the client script path is relative to it, as inside app/custom.
 PACKAGE_ROOT = Path(fedgai.__file__).resolve().parent.parent
@@ -75,6 +80,7 @@ def build_job(
     output_root: Path | None = None,
     checkpoint_dir: str = "fedgai_state",
     save_outbound_arrays: bool = False,
+    name: str = JOB_NAME,
 ) -> FedJob:
     """The FedGAI job for ``cfg``.
 
@@ -84,10 +90,11 @@ def build_job(
         output_root: where studios write their outputs (default: ./fedgai_output at each site).
         checkpoint_dir: the server's resume-state folder (see FilteredFedAvg).
         save_outbound_arrays: also store every sent array at the studios (OutboundAudit; for tests).
+        name: the job's name (its folder name when exported).
     """
     if cfg.privacy.he:  # never fall back to plaintext updates silently
         raise ValueError("privacy.he is set: build the encrypted job with fedgai.federated.he.build_he_job")
-    job = FedJob(name=JOB_NAME, min_clients=cfg.fed.min_clients)
+    job = FedJob(name=name, min_clients=cfg.fed.min_clients)
     job.to_server(FilteredFedAvg(config=cfg.to_dict(), checkpoint_dir=checkpoint_dir, task_name=TASK),
                   id="controller")
     job.to_server(TBAnalyticsReceiver(), id="tb_receiver")
@@ -105,14 +112,18 @@ def build_job(
     return job
 
 
-def export(out: Path, profile_name: str = "paper") -> Path:
-    """Write the portable job folder ``out/fedgai``; returns it."""
-    build_job(profile(profile_name)).export_job(str(out))
-    return Path(out) / JOB_NAME
+def export(out: Path, profile_name: str = "paper", dp: bool = False) -> Path:
+    """Write the portable job folder ``out/fedgai`` (``out/fedgai_dp`` with client-level DP); returns it."""
+    cfg = profile(profile_name)
+    name = JOB_NAME
+    if dp:
+        cfg, name = cfg.with_overrides(DP_JOB_SETTINGS), DP_JOB_NAME
+    build_job(cfg, name=name).export_job(str(out))
+    return Path(out) / name
 
 
 def export_jobs(out: Path, profile: str = "paper") -> list[Path]:
-    """Write both job folders for a profile: ``out/fedgai`` and the encrypted variant ``out/fedgai_he``."""
+    """Write the three job folders for a profile: plain, client-level DP and encrypted (HE)."""
     from fedgai.federated.he import export_he  # he.py builds on this module
 
-    return [export(out, profile), export_he(out, profile)]
+    return [export(out, profile), export(out, profile, dp=True), export_he(out, profile)]

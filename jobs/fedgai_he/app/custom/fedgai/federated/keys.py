@@ -19,10 +19,10 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.spectral_norm import SpectralNorm
 
 from fedgai.models import AdaINSD
+from fedgai.privacy.dpsgd import norm_layer_types
 
 # FLModel meta keys of the wire format: the job's settings (server -> studio) and a DP-SGD epsilon (studio -> server).
 CONFIG_META_KEY = "fedgai_config"
@@ -58,13 +58,7 @@ def norm_keys(net: nn.Module, groupnorm_is_norm: bool = False) -> set[str]:
     ``groupnorm_is_norm`` covers DP-SGD runs, where BatchNorm is swapped for GroupNorm (Opacus cannot
     train BatchNorm); those GroupNorm layers then stay local exactly like the BatchNorm they replace.
     """
-    types: tuple[type, ...] = (_BatchNorm, nn.GroupNorm) if groupnorm_is_norm else (_BatchNorm,)
-    keys = set()
-    for name, module in net.named_modules():
-        if isinstance(module, types):
-            keys.update(_module_entries(module, f"{name}." if name else ""))
-    keys.update(k for k in net.state_dict() if NORM_NAME_PATTERN.search(k))
-    return keys
+    return _keys_by_type_and_name(net, norm_layer_types(groupnorm_is_norm), NORM_NAME_PATTERN)
 
 
 def spectral_state_keys(net: nn.Module) -> set[str]:
@@ -81,11 +75,16 @@ def spectral_state_keys(net: nn.Module) -> set[str]:
 
 def private_stats_keys(net: nn.Module) -> set[str]:
     """AdaIN_SD sketch-set statistics: buffers of AdaINSD modules, found by type and by name."""
+    return _keys_by_type_and_name(net, (AdaINSD,), PRIVATE_STATS_PATTERN)
+
+
+def _keys_by_type_and_name(net: nn.Module, types: tuple[type, ...], pattern: re.Pattern) -> set[str]:
+    """Entries of modules of ``types`` plus any key matching ``pattern``: two independent nets over one rule."""
     keys = set()
     for name, module in net.named_modules():
-        if isinstance(module, AdaINSD):
+        if isinstance(module, types):
             keys.update(_module_entries(module, f"{name}." if name else ""))
-    keys.update(k for k in net.state_dict() if PRIVATE_STATS_PATTERN.search(k))
+    keys.update(k for k in net.state_dict() if pattern.search(k))
     return keys
 
 

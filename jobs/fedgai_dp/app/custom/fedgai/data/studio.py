@@ -1,0 +1,237 @@
+"""One studio's paired photos and sketches on disk: validation, decoding and the training dataset.
+
+Layout: ``ROOT/photos/`` and ``ROOT/sketches/`` hold images paired by file stem, and an optional
+``ROOT/studio.json`` names the studio. Nothing here ever writes into a studio folder.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+MIN_SIZE = 64
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+STUDIO_FIELDS = ("name", "designer", "licence")
+
+# What Pillow raises for truncated, corrupt or non-image files (SyntaxError/EOFError come from some plugins).
+_DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError)
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
+
+
+class StudioDataError(ValueError):
+    """Everything wrong with a folder at once, so a designer can fix it in one pass."""
+
+    def __init__(self, root: str | Path, problems: list[str], what: str = "studio folder") -> None:
+        self.root = Path(root)
+        self.problems = list(problems)
+        count = f"{len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}"
+        lines = [f"{what} {self.root} cannot be used ({count}):"]
+        lines += [f"  - {problem}" for problem in self.problems]
+        super().__init__("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class Studio:
+    root: Path
+    name: str
+    designer: str | None
+    licence: str | None
+    pairs: tuple[tuple[Path, Path], ...]
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in ``folder`` (hidden files such as macOS ``._x.png`` are OS clutter)."""
+    return sorted(
+        p for p in Path(folder).iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def load_studio(root: str | Path, min_size: int = MIN_SIZE) -> Studio:
+    """Validate a studio folder completely and return its pairs; raises one error listing every problem."""
+    root = Path(root)
+    if not root.is_dir():
+        raise StudioDataError(root, ["not a folder" if root.exists() else "folder does not exist"])
+    problems: list[str] = []
+    meta = _read_meta(root, problems)
+    by_kind = {}
+    for kind in ("photos", "sketches"):
+        if (root / kind).is_dir():
+            by_kind[kind] = _index_folder(root, kind, min_size, problems)
+        else:
+            problems.append(f"{kind}/: folder is missing")
+    pairs: list[tuple[Path, Path]] = []
+    if len(by_kind) == 2:
+        pairs = _match(by_kind["photos"], by_kind["sketches"], root, problems)
+        if not pairs:
+            extensions = ", ".join(IMAGE_EXTENSIONS)
+            problems.append(f"studio is empty: no photo-sketch pairs (images must end in {extensions})")
+    if problems:
+        raise StudioDataError(root, problems)
+    return Studio(
+        root=root,
+        name=meta.get("name") or root.resolve().name,
+        designer=meta.get("designer"),
+        licence=meta.get("licence"),
+        pairs=tuple(pairs),
+    )
+
+
+def decode_problem(path: Path, label: str, min_size: int) -> str | None:
+    """Why ``path`` cannot be used as a training image, or None; decodes it fully to catch truncation."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            width, height = ImageOps.exif_transpose(img).size
+    except Image.DecompressionBombError:
+        return f"{label}: too large to decode safely"
+    except _DECODE_ERRORS:
+        return f"{label}: cannot be read (corrupt or not an image)"
+    if min(width, height) < min_size:
+        return f"{label}: {width}x{height} px is below the minimum {min_size} px"
+    return None
+
+
+def load_array(path: Path) -> np.ndarray:
+    """Decode to float32 H x W x C in [0, 1] (C = 1 or 3), normalising the odd modes designers' tools save.
+
+    Alpha is composited on white paper, palette images are expanded, 16-bit values are scaled by 65535 and
+    the EXIF orientation is applied so photos match what the designer saw.
+    """
+    with Image.open(path) as img:
+        return _to_array(ImageOps.exif_transpose(img))
+
+
+def read_image(path: Path, channels: int, size: int) -> torch.Tensor:
+    """A channels x size x size float tensor in [-1, 1]: centre-cropped to square, antialiased resize."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (sketch) or 3 (photo), got {channels}")
+    with Image.open(path) as img:
+        img.draft(None, (size, size))  # JPEG: decode at a reduced scale that is still >= size
+        array = _to_array(ImageOps.exif_transpose(img))
+    array = _match_channels(array, channels)
+    tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    tensor = _center_square(tensor)
+    if tensor.shape[-1] != size:
+        tensor = F.interpolate(tensor[None], size=(size, size), mode="bicubic", antialias=True,
+                               align_corners=False)[0]
+    return (tensor.clamp(0.0, 1.0) * 2.0 - 1.0).contiguous()
+
+
+class SketchPairDataset(torch.utils.data.Dataset):
+    """(photo, sketch) tensors of one studio; decoded on first use and kept in memory (studios are small)."""
+
+    def __init__(self, studio: Studio, image_size: int, max_pairs: int | None = None,
+                 augment: bool = False) -> None:
+        if max_pairs is not None and max_pairs < 1:
+            raise ValueError(f"max_pairs must be >= 1 or None, got {max_pairs}")
+        self.studio = studio
+        self.image_size = image_size
+        self.augment = augment
+        self.pairs = studio.pairs[:max_pairs]
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        photo, sketch = self._decoded(index)
+        if self.augment and torch.rand(()) < 0.5:
+            return photo.flip(-1), sketch.flip(-1)
+        # Clones keep callers' in-place edits out of the cache.
+        return photo.clone(), sketch.clone()
+
+    def _decoded(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = range(len(self.pairs))[index]  # normalises negatives, raises IndexError past the end
+        if index not in self._cache:
+            photo_path, sketch_path = self.pairs[index]
+            self._cache[index] = (read_image(photo_path, 3, self.image_size),
+                                  read_image(sketch_path, 1, self.image_size))
+        return self._cache[index]
+
+
+def _read_meta(root: Path, problems: list[str]) -> dict[str, str]:
+    path = root / "studio.json"
+    if not path.exists():
+        return {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        problems.append(f"studio.json: cannot be read ({err})")
+        return {}
+    except json.JSONDecodeError as err:
+        problems.append(f"studio.json: invalid JSON ({err.msg} at line {err.lineno}, column {err.colno})")
+        return {}
+    if not isinstance(meta, dict):
+        problems.append(f"studio.json: must be a JSON object, got {type(meta).__name__}")
+        return {}
+    for key in STUDIO_FIELDS:
+        if key in meta and not isinstance(meta[key], str):
+            problems.append(f"studio.json: {key!r} must be a string, got {meta[key]!r}")
+    return {key: meta[key] for key in STUDIO_FIELDS if isinstance(meta.get(key), str)}
+
+
+def _index_folder(root: Path, kind: str, min_size: int, problems: list[str]) -> dict[str, Path]:
+    """Usable images of one folder by stem; duplicates and unreadable files become problems."""
+    by_stem: dict[str, list[Path]] = defaultdict(list)
+    for path in list_images(root / kind):
+        by_stem[path.stem].append(path)
+    usable = {}
+    for stem, paths in by_stem.items():
+        if len(paths) > 1:
+            names = [f"{kind}/{p.name}" for p in paths]
+            problems.append(f"{', '.join(names[:-1])} and {names[-1]}: duplicate stem {stem!r}")
+        broken = [msg for p in paths if (msg := decode_problem(p, f"{kind}/{p.name}", min_size))]
+        problems.extend(broken)
+        if len(paths) == 1 and not broken:
+            usable[stem] = paths[0]
+    return usable
+
+
+def _match(photos: dict[str, Path], sketches: dict[str, Path], root: Path,
+           problems: list[str]) -> list[tuple[Path, Path]]:
+    """Pairs by stem, sorted; an unmatched file is a problem only if its own folder has no issue with it."""
+    photo_stems = {p.stem for p in list_images(root / "photos")}
+    sketch_stems = {p.stem for p in list_images(root / "sketches")}
+    for stem in sorted(set(photos) - sketch_stems):
+        problems.append(f"photos/{photos[stem].name}: no matching sketch")
+    for stem in sorted(set(sketches) - photo_stems):
+        problems.append(f"sketches/{sketches[stem].name}: no matching photo")
+    return [(photos[stem], sketches[stem]) for stem in sorted(set(photos) & set(sketches))]
+
+
+def _to_array(img: Image.Image) -> np.ndarray:
+    if img.mode in _SIXTEEN_BIT:
+        gray = np.asarray(img, dtype=np.float32) / 65535.0
+        return np.clip(gray, 0.0, 1.0)[..., None]
+    if img.mode in _ALPHA_MODES or "transparency" in img.info:
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
+        alpha = rgba[..., 3:]
+        return rgba[..., :3] * alpha + (1.0 - alpha)
+    if img.mode in ("1", "L"):
+        return np.asarray(img.convert("L"), dtype=np.float32)[..., None] / 255.0
+    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def _match_channels(array: np.ndarray, channels: int) -> np.ndarray:
+    if array.shape[-1] == channels:
+        return array
+    if channels == 3:
+        return np.repeat(array, 3, axis=-1)
+    # ITU-R 601-2 luma, the weights Pillow's convert("L") uses.
+    return (array @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
+
+
+def _center_square(tensor: torch.Tensor) -> torch.Tensor:
+    height, width = tensor.shape[-2:]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return tensor[:, top:top + side, left:left + side]

@@ -1,0 +1,66 @@
+"""A studio's record of exactly what it sent: the last filter on every outgoing task result.
+
+Every outgoing result adds one line to ``<site run dir>/fedgai_outbound/outbound.jsonl``: its round, return
+code, every array's key, shape, dtype and size, and the type of every meta entry, as they are about to be
+transmitted (after any DP filter). With ``save_arrays`` the arrays themselves go to ``msg-NNN.npz`` (NNN =
+the line's ``seq``), which is how the tests check that the server's aggregate is the weighted mean of what
+really crossed the wire.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from nvflare.apis.dxo import from_shareable
+from nvflare.apis.filter import Filter
+from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable
+from nvflare.app_common.app_constant import AppConstants
+
+AUDIT_DIR = "fedgai_outbound"
+LOG_FILE = "outbound.jsonl"
+
+
+def describe(data: dict) -> dict[str, dict]:
+    """{key: {"type", "shape", "dtype", "nbytes"}} for arrays, {key: {"type"}} for anything else."""
+    out = {}
+    for key, value in data.items():
+        entry = {"type": type(value).__name__}
+        if isinstance(value, np.ndarray):
+            entry.update(shape=list(value.shape), dtype=str(value.dtype), nbytes=int(value.nbytes))
+        out[key] = entry
+    return out
+
+
+class OutboundAudit(Filter):
+    """Task-result filter that records (and passes on unchanged) what leaves the site."""
+
+    def __init__(self, save_arrays: bool = False):
+        super().__init__()
+        self.save_arrays = save_arrays
+
+    def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        out = Path(fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id())) / AUDIT_DIR
+        out.mkdir(parents=True, exist_ok=True)
+        log = out / LOG_FILE
+        seq = len(log.read_text().splitlines()) if log.is_file() else 0
+        record = {
+            "seq": seq,
+            "round": shareable.get_header(AppConstants.CURRENT_ROUND),  # None on error replies
+            "site": fl_ctx.get_identity_name(),
+            "return_code": shareable.get_return_code(),
+        }
+        data = {}
+        if record["return_code"] == ReturnCode.OK:  # error replies carry no payload
+            dxo = from_shareable(shareable)
+            data = dxo.data or {}
+            record.update(data_kind=dxo.data_kind, data=describe(data),
+                          meta={key: type(value).__name__ for key, value in dxo.meta.items()})
+        with open(log, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.save_arrays and data:
+            np.savez(out / f"msg-{seq:03d}.npz", **{k: v for k, v in data.items() if isinstance(v, np.ndarray)})
+        return shareable

