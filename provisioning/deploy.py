@@ -172,17 +172,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def wait_for_port(port: int, process: subprocess.Popen, timeout: float) -> None:
-    """Until something accepts connections on localhost:port; fails early if the process died."""
+# What the NVFlare server logs once it is deployed and its admin server is up. An open port is not enough:
+# the listener comes first, and a login in between fails inside NVFlare (no server certificate yet).
+SERVER_READY = "Server started"
+
+
+def wait_for_server(log: Path, process: subprocess.Popen, timeout: float) -> None:
+    """Until the server's log says it is ready; fails early if the process died."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise DeployError(f"the server exited with code {process.returncode} before listening on {port}")
-        with socket.socket() as s:
-            if s.connect_ex(("localhost", port)) == 0:
-                return
+            raise DeployError(f"the server exited with code {process.returncode}; see {log}")
+        if log.is_file() and SERVER_READY in log.read_text(errors="replace"):
+            return
         time.sleep(0.5)
-    raise DeployError(f"nothing listens on localhost:{port} after {timeout:.0f} s")
+    raise DeployError(f"the server did not start within {timeout:.0f} s; see {log}")
 
 
 # ----------------------------------------------------------------------------------------------- deployment
@@ -192,7 +196,6 @@ class Deployment:
     def __init__(self, kits: Path, project: dict, workdir: Path, data_root: Path):
         self.kits = kits
         self.workdir = workdir
-        self.port = participants(project, "server")[0]["fed_learn_port"]
         self.server = participants(project, "server")[0]["name"]
         self.sites = [p["name"] for p in participants(project, "client")]
         self.admin = participants(project, "admin")[0]["name"]
@@ -210,7 +213,7 @@ class Deployment:
     def start(self, timeout: float = 120.0) -> Session:
         """Server, then studios; returns an admin session once every studio is connected."""
         server = self.launch(self.kits / self.server)
-        wait_for_port(self.port, server, timeout)
+        wait_for_server(self.log(self.server), server, timeout)
         for site in self.sites:
             self.launch(self.kits / site)
         self.session = self.login(self.kits / self.admin, timeout)
