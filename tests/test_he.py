@@ -62,6 +62,15 @@ def contexts() -> tuple[ts.Context, ts.Context]:
     return ts.context_from(server), ts.context_from(client)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _fresh_fobs():
+    """These tests serialise with FOBS in-process, which leaves process-wide registrations behind that break
+    a later admin login in the same process (the server certificate arrives as None); start and end clean."""
+    fobs.reset()
+    yield
+    fobs.reset()
+
+
 @pytest.fixture(scope="module")
 def global_d() -> dict[str, np.ndarray]:
     return initial_global(profile("test"))

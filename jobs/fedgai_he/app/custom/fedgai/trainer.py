@@ -8,10 +8,12 @@ import json
 import logging
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
+from opacus import GradSampleModule
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import save_image
@@ -72,7 +74,7 @@ class StudioTrainer:
         self.opt_d = make_optimizer(cfg, self.discriminator.parameters(), cfg.train.lr_d)
         self.epoch = 0
         self._dp_loader: DataLoader | None = None
-        self._dp_module = None
+        self._dp_module: GradSampleModule | None = None
         self.ledger: PrivacyLedger | None = None
         if cfg.privacy.dp == "record":
             self._attach_dpsgd()
@@ -169,7 +171,8 @@ class StudioTrainer:
         out.update(loss_g=loss_g.item(), loss_d=loss_d.item(), feddecorr=decorr.item())
         return out
 
-    def _discriminator_loss(self, real: list[torch.Tensor], fake: list[torch.Tensor]):
+    def _discriminator_loss(self, real: list[torch.Tensor], fake: list[torch.Tensor]
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
         """Hinge + FedDecorr. Real and fake go through D as one batch so that DP-SGD clips per row in one
         step; FedDecorr couples the rows of a batch, so it is off under record-level DP."""
         n = real[0].shape[0]
@@ -181,7 +184,7 @@ class StudioTrainer:
         return loss + self.cfg.loss.feddecorr * decorr, decorr
 
     @contextlib.contextmanager
-    def _generator_pass(self):
+    def _generator_pass(self) -> Iterator[None]:
         """The G update's forward and backward through D: no per-sample DP-SGD hooks (it is no D step)."""
         if self._dp_module is None:
             yield
