@@ -3,8 +3,9 @@
 1. Upload per studio per round for each mode (fedgai = D without BN, fedavg_bn, fedavg_full = G + D), from
    the shared keys of the real networks at a profile's sizes: the D-only vs full G+D ratio.
 2. Overhead, read from a finished simulator workspace (`fedgai simulate ... --workspace WS`): round wall time
-   against the studios' own training time (`train_seconds` in each studio's metrics) spread over the
-   simulator's threads; what is left is NVFlare's share (task dispatch, serialisation, start-up of a round).
+   against the studios' own work spread over the simulator's threads - training (`train_seconds`) and all
+   studio-side work (`studio_seconds`: trainer set-up, training, grid, checkpoint); what is left is NVFlare's
+   share (task dispatch, client swap-in, serialisation, aggregation).
 
     python benchmarks/federation.py [--profile quick] [--workspace runs/demo] [--threads 2]
 """
@@ -33,15 +34,17 @@ def wire_bytes(profile_name: str) -> dict[str, int]:
 
 
 def overhead(workspace: Path, threads: int) -> list[dict]:
-    """Per round: wall time, studio compute (sum of train_seconds / threads) and NVFlare's remaining share."""
+    """Per round: wall time, training and all studio work (summed over studios / threads), NVFlare's share."""
     rounds = sorted((workspace / "nvflare").rglob("round-*.json"))
     summaries = check_run(workspace, len(rounds))
     rows = []
     for s in summaries:
-        train = [c["metrics"].get("train_seconds", 0.0) for c in s["contributions"].values()]
-        compute = sum(train) / threads
-        rows.append({"round": s["round"], "wall_s": s["wall_time_s"], "studio_compute_s": round(compute, 1),
-                     "overhead_fraction": round(max(s["wall_time_s"] - compute, 0.0) / s["wall_time_s"], 3),
+        wall = s["wall_time_s"]
+        train, studio = (sum(c["metrics"][key] for c in s["contributions"].values()) / threads
+                         for key in ("train_seconds", "studio_seconds"))
+        rows.append({"round": s["round"], "wall_s": wall, "training_s": round(train, 1),
+                     "studio_work_s": round(studio, 1), "training_fraction": round(train / wall, 3),
+                     "nvflare_fraction": round(max(wall - studio, 0.0) / wall, 3),
                      "bytes_sent_per_site": s["bytes_sent_per_site"]})
     return rows
 

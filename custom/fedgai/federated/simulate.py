@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+from fedgai.config import FedgaiConfig
 from fedgai.config import profile as load_profile
 from fedgai.federated.controller import OUTPUT_DIR
 from fedgai.federated.job import build_job
@@ -74,7 +75,7 @@ def simulate(
     studios: int,
     rounds: int | None,
     workspace: Path,
-    profile: str = "quick",
+    profile: str | FedgaiConfig = "quick",
     data_dir: Path | None = None,
     mode: str | None = None,
     he: bool = False,
@@ -88,7 +89,8 @@ def simulate(
     ``save_outbound_arrays`` keeps a copy of every array each studio sent (see OutboundAudit).
     """
     threads = min(studios, os.cpu_count() or 1)
-    cfg = load_profile(profile).with_overrides({"fed.rounds": rounds, "fed.mode": mode, "privacy.he": he})
+    base = load_profile(profile) if isinstance(profile, str) else profile
+    cfg = base.with_overrides({"fed.rounds": rounds, "fed.mode": mode, "privacy.he": he or None})
     if cfg.train.num_threads is None:  # studios run side by side: share the cores instead of oversubscribing
         cfg = cfg.with_overrides({"train.num_threads": max(1, (os.cpu_count() or 1) // threads)})
     workspace = Path(workspace).resolve()

@@ -100,7 +100,7 @@ def cmd_sketch(args: argparse.Namespace) -> None:
 def cmd_simulate(args: argparse.Namespace) -> None:
     from fedgai.federated.simulate import simulate
 
-    simulate(studios=args.studios, rounds=args.rounds, workspace=args.workspace, profile=args.profile,
+    simulate(studios=args.studios, rounds=args.rounds, workspace=args.workspace, profile=load_config(args),
              data_dir=args.data, mode=args.mode, he=args.he)
 
 
@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, help="federated rounds (default from the profile)")
     p.add_argument("--workspace", type=Path, required=True, help="simulator workspace (outputs land here)")
     p.add_argument("--profile", default="quick", choices=sorted(PROFILES), help="settings profile")
+    p.add_argument("--config", type=Path, help="JSON config file (e.g. with privacy.dp); replaces --profile")
     p.add_argument("--data", type=Path, help="folder of studio folders (default: generate demo studios)")
     p.add_argument("--mode", choices=("fedgai", "local", "fedavg_full", "fedavg_bn"),
                    help="fedgai (D without BN, default) or a baseline")

@@ -182,8 +182,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     "paper": {"model": {"image_size": 256}, "train": {"epochs": 11}, "fed": {"rounds": 11}},
     "quick": {
         "model": {"image_size": 128, "decoder_width": 128},
-        "train": {"epochs": 2, "max_pairs": 32, "batch_size": 8, "lr_g": 1e-3, "lr_d": 2e-4},
-        "fed": {"rounds": 4, "round_timeout": 1800, "min_clients": 2, "straggler_grace": 600},
+        "train": {"epochs": 3, "max_pairs": 48, "batch_size": 8, "lr_g": 1e-3, "lr_d": 2e-4},
+        "fed": {"rounds": 5, "round_timeout": 1800, "min_clients": 2, "straggler_grace": 600},
     },
     "test": {
         "model": {"encoder": "random", "image_size": 32, "decoder_width": 32, "disc_width": 16,

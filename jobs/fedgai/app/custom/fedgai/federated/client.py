@@ -166,12 +166,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     trainer = None
     while flare.is_running():
         received = flare.receive()
+        started = time.perf_counter()
         rnd = received.current_round
         if trainer is None:
             cfg = FedgaiConfig.from_dict(received.meta[CONFIG_META_KEY])
             trainer = open_trainer(cfg, studio_dir, args.output_root / site, resume=rnd > 0, device=args.device)
         result = local_round(trainer, received)
         save_round(trainer, rnd, result.metrics)
+        # All the studio's own work this round (set-up, training, outputs): the rest of a round is NVFlare's.
+        result.metrics["studio_seconds"] = time.perf_counter() - started
         for name, value in result.metrics.items():
             writer.add_scalar(name, value, global_step=rnd)
         flare.send(result)
