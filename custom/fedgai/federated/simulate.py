@@ -132,7 +132,8 @@ def print_summary(workspace: Path, out: Path, sites: dict[str, Path], summaries:
         took = f", {summary['wall_time_s']} s" if "wall_time_s" in summary else ""
         print(f"  round {summary['round']}: {summary['aggregated']} aggregated{took}, "
               f"dropped: {dropped}, no result: {', '.join(summary['no_result']) or 'none'}")
-    print(f"  global discriminator: {out}/global-round-{last['round']:03d}.*")
+    if last["mode"] != "local":  # the local-only baseline has no global model
+        print(f"  global discriminator: {out}/global-round-{last['round']:03d}.*")
     print(f"  round summaries: {out}")
     print(f"  TensorBoard (all studios' metrics): tensorboard --logdir {server_dir(workspace) / 'tb_events'}")
     print(f"  studios' generators: {workspace}/studios/<site>/checkpoints/last.pt")
