@@ -521,3 +521,13 @@ def test_dpsgd_step_adds_noise_and_its_epsilon_matches_the_ledger(tmp_path):
     sample_rate, steps_per_epoch = record_level_schedule(samples, batch, epochs=1)
     assert (dp_loader.sample_rate, len(dp_loader)) == (sample_rate, steps_per_epoch)
     assert ledger.steps == (Step(sigma, sample_rate, 2),)
+
+
+def test_dpsgd_noise_is_not_replayable_from_the_run_seed():
+    from fedgai.privacy import fresh_noise_generator
+
+    torch.manual_seed(0)
+    first = torch.normal(0, 1, (4,), generator=fresh_noise_generator())
+    torch.manual_seed(0)
+    second = torch.normal(0, 1, (4,), generator=fresh_noise_generator())
+    assert not torch.equal(first, second)

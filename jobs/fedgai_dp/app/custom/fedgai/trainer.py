@@ -30,7 +30,7 @@ from fedgai.losses import (
     load_clip,
 )
 from fedgai.models import build_gan, gram_matrix
-from fedgai.privacy import PrivacyLedger, attach_dpsgd, record_level_schedule
+from fedgai.privacy import PrivacyLedger, attach_dpsgd, fresh_noise_generator, record_level_schedule
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,8 @@ class StudioTrainer:
         plain_loader = DataLoader(self.dataset, batch_size=self.cfg.train.batch_size,
                                   generator=torch.Generator().manual_seed(self.cfg.train.seed))
         self._dp_module, self.opt_d, self._dp_loader, _ = attach_dpsgd(
-            self.discriminator, self.opt_d, plain_loader, p.noise_multiplier, p.clip_norm, accountant=p.accountant)
+            self.discriminator, self.opt_d, plain_loader, p.noise_multiplier, p.clip_norm, accountant=p.accountant,
+            noise_generator=fresh_noise_generator())  # train.seed must not make the noise replayable
         self.ledger = PrivacyLedger(self.run_dir / "dp_ledger.json", self.studio.name, p.accountant)
 
     def dp_epsilon(self) -> float | None:

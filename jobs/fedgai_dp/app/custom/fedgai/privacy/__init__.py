@@ -14,7 +14,13 @@ from fedgai.privacy.accountant import (
     compute_epsilon,
     record_level_schedule,
 )
-from fedgai.privacy.dpsgd import attach_dpsgd, make_dp_compatible, norm_layer_types, strip_spectral_norm
+from fedgai.privacy.dpsgd import (
+    attach_dpsgd,
+    fresh_noise_generator,
+    make_dp_compatible,
+    norm_layer_types,
+    strip_spectral_norm,
+)
 from fedgai.privacy.filter import (
     BUDGET_EXHAUSTED_KEY,
     LEDGER_FILE,
@@ -43,6 +49,7 @@ __all__ = [
     "Step",
     "UnsafeUpdateError",
     "attach_dpsgd",
+    "fresh_noise_generator",
     "budget_allows_next_round",
     "calibrate_noise",
     "check_parameters",

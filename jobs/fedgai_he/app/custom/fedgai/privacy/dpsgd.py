@@ -20,7 +20,9 @@ disappear), so in record-level mode every studio and the server must build D thr
 from __future__ import annotations
 
 import copy
+import secrets
 
+import torch
 from opacus import GradSampleModule, PrivacyEngine
 from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
@@ -73,12 +75,15 @@ def attach_dpsgd(
     max_grad_norm: float,
     poisson_sampling: bool = True,
     accountant: str = "rdp",
+    noise_generator: torch.Generator | None = None,
 ) -> tuple[GradSampleModule, DPOptimizer, DataLoader, PrivacyEngine]:
     """Wrap D, its optimiser and the real-sketch loader for per-sample clipping + Gaussian noise.
 
     The engine's accountant sees sample_rate = 1/len(data_loader) per step, the same schedule as
     ``record_level_schedule``; copy ``engine.accountant.history`` into a PrivacyLedger after each round.
-    Noise comes from torch's default generator (secure_mode needs torchcsprng, which is not installed).
+    Noise comes from ``noise_generator``, else torch's default generator (secure_mode needs torchcsprng,
+    which is not installed); a run seeded for reproducibility should pass an unseeded one, see
+    ``fresh_noise_generator``.
     """
     engine = PrivacyEngine(accountant=accountant)
     dp_module, dp_optimizer, dp_loader = engine.make_private(
@@ -88,5 +93,11 @@ def attach_dpsgd(
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,
         poisson_sampling=poisson_sampling,
+        noise_generator=noise_generator,
     )
     return dp_module, dp_optimizer, dp_loader, engine
+
+
+def fresh_noise_generator() -> torch.Generator:
+    """A generator seeded from the OS's CSPRNG: DP noise must not be replayable from the run's seed."""
+    return torch.Generator().manual_seed(secrets.randbits(63))
