@@ -351,7 +351,3 @@ def build_discriminator(cfg: FedgaiConfig, n_taps: int = 4) -> GramDiscriminator
 def build_gan(cfg: FedgaiConfig) -> SketchGAN:
     encoder = build_encoder(cfg.model)
     return SketchGAN(encoder, build_generator(cfg, encoder), build_discriminator(cfg, len(encoder.channels)))
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
