@@ -348,7 +348,7 @@ def test_studio_round_sends_a_diff_of_the_mode_keys(studio_dir, tmp_path, mode):
     assert sorted(result.params) == shared_keys(nets, mode)
     assert result.params_type == ParamsType.DIFF
     assert result.meta[NUM_STEPS] == studio.num_samples
-    assert {"loss_g", "loss_d", "gram", "quality_l1"} <= set(result.metrics)
+    assert {"loss_g", "loss_d", "gram", "val_l1"} <= set(result.metrics)
     after = {**{f"generator.{k}": v for k, v in studio.generator.state_dict().items()},
              **{f"discriminator.{k}": v for k, v in studio.discriminator.state_dict().items()}}
     for key, diff in result.params.items():
@@ -447,7 +447,7 @@ def test_simulated_federation_trains_d_and_sends_only_allowed_entries(demo_root,
         [events] = (server_dir(tmp_path) / "tb_events" / site).glob("events.out.tfevents.*")
         tb = EventAccumulator(str(events))
         tb.Reload()
-        for tag in ("loss_g", "loss_d", "gram", "quality_l1"):
+        for tag in ("loss_g", "loss_d", "gram", "val_l1"):
             assert [e.step for e in tb.Scalars(tag)] == [0, 1]
 
 

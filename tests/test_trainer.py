@@ -60,7 +60,7 @@ def test_train_local_cli_writes_grids_checkpoint_and_sketches(studio_dir, tmp_pa
     assert main(args) == 0
     assert sorted(p.name for p in (run / "grids").iterdir()) == ["epoch_001.png", "epoch_002.png"]
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
-    assert [h["epoch"] for h in history] == [1, 2] and "quality_l1" in history[0]
+    assert [h["epoch"] for h in history] == [1, 2] and "val_l1" in history[0]
     assert (run / "tensorboard").is_dir() and any((run / "tensorboard").iterdir())
     # --resume continues where it stopped instead of starting over
     assert main([*args[:4], "3", *args[5:], "--resume"]) == 0

@@ -77,8 +77,13 @@ class TrainConfig:
     lr_d: float = 2e-4
     epochs: int = 11
     seed: int = 0
-    # Cap on pairs used per studio (None = all); lets the quick profile fit a CPU.
+    # Cap on training pairs used per studio (None = all); lets the quick profile fit a CPU.
     max_pairs: int | None = None
+    # Held-out pairs per studio (evaluation.split): test pairs are never trained on, val pairs give the
+    # per-round held-out metric. The split depends only on split_seed and the file stems.
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    split_seed: int = 0
     # torch CPU threads (None = all cores).
     num_threads: int | None = None
     grid_size: int = 4
@@ -91,6 +96,9 @@ class TrainConfig:
             raise ConfigError("train.lr_g and train.lr_d must be > 0")
         if self.max_pairs is not None:
             _positive("train.max_pairs", self.max_pairs)
+        for name in ("val_fraction", "test_fraction"):
+            if not 0 <= getattr(self, name) < 0.5:
+                raise ConfigError(f"train.{name} must be in [0, 0.5), got {getattr(self, name)}")
 
 
 @dataclass

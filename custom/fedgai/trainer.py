@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from fedgai.config import FedgaiConfig
 from fedgai.data import SketchPairDataset, load_studio
+from fedgai.evaluation.split import run_split
 from fedgai.losses import (
     content_loss,
     feddecorr_loss,
@@ -33,6 +34,8 @@ from fedgai.models import build_gan, gram_matrix
 from fedgai.privacy import PrivacyLedger, attach_dpsgd, fresh_noise_generator, record_level_schedule
 
 log = logging.getLogger(__name__)
+
+INK_THRESHOLD = 0.0  # sketches live in [-1, 1]: below mid-grey is ink
 
 LOSS_TERMS = ("loss_g", "loss_d", "gram", "adversarial", "clip", "content", "pixel_l1", "feddecorr")
 
@@ -51,6 +54,13 @@ def make_optimizer(cfg: FedgaiConfig, params, lr: float) -> torch.optim.Optimize
     return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))
 
 
+def ink_iou(fake: torch.Tensor, real: torch.Tensor) -> float:
+    """Intersection over union of the inked pixels (dark strokes) of generated and real sketches."""
+    a, b = fake < INK_THRESHOLD, real < INK_THRESHOLD
+    union = (a | b).sum().item()
+    return 1.0 if union == 0 else (a & b).sum().item() / union
+
+
 class StudioTrainer:
     """Trains one studio's generator and discriminator; owns its checkpoints, grids and TensorBoard log."""
 
@@ -61,9 +71,14 @@ class StudioTrainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         set_determinism(cfg.train.seed, cfg.train.num_threads)
         self.studio = load_studio(studio_dir)
-        self.dataset = SketchPairDataset(self.studio, cfg.model.image_size, cfg.train.max_pairs, augment=True)
-        # The same pairs without augmentation: for grids, the quality score and the sketch statistics.
-        self.plain = SketchPairDataset(self.studio, cfg.model.image_size, cfg.train.max_pairs)
+        t = cfg.train
+        self.split = run_split(self.studio, self.run_dir, t.split_seed, t.val_fraction, t.test_fraction)
+        size = cfg.model.image_size
+        self.dataset = SketchPairDataset(self.studio, size, t.max_pairs, augment=True, stems=self.split.train)
+        # The same pairs without augmentation: for the sketch statistics.
+        self.plain = SketchPairDataset(self.studio, size, t.max_pairs, stems=self.split.train)
+        # Held-out pairs for grids and the per-round quality score (the test side is never touched here).
+        self.val = SketchPairDataset(self.studio, size, stems=self.split.val) if self.split.val else self.plain
         self.num_samples = len(self.dataset)
         gan = build_gan(cfg)
         self.encoder = gan.encoder.to(self.device)
@@ -86,6 +101,7 @@ class StudioTrainer:
             "clip_enabled": clip_status.enabled,
             "clip_status": clip_status.reason,
             "dp": cfg.privacy.dp,
+            "split": {side: len(getattr(self.split, side)) for side in ("train", "val", "test")},
         }
         self._writer: SummaryWriter | None = None
         self._fixed = self._fixed_batch()
@@ -125,9 +141,9 @@ class StudioTrainer:
         )
 
     def _fixed_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first pairs (no augmentation): what grids and the quality score are computed on."""
-        n = min(self.cfg.train.grid_size, self.num_samples)
-        items = [self.plain[i] for i in range(n)]
+        """The first held-out (val) pairs: what grids show."""
+        n = min(self.cfg.train.grid_size, len(self.val))
+        items = [self.val[i] for i in range(n)]
         return torch.stack([p for p, _ in items]), torch.stack([s for _, s in items])
 
     @torch.no_grad()
@@ -237,14 +253,19 @@ class StudioTrainer:
         self.generator.eval()
         return self.generator(self.encoder(photos.to(self.device))).cpu()
 
+    @torch.no_grad()
     def quality(self) -> dict[str, float]:
-        """Quick quality score on the fixed pairs: L1 to the real sketch and Gram (style) distance."""
-        photo, sketch = self._fixed
-        fake = self.generate(photo)
-        with torch.no_grad():
-            real_g = [gram_matrix(t) for t in self.encoder(sketch.to(self.device))]
-            fake_g = [gram_matrix(t) for t in self.encoder(fake.to(self.device))]
-        return {"quality_l1": float((fake - sketch).abs().mean()), "quality_gram": float(gram_loss(real_g, fake_g))}
+        """Held-out quality on the val pairs (train pairs when the split has no val side): L1 to the real
+        sketch, Gram (style) distance and ink IoU of the strokes. Cheap enough to run every round."""
+        photos, sketches = zip(*(self.val[i] for i in range(len(self.val))), strict=True)
+        fake = self.generate(torch.stack(photos))
+        sketch = torch.stack(sketches)
+        real_g = [gram_matrix(t) for t in self.encoder(sketch.to(self.device))]
+        fake_g = [gram_matrix(t) for t in self.encoder(fake.to(self.device))]
+        prefix = "val" if self.val is not self.plain else "train"
+        return {f"{prefix}_l1": float((fake - sketch).abs().mean()),
+                f"{prefix}_gram": float(gram_loss(real_g, fake_g).cpu()),
+                f"{prefix}_ink_iou": ink_iou(fake, sketch)}
 
     def save_grid(self, path: str | Path) -> Path:
         """One row per fixed pair: photo | generated | real sketch."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,13 +131,21 @@ class SketchPairDataset(torch.utils.data.Dataset):
     """(photo, sketch) tensors of one studio; decoded on first use and kept in memory (studios are small)."""
 
     def __init__(self, studio: Studio, image_size: int, max_pairs: int | None = None,
-                 augment: bool = False) -> None:
+                 augment: bool = False, stems: Sequence[str] | None = None) -> None:
+        """``stems`` restricts the set to those pairs (a split side), in the studio's order; ``max_pairs``
+        then keeps the first of them."""
         if max_pairs is not None and max_pairs < 1:
             raise ValueError(f"max_pairs must be >= 1 or None, got {max_pairs}")
         self.studio = studio
         self.image_size = image_size
         self.augment = augment
-        self.pairs = studio.pairs[:max_pairs]
+        pairs = studio.pairs
+        if stems is not None:
+            wanted = set(stems)
+            pairs = tuple(pair for pair in pairs if pair[0].stem in wanted)
+            if len(pairs) != len(wanted):
+                raise ValueError(f"{len(wanted) - len(pairs)} requested pair(s) are not in studio {studio.name}")
+        self.pairs = pairs[:max_pairs]
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
