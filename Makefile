@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.fedgai-installed
 WORKSPACE ?= runs/demo
 STUDIOS ?= 8
 
-.PHONY: install demo local-demo poc deploy test lint jobs bench clean
+.PHONY: install demo local-demo poc deploy test lint jobs wheel bench clean
 
 install: $(STAMP)
 
@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## the main job: an 8-studio demo federation in NVFlare's simulator (quick profile)
+## the main job: an 8-studio demo federation in NVFlare's simulator (quick profile), one process per studio;
+## prints one line per round (aggregated, held-out val_* means, ETA), full logs under $(WORKSPACE)/nvflare
 demo: install
 	$(BIN)/fedgai simulate --studios $(STUDIOS) --workspace $(WORKSPACE)
 
@@ -40,8 +41,13 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 
+## the job folders (configuration only) for the installed fedgai version; a test checks jobs/ is up to date
 jobs: install
 	$(BIN)/fedgai job export --out jobs
+
+## the pinned fedgai wheel every site installs (dist/fedgai-<version>-py3-none-any.whl; docs/deployment.md)
+wheel: install
+	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
 
 bench: install
 	$(BIN)/python benchmarks/local_train.py

@@ -3,8 +3,9 @@
 One demo studio's pairs are split at random into members (the only pairs the studio trains on) and held-out
 non-members of equal size. Every setting trains from the same seed for the same number of local epochs:
 
-- no DP, and record-level DP-SGD on D (``privacy.dp = "record"``) at each ``--record-sigmas``. sigma 0 is a
-  control: DP-SGD's D (GroupNorm, no spectral norm, no FedDecorr) and per-sketch clipping, but no noise;
+- no DP, and record-level DP (``privacy.dp = "record"``: per-pair clipped, noised G and D steps and the
+  private AdaIN_SD statistics, one ledger) at each ``--record-epsilons`` (the DP-SGD noise is calibrated so
+  that the whole run, statistics included, spends that epsilon) and each ``--record-sigmas``;
 - client-level DP, modelled on the no-DP run: what the server holds after one round is
   D_init + clip_and_noise(D_local - D_init) over the shared (non-normalisation) keys, with C = the update's
   norm x ``--client-clip-fraction``, re-drawn ``--client-draws`` times; epsilon is that of ``--rounds`` such
@@ -17,9 +18,10 @@ standard error, a bootstrap 95% interval and a two-sided p-value against 0.5, th
 variant, D's real-vs-generated AUC on held-out pairs (is D still a useful critic?), G's held-out L1 and Gram
 distance (sample quality) and G's own L1 membership AUC (G never leaves the site).
 
-    TQDM_DISABLE=1 python benchmarks/privacy_audit.py [--members 40] [--epochs 30] [--out FILE] [--doc FILE]
+    TQDM_DISABLE=1 python benchmarks/privacy_audit.py [--seeds 0 1 2] [--epochs 20] [--out FILE] [--doc FILE]
 
-Prints a markdown table of the results (or writes it to --doc). Defaults take about 5 minutes on 2 idle cores.
+Every seed draws its own split and trains every setting. Prints a markdown table of the per-seed results and
+their mean +- sd over seeds (or writes it to --doc). Defaults take about 12 minutes on 2 shared cores.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ from fedgai.federated.keys import shared_keys, split_key
 from fedgai.losses import gram_loss
 from fedgai.models import gram_matrix
 from fedgai.privacy import Step, clip_and_noise, compute_epsilon
-from fedgai.trainer import StudioTrainer
+from fedgai.privacy.record import calibrate_record_noise
+from fedgai.trainer import StudioTrainer, ink_iou
 
 
 @dataclass(frozen=True)
@@ -114,8 +117,10 @@ def make_split(tmp: Path, members: int, size: int, seed: int) -> tuple[Split, di
 
 # ------------------------------------------------------------------------------------------------ training
 def build_config(args: argparse.Namespace, dp: str, sigma: float) -> FedgaiConfig:
-    """The audit's config: the chosen profile, resized, with the given DP mode (clip norm 1 per sketch)."""
+    """The audit's config: the chosen profile, resized, with the given DP mode (clip norm 1 per pair). The
+    trainer's own held-out split is off: the members are exactly the pairs it trains on."""
     return profile(args.profile).with_overrides({
+        "train.val_fraction": 0.0, "train.test_fraction": 0.0, "data.follow_symlinks": True,
         "model.encoder": args.encoder, "model.image_size": args.size, "model.disc_width": args.disc_width,
         "model.gram_rows": args.gram[0], "model.gram_cols": args.gram[1],
         "train.max_pairs": args.members, "train.batch_size": args.batch, "train.seed": args.seed,
@@ -229,6 +234,7 @@ def utility(disc: nn.Module, trainer: StudioTrainer, split: Split) -> dict[str, 
     heldout_l1 = (fake - sketches).abs().mean(dim=(1, 2, 3))
     return {
         "heldout_l1": float(heldout_l1.mean()),
+        "heldout_ink_iou": ink_iou(fake, sketches),
         "heldout_gram": float(gram_loss(real_g, fake_g)),
         "d_real_vs_fake_auc": roc_auc(discriminator_scores(disc, trainer.encoder, sketches),
                                       discriminator_scores(disc, trainer.encoder, fake)),
@@ -257,14 +263,20 @@ def evaluate(disc: nn.Module, released: Released, split: Split, args: argparse.N
             **utility(disc, released.trainer, split)}
 
 
+def record_sigma(args: argparse.Namespace, split: Split, epsilon: float) -> float:
+    """DP-SGD noise multiplier for which the whole record-level run (statistics included) spends ``epsilon``."""
+    cfg = build_config(args, "record", 1.0)
+    return calibrate_record_noise(cfg.privacy, len(split.members[0]), args.batch, args.epochs, epsilon)
+
+
 def trained_row(args: argparse.Namespace, split: Split, tmp: Path, dp: str, sigma: float | None
                 ) -> tuple[dict, Released]:
-    """Train one setting (no DP or record-level DP-SGD) and audit its local D."""
+    """Train one setting (no DP or record-level DP) and audit its local D."""
     start = time.perf_counter()
     cfg = build_config(args, dp, sigma if sigma is not None else 1.0)
     released = train(cfg, split, tmp / f"run-{dp}-{sigma}")
     eps = released.trainer.dp_epsilon()
-    row = {"setting": "no DP" if dp == "none" else "record-level DP-SGD", "dp": dp, "sigma": sigma,
+    row = {"setting": "no DP" if dp == "none" else "record-level DP", "dp": dp, "sigma": sigma,
            "clip_norm": args.record_clip if dp == "record" else None,
            "epsilon": None if eps is None or math.isinf(eps) else eps,
            **evaluate(released.discriminator, released, split, args),
@@ -304,55 +316,88 @@ def fmt(value: float | None, digits: int = 2) -> str:
 
 
 def markdown(result: dict) -> str:
-    """The results table and set-up line for docs/privacy.md's membership-inference section."""
-    a, d = result["args"], result["data"]
+    """Per-seed rows and the mean +- sd over seeds, for docs/privacy.md's membership-inference section."""
+    a = result["args"]
     lines = [
-        "| setting | σ | ε (δ=1e-5) | MIA AUC ± SE | p (AUC ≠ 0.5) | D real-vs-fake AUC | held-out L1 | "
-        "held-out Gram | G L1 MIA AUC |",
+        "| seed | setting | σ | ε (δ=1e-5) | MIA AUC ± SE | D real-vs-fake AUC | held-out L1 | held-out ink IoU | "
+        "G L1 MIA AUC |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
-        eps = "∞ (no noise)" if r["dp"] != "none" and r["epsilon"] is None else fmt(r["epsilon"], 1)
-        auc_sd = f" (draws sd {r['mia_auc_draw_sd']:.2f})" if "mia_auc_draw_sd" in r else ""
-        rf_sd = f" (draws sd {r['d_real_vs_fake_auc_draw_sd']:.2f})" if "d_real_vs_fake_auc_draw_sd" in r else ""
+        eps = "∞ (no noise)" if r["dp"] != "none" and r["epsilon"] is None else fmt(r["epsilon"], 2)
         lines.append(
-            f"| {r['setting']} | {fmt(r['sigma'], 1)} | {eps} | {r['mia_auc']:.2f} ± {r['mia_se']:.2f}{auc_sd} | "
-            f"{r['mia_p_value']:.2f} | {r['d_real_vs_fake_auc']:.2f}{rf_sd} | {r['heldout_l1']:.3f} | "
-            f"{r['heldout_gram']:.3f} | {r['g_l1_mia_auc']:.2f} |")
-    client = next((r for r in result["rows"] if r["dp"] == "client"), None)
-    shared = f", {client['shared_parameters']:,} shared D parameters" if client else ""
-    setup = (f"Set-up: demo studio `{d['studio']}` ({d['studio_pairs']} pairs, {a['size']} px), {d['members']} "
+            f"| {r['seed']} | {r['setting']} | {fmt(r['sigma'], 2)} | {eps} | {r['mia_auc']:.2f} ± {r['mia_se']:.2f} | "
+            f"{r['d_real_vs_fake_auc']:.2f} | {r['heldout_l1']:.3f} | {r['heldout_ink_iou']:.3f} | "
+            f"{r['g_l1_mia_auc']:.2f} |")
+    lines += ["", "| setting | seeds | ε | MIA AUC | D real-vs-fake AUC | held-out L1 | held-out ink IoU |",
+              "|---|---|---|---|---|---|---|"]
+    for name, s in summarise(result["rows"]).items():
+        lines.append(f"| {name} | {s['n']} | {s['epsilon']} | {s['mia_auc']} | {s['d_real_vs_fake_auc']} | "
+                     f"{s['heldout_l1']} | {s['heldout_ink_iou']} |")
+    d = result["data"][0]
+    setup = (f"Set-up: one-studio demo ({d['studio_pairs']} pairs, {a['size']} px) per seed, {d['members']} "
              f"members + {d['nonmembers']} held-out; profile `{a['profile']}` with encoder `{a['encoder']}`, D width "
-             f"{a['disc_width']}, Gram {a['gram'][0]}×{a['gram'][1]}{shared}; {a['epochs']} local epochs, batch "
-             f"{a['batch']}, seed {a['seed']}. Record-level: per-sketch clip {a['record_clip']}, ε from the trainer's "
-             f"ledger. Client-level: C = update norm × {a['client_clip_fraction']}, ε for {a['rounds']} rounds, "
-             f"mean of {a['client_draws']} noise draws. Wall time {result['wall_seconds'] / 60:.1f} min "
+             f"{a['disc_width']}, Gram {a['gram'][0]}×{a['gram'][1]}; {a['epochs']} local epochs, batch {a['batch']}, "
+             f"seeds {a['seeds']}. Record-level: per-pair clip {a['record_clip']}, ε from the trainer's ledger "
+             f"(G, D and statistics). Wall time {result['wall_seconds'] / 60:.1f} min "
              f"({result['machine']['threads']} torch thread(s), load average {result['machine']['load_average']}).")
     return "\n".join([setup, "", *lines, ""])
 
 
+def summarise(rows: list[dict]) -> dict[str, dict[str, str]]:
+    """Mean ± sd over seeds of each setting's key metrics, as formatted strings."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(f"{r['setting']} (target ε {r.get('target_epsilon') or '—'})", []).append(r)
+
+    def spread(values: list, digits: int) -> str:
+        values = [v for v in values if v is not None]
+        if not values:
+            return "—"
+        sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        return f"{np.mean(values):.{digits}f} ± {sd:.{digits}f}"
+
+    return {name: {"n": str(len(g)), "epsilon": spread([r["epsilon"] for r in g], 2),
+                   "mia_auc": spread([r["mia_auc"] for r in g], 2),
+                   "d_real_vs_fake_auc": spread([r["d_real_vs_fake_auc"] for r in g], 2),
+                   "heldout_l1": spread([r["heldout_l1"] for r in g], 3),
+                   "heldout_ink_iou": spread([r["heldout_ink_iou"] for r in g], 3)} for name, g in groups.items()}
+
+
+def seed_rows(args: argparse.Namespace, tmp: Path, seed: int) -> tuple[list[dict], dict]:
+    """Every setting on one seed's split: no DP, record-level per target epsilon and per sigma, client-level."""
+    seeded = argparse.Namespace(**{**vars(args), "seed": seed})
+    split, data = make_split(tmp / f"seed-{seed}", args.members, args.size, seed)
+    base_row, base = trained_row(seeded, split, tmp / f"seed-{seed}", "none", None)
+    rows = [base_row]
+    log(base_row)
+    record = [(eps, record_sigma(seeded, split, eps)) for eps in args.record_epsilons]
+    record += [(None, sigma) for sigma in args.record_sigmas]
+    for target, sigma in record:
+        rows.append({**trained_row(seeded, split, tmp / f"seed-{seed}", "record", sigma)[0], "target_epsilon": target})
+        log(rows[-1])
+    for row in client_rows(seeded, split, base):
+        rows.append(row)
+        log(row)
+    return [{**r, "seed": seed} for r in rows], data
+
+
 def run(args: argparse.Namespace) -> dict:
-    """Every setting, in order: no DP, record-level DP-SGD per sigma, client-level releases per sigma."""
+    """Every setting on every seed."""
     start = time.perf_counter()
     load = round(os.getloadavg()[0], 1)  # other jobs on the machine slow the run down
     torch.set_num_threads(args.threads)
+    rows, data = [], []
     with tempfile.TemporaryDirectory(prefix="fedgai-audit-") as tmp_name:
-        tmp = Path(tmp_name)
-        split, data = make_split(tmp, args.members, args.size, args.seed)
-        rows = []
-        base_row, base = trained_row(args, split, tmp, "none", None)
-        rows.append(base_row)
-        log(rows[-1])
-        for sigma in args.record_sigmas:
-            rows.append(trained_row(args, split, tmp, "record", sigma)[0])
-            log(rows[-1])
-        for row in client_rows(args, split, base):
-            rows.append(row)
-            log(row)
+        for seed in args.seeds:
+            seed_result, seed_data = seed_rows(args, Path(tmp_name), seed)
+            rows += seed_result
+            data.append(seed_data)
     return {"args": {k: v for k, v in vars(args).items() if k not in ("out", "doc")}, "data": data,
             "machine": {"threads": args.threads, "cpu_count": os.cpu_count(), "load_average": load,
                         "platform": platform.platform(), "torch": torch.__version__},
-            "wall_seconds": round(time.perf_counter() - start, 1), "rows": rows}
+            "wall_seconds": round(time.perf_counter() - start, 1), "rows": rows,
+            "summary": summarise(rows)}
 
 
 def log(row: dict) -> None:
@@ -365,21 +410,25 @@ def log(row: dict) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--members", type=int, default=40, help="member pairs (as many held out)")
+    parser.add_argument("--members", type=int, default=24, help="member pairs (as many held out)")
     parser.add_argument("--size", type=int, default=64, help="image size in px (demo and training)")
-    parser.add_argument("--epochs", type=int, default=30, help="local epochs per setting")
+    parser.add_argument("--epochs", type=int, default=20, help="local epochs per setting")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--profile", default="test", help="config profile the audit starts from")
     parser.add_argument("--encoder", default="efficientnet-lite0")
     parser.add_argument("--disc-width", type=int, default=128, help="D width (paper size: 128)")
     parser.add_argument("--gram", type=int, nargs=2, default=[64, 196], metavar=("ROWS", "COLS"),
                         help="pooled Gram size D sees (COLS a square number; paper size: 64 196)")
-    parser.add_argument("--seed", type=int, default=0, help="training seed; also the split and demo seed")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="training seeds; each also draws its own split and demo studio")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1 is fastest on a shared 2-core machine)")
-    parser.add_argument("--record-sigmas", type=float, nargs="*", default=[0.0, 0.5, 1.0, 2.0])
-    parser.add_argument("--record-clip", type=float, default=1.0, help="record-level per-sketch clip norm")
-    parser.add_argument("--client-sigmas", type=float, nargs="*", default=[0.0, 0.5, 1.0, 2.0])
+    parser.add_argument("--record-epsilons", type=float, nargs="*", default=[8.0],
+                        help="record-level runs whose noise is calibrated to spend this epsilon")
+    parser.add_argument("--record-sigmas", type=float, nargs="*", default=[], help="record-level runs at fixed sigma")
+    parser.add_argument("--record-clip", type=float, default=1.0, help="record-level per-pair clip norm")
+    parser.add_argument("--client-sigmas", type=float, nargs="*", default=[],
+                        help="client-level releases of the no-DP D (e.g. 0 0.5 1 2)")
     parser.add_argument("--client-clip-fraction", type=float, default=0.5, help="client C = update norm x this")
     parser.add_argument("--client-draws", type=int, default=5, help="noise draws per client-level sigma")
     parser.add_argument("--rounds", type=int, default=11, help="rounds the client-level epsilon is composed over")

@@ -6,7 +6,8 @@ Studios' data: demo studios in ``WORKDIR/data/<site>`` (``--data-size`` px), or 
 per site name.
 
 1. writes ``WORKDIR/project.yml``: provisioning/project.yml with the server on localhost at a free port;
-2. ``nvflare provision`` -> one startup kit per participant in ``WORKDIR/workspace/fedgai/prod_NN/``;
+2. ``nvflare provision`` -> one startup kit per participant in ``WORKDIR/workspace/fedgai/prod_NN/``, each
+   hardened with fedgai.federated.kits (what ``python -m fedgai.federated.kits KIT`` does at a real site);
 3. the studios' data root is passed to them as $FEDGAI_DATA_ROOT (the client script reads ``ROOT/<site>``);
 4. starts the server, then every studio, each from its own kit (``startup/sub_start.sh --once``: the
    foreground form of start.sh, so this script owns the process), logs in ``WORKDIR/logs/``;
@@ -42,6 +43,7 @@ from nvflare.fuel.flare_api.api_spec import JobNotDone, JobNotRunning, MonitorRe
 from nvflare.fuel.flare_api.flare_api import Session, new_secure_session
 
 from fedgai.federated.client import DATA_ROOT_ENV, OUTPUT_ROOT_ENV
+from fedgai.federated.kits import harden_kits
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECT_TEMPLATE = REPO / "provisioning" / "project.yml"
@@ -78,7 +80,9 @@ def participants(project: dict, kind: str) -> list[dict]:
 
 
 def provision(project_file: Path, workspace: Path) -> Path:
-    """Run ``nvflare provision``; returns the folder holding the kits (the newest prod_NN).
+    """Run ``nvflare provision`` and harden the kits (fedgai.federated.kits: no custom code, studios run only
+    the project admin's jobs, server storage inside its kit); returns the folder holding the kits (the newest
+    prod_NN).
 
     ``--force`` lets a re-run provision into an existing workspace: same root CA, new prod_NN, new HE keys.
     """
@@ -88,7 +92,9 @@ def provision(project_file: Path, workspace: Path) -> Path:
     if done.returncode != 0:
         raise DeployError(f"nvflare provision failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     name = yaml.safe_load(project_file.read_text())["name"]
-    return sorted((workspace / name).glob("prod_*"))[-1]
+    kits = sorted((workspace / name).glob("prod_*"))[-1]
+    harden_kits(kits)
+    return kits
 
 
 def make_studio_data(root: Path, sites: Sequence[str], size: int = 64) -> None:
@@ -104,12 +110,13 @@ def make_studio_data(root: Path, sites: Sequence[str], size: int = 64) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- processes
-def start_kit(kit: Path, log: Path, env: dict[str, str]) -> subprocess.Popen:
-    """Start a server or studio from its startup kit in the foreground (``sub_start.sh --once``)."""
+def start_kit(kit: Path, log: Path, env: dict[str, str], prefix: Sequence[str] = ()) -> subprocess.Popen:
+    """Start a server or studio from its startup kit in the foreground (``sub_start.sh --once``), after
+    ``prefix`` (e.g. ``ip netns exec NS``: provisioning/multihost.py runs each site on its own host)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        return subprocess.Popen(["bash", str(kit / "startup" / "sub_start.sh"), "--once"], cwd=kit, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen([*prefix, "bash", str(kit / "startup" / "sub_start.sh"), "--once"], cwd=kit,
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def kit_env(data_root: Path, output_root: Path) -> dict[str, str]:
@@ -352,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.profile and args.job:
         p.error("use either --job or --profile")
     if args.profile:
-        from fedgai.federated.job import export_jobs
+        from fedgai.federated.he_job import export_jobs
 
         jobs = export_jobs(args.workdir.resolve() / "jobs", args.profile)
     else:

@@ -28,7 +28,6 @@ from fedgai.federated.audit import AUDIT_DIR, LOG_FILE
 from fedgai.federated.controller import initial_global
 from fedgai.federated.he import (
     CLIENT_CONTEXT,
-    HE_JOB_NAME,
     HE_OUTPUT_DIR,
     LAYOUT_META_KEY,
     RECEIVED_DIR,
@@ -39,16 +38,15 @@ from fedgai.federated.he import (
     PlaintextUpdate,
     SecretKeyFound,
     ShapedHEModelDecryptor,
-    build_he_job,
     check_no_secret_key,
     ciphertext_problem,
-    export_he,
     layout_of,
     load_encrypted_global,
     make_contexts,
     prepare_simulator_he,
     received_records,
 )
+from fedgai.federated.he_job import HE_JOB_NAME, build_he_job, export_he
 from fedgai.federated.keys import CONFIG_META_KEY
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,7 +143,7 @@ def test_he_aggregate_equals_the_plaintext_weighted_mean(contexts, global_d, cap
     for site, (diff, n) in studios.items():
         received = encrypted_update(encryptor, diff, n, site)
         data = from_shareable(received).data
-        assert ciphertext_problem(data, set(global_d)) is None  # public ciphertexts only, nothing in plaintext
+        assert ciphertext_problem(data, {k: v.size for k, v in global_d.items()}) is None  # public ciphertexts only
         assert aggregator.accept(received, ctx)
     aggregated = aggregator.aggregate(ctx)
 
@@ -302,3 +300,22 @@ def test_two_studio_he_simulation_aggregates_ciphertexts_only(demo_root, tmp_pat
     assert max(float(np.abs(first[k] - start[k]).max()) for k in start) > 10 * CKKS_TOLERANCE
     assert all(np.isfinite(v).all() and v.shape == start[k].shape for k, v in last.items())
     assert (tmp_path / "studios" / "studio-a" / "checkpoints" / "last.pt").is_file()
+
+
+def test_guard_screens_counts_and_sizes_it_can_see_without_decrypting(contexts, global_d, tmp_path):
+    _, client_ctx = contexts
+    encryptor = client_encryptor(client_ctx)
+    config = profile("test").with_overrides({"fed.site_max_samples": {"studio-c": 100}}).to_dict()
+    guard = CiphertextOnlyGuard(config)
+    diffs = random_diffs(global_d, 7)
+    ok = encrypted_update(encryptor, diffs, 40, "studio-c")
+    assert guard.process(ok, fl_ctx(run_root=tmp_path)) is ok
+    record = json.loads((tmp_path / "job" / HE_OUTPUT_DIR / RECEIVED_DIR / "round-000-studio-c.json").read_text())
+    assert record["accepted"] and record["num_samples"] == 40
+    short = {**diffs, sorted(diffs)[0]: diffs[sorted(diffs)[0]].ravel()[:1]}
+    for update, reason in ((encrypted_update(encryptor, diffs, 41, "studio-c"), "changed from the first-seen 40"),
+                           (encrypted_update(encryptor, diffs, 101, "studio-c"), "exceeds the cap of 100"),
+                           (encrypted_update(encryptor, diffs, -40, "studio-c"), "positive integer"),
+                           (encrypted_update(encryptor, short, 40, "studio-c"), "wrong number of values")):
+        with pytest.raises(PlaintextUpdate, match=reason):
+            guard.process(update, fl_ctx(run_root=tmp_path))

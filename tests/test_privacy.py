@@ -1,4 +1,4 @@
-"""Privacy: the Gaussian mechanism, the accountant against theory, the NVFlare filter, and DP-SGD on D."""
+"""Privacy: the Gaussian mechanism, the accountant against theory, the NVFlare filter (record DP: test_dp_record.py)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,6 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.apis.utils.task_utils import apply_filters
 from nvflare.apis.workspace import Workspace
-from opacus import PrivacyEngine
-from torch import nn
-from torch.nn.utils import parametrizations, spectral_norm
 
 from fedgai.config import PrivacyConfig
 from fedgai.privacy import (
@@ -29,15 +26,12 @@ from fedgai.privacy import (
     PrivacyLedger,
     Step,
     UnsafeUpdateError,
-    attach_dpsgd,
     budget_allows_next_round,
     calibrate_noise,
     clip_and_noise,
     compute_epsilon,
-    make_dp_compatible,
-    norm_layer_types,
+    fresh_noise_generator,
     record_level_schedule,
-    strip_spectral_norm,
     update_norm,
 )
 
@@ -438,94 +432,10 @@ def test_filter_exports_into_a_job_config_as_plain_values(tmp_path):
     assert isinstance(GaussianDPFilter(**entry["args"]), GaussianDPFilter)
 
 
-# ---------------------------------------------------------------- DP-SGD on D
+# ---------------------------------------------------------------- randomness
 
 
-def _gram_discriminator(sn) -> nn.Sequential:
-    """The HAIGEN discriminator's shape in miniature: SN-conv, BN, LeakyReLU, SN-conv on B x C x 14 x 14 Grams."""
-    return nn.Sequential(
-        sn(nn.Conv2d(16, 32, 3, padding=1)), nn.BatchNorm2d(32), nn.LeakyReLU(0.1), sn(nn.Conv2d(32, 1, 4, stride=2))
-    )
-
-
-SPECTRAL_NORMS = [spectral_norm, parametrizations.spectral_norm]
-# Opacus warns that secure_mode (torchcsprng) is off, and torch that the inputs need no grad: both expected here.
-quiet_opacus = pytest.mark.filterwarnings("ignore:Secure RNG turned off", "ignore:Full backward hook is firing")
-
-
-@quiet_opacus
-@pytest.mark.parametrize("sn", SPECTRAL_NORMS, ids=["hook", "parametrization"])
-def test_opacus_rejects_spectral_norm_convolutions(sn):
-    """Why strip_spectral_norm exists; if a future Opacus accepts these, revisit the workaround."""
-    model = _gram_discriminator(sn)
-    model[1] = nn.GroupNorm(8, 32)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 16, 14, 14)), batch_size=4)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(NotImplementedError, match="buffers"):
-        PrivacyEngine(accountant="rdp").make_private(
-            module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0
-        )
-
-
-@pytest.mark.parametrize("sn", SPECTRAL_NORMS, ids=["hook", "parametrization"])
-def test_strip_spectral_norm_keeps_the_normalised_function(sn):
-    torch.manual_seed(0)
-    model = _gram_discriminator(sn).eval()
-    x = torch.randn(3, 16, 14, 14)
-    with torch.no_grad():
-        before = model(x)
-        after = strip_spectral_norm(model)(x)
-    torch.testing.assert_close(after, before)
-    assert sorted(model.state_dict()) == sorted(_gram_discriminator(lambda m: m).state_dict())
-
-
-def test_make_dp_compatible_swaps_batchnorm_for_groupnorm_and_keeps_the_input():
-    original = _gram_discriminator(parametrizations.spectral_norm)
-    fixed = make_dp_compatible(original)
-    kinds = [type(m) for m in fixed]
-    assert kinds == [nn.Conv2d, nn.GroupNorm, nn.LeakyReLU, nn.Conv2d]
-    assert isinstance(fixed[1], norm_layer_types(dp_sgd=True))
-    assert not isinstance(fixed[1], norm_layer_types(dp_sgd=False))
-    assert isinstance(original[1], nn.BatchNorm2d) and "0.parametrizations.weight.original" in original.state_dict()
-
-
-@quiet_opacus
-def test_dpsgd_step_adds_noise_and_its_epsilon_matches_the_ledger(tmp_path):
-    torch.manual_seed(0)
-    sigma, clip, samples, batch = 1.0, 1.0, 32, 8
-    model = make_dp_compatible(_gram_discriminator(spectral_norm))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(samples, 16, 14, 14)), batch)
-    dp_model, dp_optimizer, dp_loader, engine = attach_dpsgd(model, optimizer, loader, sigma, clip)
-    before = [p.detach().clone() for p in dp_model.parameters()]
-    for step, (real,) in enumerate(dp_loader):
-        dp_optimizer.zero_grad()
-        fake = torch.randn_like(real)  # stands in for G's output on the same photos
-        loss = torch.relu(1 - dp_model(real)).mean() + torch.relu(1 + dp_model(fake)).mean()
-        loss.backward()
-        dp_optimizer.step()
-        if step == 1:
-            break
-    params = [p for p in dp_model.parameters()]
-    scale = dp_optimizer.expected_batch_size * dp_optimizer.accumulated_iterations
-    noise = torch.cat([(p.grad * scale - p.summed_grad).flatten() for p in params])
-    assert noise.std().item() == pytest.approx(sigma * clip, rel=0.1)  # ~5.2k coordinates
-    assert all(not torch.equal(b, p) for b, p in zip(before, params, strict=True))
-
-    epsilon = engine.get_epsilon(DELTA)
-    assert epsilon > 0
-    ledger = PrivacyLedger(tmp_path / "dpsgd.json", STUDIO)
-    for noise_multiplier, sample_rate, count in engine.accountant.history:
-        ledger.record(noise_multiplier, sample_rate, count)
-    assert ledger.epsilon(DELTA) == pytest.approx(epsilon, rel=1e-12)
-    sample_rate, steps_per_epoch = record_level_schedule(samples, batch, epochs=1)
-    assert (dp_loader.sample_rate, len(dp_loader)) == (sample_rate, steps_per_epoch)
-    assert ledger.steps == (Step(sigma, sample_rate, 2),)
-
-
-def test_dpsgd_noise_is_not_replayable_from_the_run_seed():
-    from fedgai.privacy import fresh_noise_generator
-
+def test_dp_noise_is_not_replayable_from_the_run_seed():
     torch.manual_seed(0)
     first = torch.normal(0, 1, (4,), generator=fresh_noise_generator())
     torch.manual_seed(0)

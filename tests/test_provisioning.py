@@ -94,6 +94,33 @@ def test_contexts_are_signed_in_the_kits(provisioned):
         assert context in json.loads((kits / name / "startup" / "signature.json").read_text())
 
 
+# ----------------------------------------------------------------------------------------------- site policies
+def test_kits_are_hardened_no_custom_code_and_fedgai_classes_enforced(provisioned):
+    kits, project, _ = provisioned
+    server = deploy.participants(project, "server")[0]["name"]
+    for name in [server, *SITES]:
+        local = kits / name / "local"
+        resources = json.loads((local / "resources.json").read_text())
+        assert resources["class_list_enforcement_mode"] == "enforce" and "fedgai." in resources["class_allow_list"]
+        policy = json.loads((local / "authorization.json").read_text())["permissions"]
+        assert all(rights.get("byoc", "none") == "none" for rights in policy.values() if isinstance(rights, dict))
+    for site in SITES:  # only the project admin deploys jobs at a studio
+        policy = json.loads((kits / site / "local" / "authorization.json").read_text())["permissions"]
+        assert [role for role, rights in policy.items() if rights.get("submit_job", "none") != "none"] == [
+            "project_admin"]
+
+
+def test_server_keeps_jobs_and_snapshots_inside_its_kit(provisioned):
+    """Not NVFlare's machine-wide /tmp/nvflare/{jobs,snapshot}-storage shared by every deployment on a host."""
+    kits, project, _ = provisioned
+    server = kits / deploy.participants(project, "server")[0]["name"]
+    resources = json.loads((server / "local" / "resources.json").read_text())
+    job_manager = next(c for c in resources["components"] if c["id"] == "job_manager")
+    snapshots = resources["snapshot_persistor"]["args"]["storage"]["args"]["root_dir"]
+    assert job_manager["args"]["uri_root"] == str(server.resolve() / "storage" / "jobs")
+    assert snapshots == str(server.resolve() / "storage" / "snapshots")
+
+
 # ----------------------------------------------------------------------------------------------- end to end
 @pytest.mark.slow
 def test_deploy_script_runs_plain_dp_and_he_jobs_from_startup_kits(tmp_path):
@@ -117,6 +144,8 @@ def test_deploy_script_runs_plain_dp_and_he_jobs_from_startup_kits(tmp_path):
         assert sorted(job["studio_outputs"]) == SITES
         assert all((Path(p) / "checkpoints" / "last.pt").is_file() for p in job["studio_outputs"].values())
     assert not deploy.pids_of_kit(workdir)  # everything it started has ended
+    stored = {p.name for p in (workdir / "workspace").glob("fedgai/prod_*/cloud.fedgai.example/storage/jobs/*")}
+    assert stored == {job["job_id"] for job in summary.values()}  # the jobs are kept in this deployment's kit
 
 
 @pytest.mark.slow
@@ -179,3 +208,4 @@ def test_studio_without_a_valid_kit_cannot_join(running, tmp_path):
     assert impostor.poll() is None  # still knocking, never let in
     clients = system.session.get_system_info().client_info
     assert sorted(c.name for c in clients) == SITES
+

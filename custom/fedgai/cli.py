@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
 from fedgai.config import PROFILES, ConfigError, FedgaiConfig, profile
 from fedgai.data import DEMO_STYLES, SKETCH_STYLES, StudioDataError
 from fedgai.models import EncoderUnavailable
+from fedgai.rundir import prepare_train_run, prepare_workspace, record_run, remove_if_empty, resume_hint
 
 # Errors a user can fix; they are printed as one clear message instead of a stack trace (-v shows it).
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -35,7 +37,27 @@ def add_config_args(p: argparse.ArgumentParser, default_profile: str = "quick") 
 
 
 def common_overrides(args: argparse.Namespace) -> dict:
-    return {"train.seed": args.seed, "model.image_size": args.image_size, "model.encoder": args.encoder}
+    return {"train.seed": args.seed, "model.image_size": args.image_size, "model.encoder": args.encoder,
+            "train.device": getattr(args, "device", None)}
+
+
+def device_setting(value: str) -> str:
+    """argparse type of --device: the values train.device accepts."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
+    return value
+
+
+def add_device_arg(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    """The --device option of every command that trains or infers (None = the config's train.device)."""
+    where = f"default {default}" if default else "default: the config's train.device, auto"
+    p.add_argument("--device", type=device_setting, default=default,
+                   help=f"auto (CUDA when present, else CPU), cpu, cuda or cuda:N ({where})")
+
+
+def add_follow_symlinks_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--follow-symlinks", action="store_true", default=None,
+                   help="accept links that lead out of a studio folder (default: listed as problems)")
 
 
 # ----------------------------------------------------------------------------------------------- commands
@@ -58,22 +80,27 @@ def cmd_data_sketchify(args: argparse.Namespace) -> None:
 def cmd_data_check(args: argparse.Namespace) -> None:
     from fedgai.data import load_studio
 
-    studio = load_studio(args.studio)
+    studio = load_studio(args.studio, follow_symlinks=bool(args.follow_symlinks))
     print(f"studio '{studio.name}' OK: {len(studio.pairs)} photo-sketch pairs")
 
 
 def cmd_train_local(args: argparse.Namespace) -> None:
+    from fedgai.data import load_studio
     from fedgai.trainer import StudioTrainer
 
-    cfg = load_config(args, common_overrides(args) | {"train.max_pairs": args.max_pairs})
+    cfg = load_config(args, common_overrides(args) | {"train.max_pairs": args.max_pairs,
+                                                      "data.follow_symlinks": args.follow_symlinks})
+    # Every check before the run folder is touched: a bad studio never costs an earlier run (--overwrite).
+    load_studio(args.studio, follow_symlinks=cfg.data.follow_symlinks, max_pixels=cfg.data.max_pixels)
+    prepare_train_run(args.out, args.studio, cfg, resume=args.resume, overwrite=args.overwrite)
     trainer = StudioTrainer(cfg, args.studio, args.out)
     last = trainer.run_dir / "checkpoints" / "last.pt"
-    if args.resume and last.is_file():
+    if args.resume:
         trainer.load_checkpoint(last)
         print(f"resumed from {last} at epoch {trainer.epoch}")
-    elif args.resume:
-        print(f"--resume: no checkpoint at {last}, starting fresh")
     cfg.save(trainer.run_dir / "config.json")
+    record_run(trainer.run_dir, args.studio)
+    print(f"device {trainer.device}" + (", bf16 autocast" if trainer.amp else ""))
     print(f"studio {trainer.studio.name}: {trainer.num_samples} pairs, encoder {trainer.encoder.name}, "
           f"CLIP {'on' if trainer.metadata['clip_enabled'] else 'off: ' + trainer.metadata['clip_status']}")
     history_path = trainer.run_dir / "history.jsonl"
@@ -91,21 +118,82 @@ def cmd_train_local(args: argparse.Namespace) -> None:
 
 
 def cmd_sketch(args: argparse.Namespace) -> None:
-    from fedgai.edge import Sketcher
+    from fedgai.edge import open_runner, sketch_files
 
-    written = Sketcher(args.model).sketch_files(args.inputs, args.out)
+    written = sketch_files(open_runner(args.model, args.device), args.inputs, args.out, size=args.size)
     print(f"{len(written)} sketches written to {args.out}")
 
 
-def cmd_simulate(args: argparse.Namespace) -> None:
-    from fedgai.federated.simulate import simulate
+def cmd_compress(args: argparse.Namespace) -> None:
+    from fedgai.edge.distill import compress_checkpoint
+    from fedgai.edge.runtime import resolve_model
 
-    simulate(studios=args.studios, rounds=args.rounds, workspace=args.workspace, profile=load_config(args),
-             data_dir=args.data, mode=args.mode, he=args.he)
+    edge = {"epochs": args.epochs, "width": args.width, "lr": args.lr}
+    distiller = compress_checkpoint(resolve_model(args.model)[1], args.studio, args.out, args.device,
+                                    {k: v for k, v in edge.items() if v is not None}, args.resume)
+    if distiller.epoch:
+        print(f"resuming {args.out} at epoch {distiller.epoch}/{distiller.cfg.edge.epochs}")
+    for record in distiller.train():
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+    print(f"compressed generator (width {distiller.cfg.edge.width}): {args.out}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from fedgai.edge.export import export_model
+    from fedgai.edge.runtime import resolve_model
+
+    result = export_model(resolve_model(args.model)[1], args.out)
+    print(f"TorchScript: {result.torchscript} (max |diff| vs eager {result.max_diff_torchscript:.2g})\n"
+          f"ONNX:        {result.onnx} (max |diff| vs eager in onnxruntime {result.max_diff_onnx:.2g})")
+
+
+def cmd_share_style(args: argparse.Namespace) -> None:
+    from fedgai.fusion import share_style
+
+    path = share_style(args.model, args.out)
+    print(f"style statistics (AdaIN_SD channel means and stds only) written to {path}")
+
+
+def cmd_fuse(args: argparse.Namespace) -> None:
+    from fedgai.edge import expand_inputs
+    from fedgai.fusion import fuse
+
+    path = fuse(args.model, args.style, expand_inputs(args.photos), args.out, args.steps, args.device)
+    print(f"style-fusion grid written to {path}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from fedgai.config import EvalConfig
+    from fedgai.evaluation.evaluate import evaluate_runs
+    from fedgai.evaluation.report import text_table, write_outputs
+
+    options = {"feature_size": args.feature_size, "gallery_rows": args.gallery_rows,
+               "style_pairs_per_studio": args.style_pairs, "inception_weights": args.inception_weights,
+               "num_threads": args.threads}
+    cfg = EvalConfig(**{k: v for k, v in options.items() if v is not None})
+    evaluation = evaluate_runs(args.runs, data=args.data, labels=args.label or (), cfg=cfg.validate(),
+                               device=args.device)
+    print(text_table(evaluation.results))
+    for name, note in evaluation.notes.items():
+        print(f"{name}: {note}")
+    paths = write_outputs(evaluation, args.out)
+    print("written: " + ", ".join(str(p) for p in paths.values()))
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from fedgai.federated.simulate import SimulationError, check_request, simulate
+
+    cfg = load_config(args, {"train.device": args.device, "data.follow_symlinks": args.follow_symlinks})
+    check_request(cfg, args.studios, args.data)
+    prepare_workspace(args.workspace, resume=args.resume, overwrite=args.overwrite)
+    try:
+        simulate(studios=args.studios, rounds=args.rounds, workspace=args.workspace, profile=cfg,
+                 data_dir=args.data, mode=args.mode, he=args.he)
+    except SimulationError as err:  # the run failed: the message names the log to read
+        raise SystemExit(f"error: {err}") from err
 
 
 def cmd_job_export(args: argparse.Namespace) -> None:
-    from fedgai.federated.job import export_jobs
+    from fedgai.federated.he_job import export_jobs
 
     for path in export_jobs(args.out, profile=args.profile):
         print(f"job written: {path}")
@@ -146,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = data.add_parser("check", help="validate a studio folder and list every problem")
     p.add_argument("studio", type=Path, help="studio folder with photos/ and sketches/")
+    add_follow_symlinks_arg(p)
     p.set_defaults(func=cmd_data_check)
 
     p = sub.add_parser("train-local", help="train one studio's GAN locally (no federation)")
@@ -154,14 +243,93 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, grids, TensorBoard")
     p.add_argument("--max-pairs", type=int, help="use at most this many pairs (default from the profile)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (else refused)")
+    add_follow_symlinks_arg(p)
+    add_device_arg(p)
     add_config_args(p)
-    p.set_defaults(func=cmd_train_local)
+    p.set_defaults(func=cmd_train_local,
+                   resumable=lambda args: (args.out / "checkpoints" / "last.pt").is_file())
 
-    p = sub.add_parser("sketch", help="turn photos into sketches with a trained studio generator")
-    p.add_argument("--model", type=Path, required=True, help="checkpoint (RUN_DIR/checkpoints/last.pt)")
+    p = sub.add_parser("sketch", help="turn photos into sketches with a trained studio generator",
+                       description="Whole photos, never cropped: each sketch keeps its photo's aspect ratio.")
+    p.add_argument("--model", type=Path, required=True,
+                   help="run folder, checkpoint (full or compressed) or exported .onnx / .ts file")
     p.add_argument("inputs", type=Path, nargs="+", metavar="PHOTO_OR_DIR", help="photos or folders of photos")
-    p.add_argument("--out", type=Path, required=True, help="folder for the sketches (<stem>.png)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the sketches (<stem>.png, grayscale)")
+    p.add_argument("--size", type=int, help="longer side of the sketch in px, at most the photo's "
+                   "(default: the photo's longer side capped at 1024)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto = GPU if available")
     p.set_defaults(func=cmd_sketch)
+
+    p = sub.add_parser("compress", help="distil a studio's compressed (edge) generator from its full one")
+    p.add_argument("--model", type=Path, required=True, help="full generator: run folder or checkpoint")
+    p.add_argument("--studio", type=Path, required=True, help="the studio folder the generator was trained on")
+    p.add_argument("--out", type=Path, required=True, help="compressed checkpoint to write (e.g. compressed.pt)")
+    p.add_argument("--epochs", type=int, help="distillation epochs in total (default edge.epochs)")
+    p.add_argument("--width", type=int, help="first decoder stage's channels (default edge.width)")
+    p.add_argument("--lr", type=float, help="learning rate (default edge.lr)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted --out")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto = GPU if available")
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("export", help="export a generator + its encoder as TorchScript and ONNX (verified)")
+    p.add_argument("--model", type=Path, required=True, help="run folder or checkpoint (full or compressed)")
+    p.add_argument("--out", type=Path, required=True, help="folder for sketcher.ts and sketcher.onnx")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("share-style", help="write a studio's style statistics (what it may share for fusion)",
+                       description="Write the studio's AdaIN_SD statistics - per encoder tap, the channel means and "
+                       "standard deviations of its sketch set's features - to a JSON file. Nothing else is in it: no "
+                       "sketch, no photo, no generator weight. Hand it to another studio only if you want it to draw "
+                       "in (a blend of) your style with `fedgai fuse`.")
+    p.add_argument("--model", type=Path, required=True, help="run folder or checkpoint of the sharing studio")
+    p.add_argument("--out", type=Path, required=True, help="the style file to write (.json)")
+    p.set_defaults(func=cmd_share_style)
+
+    p = sub.add_parser("fuse", help="blend your studio's style with shared styles: an interpolation grid PNG",
+                       description="Run your own generator with AdaIN_SD statistics interpolated between your "
+                       "studio's and each shared style file's. Rows: each photo x each style; columns: the photo, "
+                       "then your style (left) to the other studio's (right).")
+    p.add_argument("--model", type=Path, required=True, help="your run folder or checkpoint")
+    p.add_argument("--style", type=Path, action="append", required=True,
+                   help="a style file from `fedgai share-style` (repeat for several)")
+    p.add_argument("--steps", type=int, default=5, help="columns from your style to the other (>= 2, default 5)")
+    p.add_argument("--out", type=Path, required=True, help="the grid PNG to write")
+    p.add_argument("photos", type=Path, nargs="+", help="photo files or folders")
+    add_device_arg(p, "auto")
+    p.set_defaults(func=cmd_fuse)
+
+    p = sub.add_parser(
+        "evaluate", help="held-out quality of finished runs, compared side by side, with an HTML report",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Regenerate every studio's TEST pairs (split.json in its run folder; never trained on) with "
+        "the run's own generator and score them against the real sketches:\n"
+        "  FD/KD-EffNetLite0  Frechet / kernel distance of ImageNet EfficientNet-Lite0 features (not FID)\n"
+        "  SSIM, PSNR         pixel agreement with the paired real sketch\n"
+        "  ink IoU, chamfer   stroke overlap / stroke distance in px\n"
+        "  style acc          share of generated sketches a classifier trained on the studios' real\n"
+        "                     training sketches attributes to their own studio\n"
+        "  FID/KID, CLIP      only when their weights are already on this machine, else 'unavailable'\n"
+        "RUN_DIR: a train-local run folder, a `fedgai simulate` workspace or a downloaded job result\n"
+        "(any folder holding studio run folders). Several RUN_DIRs are compared studio by studio; folders\n"
+        "of one mode (e.g. a train-local folder per studio) are merged into one run.\n"
+        "Writes OUT/metrics.csv, OUT/metrics.json and OUT/report.html (self-contained: galleries,\n"
+        "tables, training curves, bytes sent and DP epsilon).")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR", help="run folders to evaluate and compare")
+    p.add_argument("--out", type=Path, required=True, help="folder for metrics.csv, metrics.json, report.html")
+    p.add_argument("--data", type=Path, help="folder of studio folders (matched by studio.json name or folder "
+                   "name); default: RUN_DIR/data of a simulator workspace")
+    p.add_argument("--label", action="append", metavar="LABEL",
+                   help="name of each run in the report, one per RUN_DIR in order (default: its training mode)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda[:N], or auto = GPU when available")
+    p.add_argument("--feature-size", type=int, help="EfficientNet-Lite0 input side in px (default 224)")
+    p.add_argument("--gallery-rows", type=int, help="test pairs shown per studio in the report (default 6)")
+    p.add_argument("--style-pairs", type=int, help="real training sketches per studio that fit the style "
+                   "classifier (default 64)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    p.add_argument("--inception-weights", help="local torch-fidelity Inception-v3 file for real FID/KID "
+                   "(default: looked up in the torch hub cache; never downloaded)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("simulate", help="run the federation in NVFlare's simulator (demo studios by default)")
     p.add_argument("--studios", type=int, default=8, help="number of studios (default 8)")
@@ -173,7 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("fedgai", "local", "fedavg_full", "fedavg_bn"),
                    help="fedgai (D without BN, default) or a baseline")
     p.add_argument("--he", action="store_true", help="secure aggregation with CKKS (simulator keys)")
-    p.set_defaults(func=cmd_simulate)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --workspace")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --workspace (keeps data/)")
+    add_follow_symlinks_arg(p)
+    add_device_arg(p)
+    p.set_defaults(func=cmd_simulate, resumable=lambda args: (args.workspace / "server_state").is_dir())
 
     job = sub.add_parser("job", help="NVFlare job folders").add_subparsers(
         dest="job_command", required=True, metavar="JOB_COMMAND")
@@ -191,15 +363,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    # Output folders this call creates; a failed call removes them again if they are still empty.
+    created = [path for name in ("out", "workspace") if isinstance(path := getattr(args, name, None), Path)
+               and not path.exists()]
+    failed = True
     try:
         args.func(args)
+        failed = False
     except USER_ERRORS as err:
         if args.verbose:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = resume_hint(argv, args.resumable(args)) if hasattr(args, "resumable") else "nothing to resume"
+        print(f"\ninterrupted; {hint}", file=sys.stderr)
+        return 130
+    finally:
+        if failed:
+            for path in created:
+                remove_if_empty(path)
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ class ModelConfig:
     image_size: int = 256
     # Channels of the first (coarsest) decoder stage; each MRFM block halves them.
     decoder_width: int = 256
+    # "mrfm" (the paper's multi-resolution fusion) or "plain" (upsampling only: the MRFM ablation).
+    decoder: Literal["mrfm", "plain"] = "mrfm"
     # Gram matrices are pooled to this many rows/cols before the discriminator (HAIGEN: 64 x 196).
     gram_rows: int = 64
     gram_cols: int = 196
@@ -40,6 +43,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         _choice("model.encoder", self.encoder, ENCODERS)
+        _choice("model.decoder", self.decoder, ("mrfm", "plain"))
         if self.image_size < 32 or self.image_size % 32:
             raise ConfigError(f"model.image_size must be a multiple of 32 and >= 32, got {self.image_size}")
         _positive("model.decoder_width", self.decoder_width)
@@ -87,9 +91,17 @@ class TrainConfig:
     # torch CPU threads (None = all cores).
     num_threads: int | None = None
     grid_size: int = 4
+    # Where to train: "auto" = CUDA when present, else CPU; or "cpu", "cuda", "cuda:N".
+    device: str = "auto"
+    # bf16 autocast on CUDA: "auto" = on where the GPU supports bf16; "off". CPU always runs float32.
+    # (No fp16: the 256 px Gram matrices overflow its range.)
+    amp: Literal["auto", "off", "bf16"] = "auto"
 
     def validate(self) -> None:
         _positive("train.batch_size", self.batch_size)
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        _choice("train.amp", self.amp, ("auto", "off", "bf16"))
         _positive("train.epochs", self.epochs)
         _choice("train.optimizer", self.optimizer, ("adam", "sgd"))
         if self.lr_g <= 0 or self.lr_d <= 0:
@@ -113,6 +125,20 @@ class FedConfig:
     straggler_grace: int | None = None
     # Contributions whose update L2 norm exceeds this are dropped (None = no bound).
     max_update_norm: float | None = 1000.0
+    # Updates above this multiple of the round's median update norm are clipped to it (None = off).
+    norm_bound_factor: float | None = 3.0
+    # A studio's aggregation weight (its self-reported pair count) is capped here, per site if listed in
+    # site_max_samples, at the count it first reported, and at max_weight_factor x the round's median weight
+    # (1: no studio counts for more than the typical one; see docs/privacy.md "Robust aggregation").
+    max_samples_per_site: int | None = 100_000
+    site_max_samples: dict[str, int] = field(default_factory=dict)
+    max_weight_factor: float | None = 1.0
+    # fedavg (sample-weighted mean), trimmed_mean (coordinate-wise, trim_fraction cut at each end) or median.
+    aggregator: Literal["fedavg", "trimmed_mean", "median"] = "fedavg"
+    trim_fraction: float = 0.2
+    # Continue a saved global model: never; same_job (only this job's own state, after a server restart);
+    # same_config (also a resubmission of the same job name, submitter and full configuration).
+    resume: Literal["never", "same_job", "same_config"] = "same_config"
 
     def validate(self) -> None:
         _positive("fed.rounds", self.rounds)
@@ -121,6 +147,17 @@ class FedConfig:
         _positive("fed.round_timeout", self.round_timeout)
         if self.straggler_grace is not None and self.straggler_grace < 0:
             raise ConfigError(f"fed.straggler_grace must be >= 0, got {self.straggler_grace}")
+        _choice("fed.aggregator", self.aggregator, ("fedavg", "trimmed_mean", "median"))
+        _choice("fed.resume", self.resume, ("never", "same_job", "same_config"))
+        for name in ("norm_bound_factor", "max_weight_factor"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"fed.{name} must be >= 1 (or null to disable), got {getattr(self, name)}")
+        if self.max_samples_per_site is not None:
+            _positive("fed.max_samples_per_site", self.max_samples_per_site)
+        for site, cap in self.site_max_samples.items():
+            _positive(f"fed.site_max_samples.{site}", cap)
+        if not 0 <= self.trim_fraction < 0.5:
+            raise ConfigError(f"fed.trim_fraction must be in [0, 0.5), got {self.trim_fraction}")
 
 
 @dataclass
@@ -132,14 +169,108 @@ class PrivacyConfig:
     target_epsilon: float | None = None
     accountant: Literal["rdp", "prv"] = "rdp"
     he: bool = False
+    # Record-level DP only: the one Gaussian release of AdaIN_SD's per-sketch statistics (channel mean and
+    # std of each encoder tap, minus those of a blank canvas, clipped per sketch to stats_clip_norm; see
+    # privacy/record.py). 64 covers EfficientNet-Lite0 on the demo sketches (distances 53-70).
+    stats_noise_multiplier: float = 5.0
+    stats_clip_norm: float = 64.0
 
     def validate(self) -> None:
         _choice("privacy.dp", self.dp, DP_MODES)
         _choice("privacy.accountant", self.accountant, ("rdp", "prv"))
         if self.noise_multiplier < 0 or self.clip_norm <= 0:
             raise ConfigError("privacy.noise_multiplier must be >= 0 and privacy.clip_norm > 0")
+        if self.stats_noise_multiplier < 0 or self.stats_clip_norm <= 0:
+            raise ConfigError("privacy.stats_noise_multiplier must be >= 0 and privacy.stats_clip_norm > 0")
         if not 0 < self.delta < 1:
             raise ConfigError(f"privacy.delta must be in (0, 1), got {self.delta}")
+
+
+@dataclass
+class EdgeConfig:
+    """The compressed (depthwise-separable) generator distilled from a studio's full generator."""
+
+    # Channels of the compressed decoder's first stage (halved per stage, like model.decoder_width).
+    width: int = 64
+    epochs: int = 20
+    lr: float = 2e-3
+    batch_size: int = 8
+    # Loss weights: L1 to the full generator's sketch (distillation), L1 to the real sketch, Gram style term.
+    distill: float = 1.0
+    pixel_l1: float = 0.5
+    gram: float = 1.0
+    # Distil the studio's compressed generator at the end of a federated job (federated/client.py).
+    compress_after_training: bool = False
+
+    def validate(self) -> None:
+        _positive("edge.width", self.width)
+        _positive("edge.epochs", self.epochs)
+        _positive("edge.batch_size", self.batch_size)
+        if self.lr <= 0:
+            raise ConfigError(f"edge.lr must be > 0, got {self.lr}")
+        for name in ("distill", "pixel_l1", "gram"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"edge.{name} must be >= 0, got {getattr(self, name)}")
+        if self.distill + self.pixel_l1 + self.gram == 0:
+            raise ConfigError("edge.distill, edge.pixel_l1 and edge.gram cannot all be 0")
+
+
+@dataclass
+class EvalConfig:
+    """`fedgai evaluate` settings. Not a section of FedgaiConfig: evaluation reads finished runs, whatever
+    they were trained with."""
+
+    # EfficientNet-Lite0 input side for FD/KD and the style classifier (224 = its ImageNet resolution).
+    feature_size: int = 224
+    # KD: mean polynomial-kernel MMD over this many random subsets of at most kid_subset_size pairs.
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    # A sketch pixel is ink where it is darker than this (0 = black, 1 = white paper).
+    ink_threshold: float = 0.5
+    # Studios with at most this many pairs are reported in the "small" size group.
+    small_studio_pairs: int = 60
+    # Real training sketches per studio that fit the studio-style classifier.
+    style_pairs_per_studio: int = 64
+    gallery_rows: int = 6
+    batch_size: int = 16
+    seed: int = 0
+    # CLIP photo<->sketch similarity (open_clip tag or local checkpoint); reported "unavailable" offline.
+    clip_model: str = "ViT-B-16"
+    clip_pretrained: str = "openai"
+    # Inception-v3 FID/KID weights (torch-fidelity's file); None = the torch hub cache only, never downloaded.
+    inception_weights: str | None = None
+    # torch CPU threads (None = torch's default, all cores).
+    num_threads: int | None = None
+
+    def validate(self) -> EvalConfig:
+        for name in ("feature_size", "kid_subsets", "small_studio_pairs", "style_pairs_per_studio",
+                     "gallery_rows", "batch_size"):
+            _positive(f"eval.{name}", getattr(self, name))
+        if self.kid_subset_size < 2:
+            raise ConfigError(f"eval.kid_subset_size must be >= 2, got {self.kid_subset_size}")
+        if not 0 < self.ink_threshold < 1:
+            raise ConfigError(f"eval.ink_threshold must be in (0, 1), got {self.ink_threshold}")
+        if self.num_threads is not None:
+            _positive("eval.num_threads", self.num_threads)
+        return self
+
+
+@dataclass
+class DataConfig:
+    """How studio folders are read."""
+
+    # Follow symbolic links that lead out of a studio folder (off: each is listed as a problem).
+    follow_symlinks: bool = False
+    # Images declaring more pixels are refused before decoding (40 MP as float RGB is ~480 MB).
+    max_megapixels: float = 40.0
+
+    def validate(self) -> None:
+        if self.max_megapixels <= 0:
+            raise ConfigError(f"data.max_megapixels must be > 0, got {self.max_megapixels}")
+
+    @property
+    def max_pixels(self) -> int:
+        return int(self.max_megapixels * 1_000_000)
 
 
 @dataclass
@@ -149,9 +280,11 @@ class FedgaiConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     fed: FedConfig = field(default_factory=FedConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
     def validate(self) -> FedgaiConfig:
-        for part in (self.model, self.loss, self.train, self.fed, self.privacy):
+        for part in (self.model, self.loss, self.train, self.fed, self.privacy, self.edge, self.data):
             part.validate()
         return self
 
@@ -190,7 +323,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "paper": {"model": {"image_size": 256}, "train": {"epochs": 11}, "fed": {"rounds": 11}},
     "quick": {
         "model": {"image_size": 128, "decoder_width": 128},
-        "train": {"epochs": 3, "max_pairs": 48, "batch_size": 8, "lr_g": 1e-3, "lr_d": 2e-4},
+        "train": {"epochs": 3, "max_pairs": 96, "batch_size": 8, "lr_g": 1e-3, "lr_d": 2e-4},
         "fed": {"rounds": 5, "round_timeout": 1800, "min_clients": 2, "straggler_grace": 600},
     },
     "test": {
@@ -240,6 +373,11 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
     if origin is Literal:
         _choice(path, value, typing.get_args(hint))
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a JSON object, got {value!r}")
+        key_hint, value_hint = typing.get_args(hint)
+        return {_coerce(key_hint, k, path): _coerce(value_hint, v, f"{path}.{k}") for k, v in value.items()}
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# open_clip's file names on the Hugging Face hub (a .safetensors copy is preferred when present).
+CLIP_WEIGHTS = "open_clip_pytorch_model.bin"
+CLIP_SAFE_WEIGHTS = "open_clip_model.safetensors"
 
 
 def gram_loss(real: list[torch.Tensor], fake: list[torch.Tensor]) -> torch.Tensor:
@@ -96,35 +99,61 @@ class ClipLoss(nn.Module):
 
 
 def load_clip(cfg: LossConfig) -> tuple[ClipLoss | None, ClipStatus]:
-    """open_clip's model from a pretrained tag or local checkpoint; offline, say so and disable the term."""
+    """open_clip's model from a pretrained tag or local checkpoint; offline, say so once and disable the term."""
     if cfg.clip == 0 or cfg.clip_pretrained == "none":
         return None, ClipStatus(False, "disabled in config (loss.clip = 0 or loss.clip_pretrained = 'none')")
     visual, reason = _clip_visual(cfg.clip_model, cfg.clip_pretrained)
     if visual is None:
-        log.warning(
-            "CLIP term DISABLED: %s. Put the checkpoint in the Hugging Face cache or set loss.clip_pretrained "
-            "to a local file to enable it.", reason,
-        )
         return None, ClipStatus(False, reason)
-    log.info("CLIP loss: %s", reason)
     return ClipLoss(visual, visual.image_size[0]), ClipStatus(True, reason)
 
 
 @functools.cache
 def _clip_visual(model_name: str, source: str) -> tuple[nn.Module | None, str]:
-    """One load attempt per process: in-process simulator studios share the frozen model (or the failure)."""
-    if ("/" in source or source.endswith((".pt", ".bin", ".safetensors"))) and not Path(source).is_file():
-        return None, f"loss.clip_pretrained file {source} does not exist"
-    offline = os.environ.get("HF_HUB_OFFLINE")
-    # Cached weights only: read before huggingface_hub is imported, so a missing file fails at once.
-    os.environ["HF_HUB_OFFLINE"] = "1" if offline is None else offline
-    try:
-        import open_clip
+    """One load attempt (and at most one warning) per process: in-process simulator studios share the frozen
+    model or the failure. A tag's weights come from the local caches first; the hub is asked only when
+    online (HF_HUB_OFFLINE unset) and the weights are not cached."""
+    import open_clip
 
-        model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=source)
-    except (RuntimeError, OSError) as err:
-        return None, f"CLIP weights '{model_name}/{source}' unavailable offline ({err})"
-    finally:
-        if offline is None:
-            del os.environ["HF_HUB_OFFLINE"]
-    return model.visual, f"{model_name}/{source}"
+    if "/" in source or source.endswith((".pt", ".bin", ".safetensors")):
+        checkpoint, problem, tag = (source, None, {}) if Path(source).is_file() else (
+            None, f"loss.clip_pretrained file {source} does not exist", {})
+    else:
+        tag = open_clip.get_pretrained_cfg(model_name, source)
+        checkpoint, problem = _tag_checkpoint(tag) if tag else (None, f"unknown CLIP weights '{model_name}/{source}'")
+    if checkpoint is not None:
+        try:
+            model = open_clip.create_model(model_name, pretrained=checkpoint,
+                                           force_quick_gelu=tag.get("quick_gelu", False))
+        except (RuntimeError, OSError) as err:
+            problem = f"CLIP weights {checkpoint} cannot be loaded ({err})"
+        else:
+            log.info("CLIP loss: %s/%s", model_name, source)
+            return model.visual, f"{model_name}/{source}"
+    log.warning("CLIP term DISABLED for this process: %s. Put the checkpoint in the Hugging Face cache or set "
+                "loss.clip_pretrained to a local file to enable it.", problem)
+    return None, problem
+
+
+def _tag_checkpoint(tag: dict) -> tuple[str | None, str | None]:
+    """(local file, None) for a known open_clip tag, or (None, why not): cache first, then one download."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    repo, filename = os.path.split(tag.get("hf_hub", ""))
+    names = [CLIP_SAFE_WEIGHTS, CLIP_WEIGHTS] if filename in ("", CLIP_WEIGHTS) else [filename]
+    for name in names if repo else []:
+        cached = try_to_load_from_cache(repo, name)
+        if isinstance(cached, str):
+            return cached, None
+    url_file = Path("~/.cache/clip").expanduser() / os.path.basename(tag.get("url", ""))
+    if tag.get("url") and url_file.is_file():
+        return str(url_file), None
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    if offline:
+        return None, f"weights {tag.get('hf_hub') or tag.get('url')} are not in the local cache (HF_HUB_OFFLINE)"
+    import open_clip
+
+    try:
+        return open_clip.download_pretrained(tag), None
+    except (OSError, RuntimeError) as err:  # FileNotFoundError from the hub, URLError from a plain URL
+        return None, f"weights could not be downloaded ({err})"

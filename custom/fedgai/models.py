@@ -8,6 +8,7 @@ Choices the paper leaves open are recorded in docs/model.md.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from dataclasses import dataclass
@@ -73,6 +74,16 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.taps(self.normalise(x))
+
+    def weights_hash(self) -> str:
+        """Short SHA-256 of the (frozen) weights: studios can only federate D within one feature space."""
+        if not hasattr(self, "_weights_hash"):
+            digest = hashlib.sha256()
+            for key, value in sorted(self.state_dict().items()):
+                digest.update(key.encode())
+                digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+            self._weights_hash = digest.hexdigest()[:16]
+        return self._weights_hash
 
 
 def run_taps(x: torch.Tensor, layers, taps) -> list[torch.Tensor]:
@@ -198,11 +209,27 @@ def gram_matrix(f: torch.Tensor) -> torch.Tensor:
     return flat @ flat.transpose(1, 2) / (c * h * w)
 
 
-def conv_block(cin: int, cout: int, kernel: int = 3, slope: float = 0.01) -> nn.Sequential:
+def norm_layer(channels: int, per_sample: bool) -> nn.Module:
+    """BatchNorm, or GroupNorm (groups = gcd(32, C)) where every sample must be normalised on its own.
+
+    Record-level DP needs per-sample gradients: BatchNorm mixes the samples of a batch (one sketch would move
+    every other sample's output), GroupNorm does not and keeps no running statistics.
+    """
+    return nn.GroupNorm(math.gcd(32, channels), channels) if per_sample else nn.BatchNorm2d(channels)
+
+
+def sn_conv(conv: nn.Conv2d, per_sample: bool) -> nn.Module:
+    """Spectral norm, except for per-sample training: its power-iteration buffers are updated in place on
+    every forward, which per-sample gradient transforms (torch.func.vmap) cannot batch. Per-pair clipping
+    then bounds each pair's influence instead; spectral norm's Lipschitz control of the GAN is what is lost."""
+    return conv if per_sample else spectral_norm(conv)
+
+
+def conv_block(cin: int, cout: int, kernel: int = 3, slope: float = 0.01, per_sample: bool = False) -> nn.Sequential:
     """Reflection-padded spectral-norm conv + BatchNorm + LeakyReLU: the generator's unit."""
     pad = [nn.ReflectionPad2d(kernel // 2)] if kernel > 1 else []
     return nn.Sequential(
-        *pad, spectral_norm(nn.Conv2d(cin, cout, kernel)), nn.BatchNorm2d(cout), nn.LeakyReLU(slope)
+        *pad, sn_conv(nn.Conv2d(cin, cout, kernel), per_sample), norm_layer(cout, per_sample), nn.LeakyReLU(slope)
     )
 
 
@@ -229,9 +256,14 @@ class AdaINSD(nn.Module):
             count = sum(f.shape[0] * f.shape[2] * f.shape[3] for f in feats)
             mean = sum(f.sum(dim=(0, 2, 3)) for f in feats) / count
             var = sum(((f - mean.view(1, -1, 1, 1)) ** 2).sum(dim=(0, 2, 3)) for f in feats) / count
-            getattr(self, f"mean{i}").copy_(mean.view(1, -1, 1, 1))
-            getattr(self, f"std{i}").copy_((var + self.eps).sqrt().view(1, -1, 1, 1))
+            self.set_tap(i, mean, var)
         self.fitted.fill_(True)
+
+    @torch.no_grad()
+    def set_tap(self, index: int, mean: torch.Tensor, var: torch.Tensor) -> None:
+        """Use the given per-channel mean and variance for tap ``index`` (e.g. a privately released estimate)."""
+        getattr(self, f"mean{index}").copy_(mean.view(1, -1, 1, 1))
+        getattr(self, f"std{index}").copy_((var + self.eps).sqrt().view(1, -1, 1, 1))
 
     def forward(self, taps: list[torch.Tensor]) -> list[torch.Tensor]:
         out = []
@@ -249,12 +281,12 @@ class MRFMBlock(nn.Module):
     with w a learnable scalar starting at 0 so the raw-tap skip is phased in by training.
     """
 
-    def __init__(self, fine_ch: int, coarse_ch: int, out_ch: int):
+    def __init__(self, fine_ch: int, coarse_ch: int, out_ch: int, per_sample: bool = False):
         super().__init__()
-        self.down = conv_block(fine_ch, coarse_ch)
-        self.up = conv_block(2 * coarse_ch, out_ch)
+        self.down = conv_block(fine_ch, coarse_ch, per_sample=per_sample)
+        self.up = conv_block(2 * coarse_ch, out_ch, per_sample=per_sample)
         self.skip = nn.Conv2d(fine_ch, out_ch, 1)
-        self.fuse = conv_block(out_ch, out_ch, kernel=1)
+        self.fuse = conv_block(out_ch, out_ch, kernel=1, per_sample=per_sample)
         self.w = nn.Parameter(torch.zeros(()))
 
     def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
@@ -263,20 +295,34 @@ class MRFMBlock(nn.Module):
         return self.fuse(y + self.w * self.skip(fine))
 
 
+class PlainBlock(nn.Module):
+    """The ablation of MRFM (model.decoder = "plain"): upsample the coarser map, ignore the finer tap."""
+
+    def __init__(self, coarse_ch: int, out_ch: int, per_sample: bool = False):
+        super().__init__()
+        self.up = conv_block(coarse_ch, out_ch, per_sample=per_sample)
+
+    def forward(self, fine: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:  # noqa: ARG002 - same call as MRFM
+        return self.up(F.interpolate(coarse, scale_factor=2, mode="nearest"))
+
+
 class SketchGenerator(nn.Module):
     """AdaIN_SD + a coarse-to-fine MRFM decoder over the encoder taps -> 1-channel sketch in [-1, 1]."""
 
-    def __init__(self, channels: tuple[int, ...], finest_stride: int, width: int):
+    def __init__(self, channels: tuple[int, ...], finest_stride: int, width: int, per_sample: bool = False,
+                 decoder: str = "mrfm"):
         super().__init__()
         self.adain = AdaINSD(channels)
         widths = [max(width // 2**i, 8) for i in range(len(channels))]
-        self.start = conv_block(channels[-1], widths[0])
+        self.start = conv_block(channels[-1], widths[0], per_sample=per_sample)
         self.blocks = nn.ModuleList(
-            MRFMBlock(channels[-2 - i], widths[i], widths[i + 1]) for i in range(len(channels) - 1)
+            MRFMBlock(channels[-2 - i], widths[i], widths[i + 1], per_sample) if decoder == "mrfm"
+            else PlainBlock(widths[i], widths[i + 1], per_sample) for i in range(len(channels) - 1)
         )
         ups = []
         for _ in range(int(math.log2(finest_stride))):
-            ups += [nn.Upsample(scale_factor=2, mode="nearest"), conv_block(widths[-1], widths[-1])]
+            ups += [nn.Upsample(scale_factor=2, mode="nearest"),
+                    conv_block(widths[-1], widths[-1], per_sample=per_sample)]
         self.upsample = nn.Sequential(*ups)
         self.head = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(widths[-1], 1, 3), nn.Tanh())
 
@@ -297,19 +343,19 @@ class GramDiscriminator(nn.Module):
     FedDecorr decorrelates.
     """
 
-    def __init__(self, n_taps: int, rows: int, cols: int, width: int):
+    def __init__(self, n_taps: int, rows: int, cols: int, width: int, per_sample: bool = False):
         super().__init__()
         self.rows, self.cols, self.side = rows, cols, math.isqrt(cols)
         self.body = nn.Sequential(
-            spectral_norm(nn.Conv2d(n_taps * rows, width, 3, padding=1)),
-            nn.BatchNorm2d(width),
+            sn_conv(nn.Conv2d(n_taps * rows, width, 3, padding=1), per_sample),
+            norm_layer(width, per_sample),
             nn.LeakyReLU(0.1),
-            spectral_norm(nn.Conv2d(width, width // 2, 3, padding=1)),
-            nn.BatchNorm2d(width // 2),
+            sn_conv(nn.Conv2d(width, width // 2, 3, padding=1), per_sample),
+            norm_layer(width // 2, per_sample),
             nn.LeakyReLU(0.1),
             nn.AvgPool2d(2),
         )
-        self.head = spectral_norm(nn.Conv2d(width // 2, 1, 4, stride=2, padding=1))
+        self.head = sn_conv(nn.Conv2d(width // 2, 1, 4, stride=2, padding=1), per_sample)
 
     def fold(self, grams: list[torch.Tensor]) -> torch.Tensor:
         b = grams[0].shape[0]
@@ -329,23 +375,23 @@ class SketchGAN:
     discriminator: GramDiscriminator
 
 
+def per_sample_networks(cfg: FedgaiConfig) -> bool:
+    """Record-level DP trains G and D on per-pair gradients: GroupNorm, no spectral norm (see norm_layer)."""
+    return cfg.privacy.dp == "record"
+
+
 def build_generator(cfg: FedgaiConfig, encoder: Encoder) -> SketchGenerator:
-    return SketchGenerator(encoder.channels, encoder.strides[0], cfg.model.decoder_width)
+    return SketchGenerator(encoder.channels, encoder.strides[0], cfg.model.decoder_width, per_sample_networks(cfg),
+                           cfg.model.decoder)
 
 
 def build_discriminator(cfg: FedgaiConfig, n_taps: int = 4) -> GramDiscriminator:
     """Needs no pretrained weights, so the server can build the initial global model.
 
-    Under record-level DP-SGD, Opacus needs per-sample gradients: spectral norm is removed and BatchNorm
-    becomes GroupNorm - on studios and server alike, so that the shared keys agree.
+    Studios and server build the same variant (per_sample_networks), so that the shared keys agree.
     """
     m = cfg.model
-    disc = GramDiscriminator(n_taps, m.gram_rows, m.gram_cols, m.disc_width)
-    if cfg.privacy.dp == "record":
-        from fedgai.privacy.dpsgd import make_dp_compatible
-
-        disc = make_dp_compatible(disc)
-    return disc
+    return GramDiscriminator(n_taps, m.gram_rows, m.gram_cols, m.disc_width, per_sample_networks(cfg))
 
 
 def build_gan(cfg: FedgaiConfig) -> SketchGAN:

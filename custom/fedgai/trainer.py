@@ -8,12 +8,10 @@ import json
 import logging
 import os
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from opacus import GradSampleModule
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import save_image
@@ -21,6 +19,7 @@ from tqdm import tqdm
 
 from fedgai.config import FedgaiConfig
 from fedgai.data import SketchPairDataset, load_studio
+from fedgai.device import amp_dtype, resolve_device
 from fedgai.evaluation.split import run_split
 from fedgai.losses import (
     content_loss,
@@ -31,7 +30,7 @@ from fedgai.losses import (
     load_clip,
 )
 from fedgai.models import build_gan, gram_matrix
-from fedgai.privacy import PrivacyLedger, attach_dpsgd, fresh_noise_generator, record_level_schedule
+from fedgai.privacy.record import RecordLevelDP
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +63,17 @@ def ink_iou(fake: torch.Tensor, real: torch.Tensor) -> float:
 class StudioTrainer:
     """Trains one studio's generator and discriminator; owns its checkpoints, grids and TensorBoard log."""
 
-    def __init__(self, cfg: FedgaiConfig, studio_dir: str | Path, run_dir: str | Path, device: str = "cpu"):
+    def __init__(self, cfg: FedgaiConfig, studio_dir: str | Path, run_dir: str | Path, device: str | None = None):
+        """``device`` overrides cfg.train.device (None = the config's setting, "auto" by default)."""
         self.cfg = cfg
-        self.device = torch.device(device)
+        self.device = resolve_device(device or cfg.train.device)
+        # No autocast under record-level DP: per-pair clipping is checked in float32 only.
+        self.amp = amp_dtype(cfg.train.amp, self.device) if cfg.privacy.dp != "record" else None
+        set_determinism(cfg.train.seed, cfg.train.num_threads)
+        self.studio = load_studio(studio_dir, follow_symlinks=cfg.data.follow_symlinks,
+                                  max_pixels=cfg.data.max_pixels)
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        set_determinism(cfg.train.seed, cfg.train.num_threads)
-        self.studio = load_studio(studio_dir)
         t = cfg.train
         self.split = run_split(self.studio, self.run_dir, t.split_seed, t.val_fraction, t.test_fraction)
         size = cfg.model.image_size
@@ -85,14 +88,14 @@ class StudioTrainer:
         self.generator = gan.generator.to(self.device)
         self.discriminator = gan.discriminator.to(self.device)
         self.clip, clip_status = load_clip(cfg.loss)
+        if self.clip is not None:
+            self.clip = self.clip.to(self.device)
         self.opt_g = make_optimizer(cfg, self.generator.parameters(), cfg.train.lr_g)
         self.opt_d = make_optimizer(cfg, self.discriminator.parameters(), cfg.train.lr_d)
         self.epoch = 0
-        self._dp_loader: DataLoader | None = None
-        self._dp_module: GradSampleModule | None = None
-        self.ledger: PrivacyLedger | None = None
-        if cfg.privacy.dp == "record":
-            self._attach_dpsgd()
+        # Record-level DP: every pair-dependent update of G and D (and AdaIN_SD's statistics) is private.
+        self.record_dp = RecordLevelDP(cfg.privacy, self.num_samples, t.batch_size, self.run_dir / "dp_ledger.json",
+                                       self.studio.name) if cfg.privacy.dp == "record" else None
         self.metadata = {
             "studio": self.studio.name,
             "num_samples": self.num_samples,
@@ -101,6 +104,8 @@ class StudioTrainer:
             "clip_enabled": clip_status.enabled,
             "clip_status": clip_status.reason,
             "dp": cfg.privacy.dp,
+            "device": str(self.device),
+            "amp": "bf16" if self.amp else "off",
             "split": {side: len(getattr(self.split, side)) for side in ("train", "val", "test")},
         }
         self._writer: SummaryWriter | None = None
@@ -108,32 +113,12 @@ class StudioTrainer:
         self.fit_sketch_statistics()
         (self.run_dir / "metadata.json").write_text(json.dumps(self.metadata, indent=2) + "\n")
 
-    def _attach_dpsgd(self) -> None:
-        """Record-level DP-SGD on D: per-sketch clipping + noise; steps are written to a persistent ledger."""
-        p = self.cfg.privacy
-        plain_loader = DataLoader(self.dataset, batch_size=self.cfg.train.batch_size,
-                                  generator=torch.Generator().manual_seed(self.cfg.train.seed))
-        self._dp_module, self.opt_d, self._dp_loader, _ = attach_dpsgd(
-            self.discriminator, self.opt_d, plain_loader, p.noise_multiplier, p.clip_norm, accountant=p.accountant,
-            noise_generator=fresh_noise_generator())  # train.seed must not make the noise replayable
-        self.ledger = PrivacyLedger(self.run_dir / "dp_ledger.json", self.studio.name, p.accountant)
-
     def dp_epsilon(self) -> float | None:
-        """epsilon spent so far by record-level DP-SGD (None when it is off)."""
-        return None if self.ledger is None else self.ledger.epsilon(self.cfg.privacy.delta)
-
-    def _spend_epoch_budget(self) -> None:
-        """Refuse an epoch that would overrun privacy.target_epsilon, else record its steps."""
-        p = self.cfg.privacy
-        rate, steps = record_level_schedule(self.num_samples, self.cfg.train.batch_size, 1)
-        if p.target_epsilon is not None:
-            self.ledger.check_budget(p.target_epsilon, p.noise_multiplier, rate, steps, p.delta)
-        self.ledger.record(p.noise_multiplier, rate, count=steps)
+        """epsilon spent so far under record-level DP (None when it is off)."""
+        return None if self.record_dp is None else self.record_dp.epsilon()
 
     # ------------------------------------------------------------------ data
     def loader(self) -> DataLoader:
-        if self._dp_loader is not None:
-            return self._dp_loader  # Poisson sampling, as the accountant assumes
         generator = torch.Generator().manual_seed(self.cfg.train.seed * 1000 + self.epoch)
         return DataLoader(
             self.dataset, batch_size=self.cfg.train.batch_size, shuffle=True, drop_last=len(self.dataset) >
@@ -148,39 +133,67 @@ class StudioTrainer:
 
     @torch.no_grad()
     def fit_sketch_statistics(self) -> None:
-        """AdaIN_SD's per-tap statistics over this studio's whole sketch set (they never leave the site)."""
+        """AdaIN_SD's per-tap statistics over this studio's whole sketch set (they never leave the site);
+        under record-level DP, released to G through the Gaussian mechanism of RecordLevelDP."""
         sketches = [self.plain[i][1] for i in range(self.num_samples)]
         taps = [self.encoder(torch.stack(sketches[i : i + 32]).to(self.device))
                 for i in range(0, len(sketches), 32)]
-        self.generator.adain.fit(taps)
+        if self.record_dp is None:
+            self.generator.adain.fit(taps)
+        else:
+            blank = self.encoder(torch.ones_like(sketches[0]).unsqueeze(0).to(self.device))  # white paper
+            self.record_dp.fit_adain(self.generator.adain, taps, blank)
+
+    def _pairs(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The (augmented) training pairs at ``indices`` on the device; None for an empty sample."""
+        if len(indices) == 0:
+            return None
+        items = [self.dataset[int(i)] for i in indices]
+        return (torch.stack([p for p, _ in items]).to(self.device),
+                torch.stack([s for _, s in items]).to(self.device))
+
+    @torch.no_grad()
+    def _real_features(self, photo: torch.Tensor, sketch: torch.Tensor
+                       ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """Encoder taps of the photos and sketches, and the sketches' Gram matrices (no gradient needed)."""
+        with self._autocast():
+            photo_taps, real_taps = self.encoder(photo), self.encoder(sketch)
+            return photo_taps, real_taps, [gram_matrix(t) for t in real_taps]
+
+    def _generator_terms(self, fake: torch.Tensor, fake_taps: list[torch.Tensor], sketch: torch.Tensor,
+                         real_taps: list[torch.Tensor], real_grams: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """G's loss terms for generated sketches against their real pairs (through the current D)."""
+        fake_grams = [gram_matrix(t) for t in fake_taps]
+        terms = {
+            "gram": gram_loss(real_grams, fake_grams),
+            "adversarial": hinge_g_loss(self.discriminator(fake_grams)[0]),
+            "content": content_loss(real_taps[-1], fake_taps[-1]),
+            "pixel_l1": (fake - sketch).abs().mean(),
+        }
+        if self.clip is not None:
+            terms["clip"] = self.clip(sketch, fake)
+        return terms
+
+    def _weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(getattr(self.cfg.loss, name) * value for name, value in terms.items())
 
     # ------------------------------------------------------------------ training
     def step(self, photo: torch.Tensor, sketch: torch.Tensor) -> dict[str, float]:
-        """One discriminator update then one generator update on a batch."""
-        w = self.cfg.loss
-        with torch.no_grad():
-            photo_taps = self.encoder(photo)
-            real_taps = self.encoder(sketch)
-            real_grams = [gram_matrix(t) for t in real_taps]
-        fake = self.generator(photo_taps)
-        fake_taps = self.encoder(fake)
-        fake_grams = [gram_matrix(t) for t in fake_taps]
-
-        loss_d, decorr = self._discriminator_loss(real_grams, [g.detach() for g in fake_grams])
+        """One discriminator update then one generator update on a batch (moved to the trainer's device)."""
+        photo, sketch = photo.to(self.device), sketch.to(self.device)
+        photo_taps, real_taps, real_grams = self._real_features(photo, sketch)
+        with self._autocast():
+            fake = self.generator(photo_taps)
+            fake_taps = self.encoder(fake)
+            fake_grams = [gram_matrix(t) for t in fake_taps]
+            loss_d, decorr = self._discriminator_loss(real_grams, [g.detach() for g in fake_grams])
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
 
-        with self._generator_pass():
-            terms = {
-                "gram": gram_loss(real_grams, fake_grams),
-                "adversarial": hinge_g_loss(self.discriminator(fake_grams)[0]),
-                "content": content_loss(real_taps[-1], fake_taps[-1]),
-                "pixel_l1": (fake - sketch).abs().mean(),
-            }
-            if self.clip is not None:
-                terms["clip"] = self.clip(sketch, fake)
-            loss_g = sum(getattr(w, name) * value for name, value in terms.items())
+        with self._autocast():
+            terms = self._generator_terms(fake, fake_taps, sketch, real_taps, real_grams)
+            loss_g = self._weighted(terms)
             self.opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
         self.opt_g.step()
@@ -188,29 +201,50 @@ class StudioTrainer:
         out.update(loss_g=loss_g.item(), loss_d=loss_d.item(), feddecorr=decorr.item())
         return out
 
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast for the forward passes on a GPU that has it (train.amp); a no-op otherwise."""
+        return torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
+
     def _discriminator_loss(self, real: list[torch.Tensor], fake: list[torch.Tensor]
                             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hinge + FedDecorr. Real and fake go through D as one batch so that DP-SGD clips per row in one
-        step; FedDecorr couples the rows of a batch, so it is off under record-level DP."""
+        """Hinge + FedDecorr on the real features (real and fake share one BatchNorm batch)."""
         n = real[0].shape[0]
         logits, feats = self.discriminator([torch.cat([r, f]) for r, f in zip(real, fake, strict=True)])
-        loss = hinge_d_loss(logits[:n], logits[n:])
-        if self.ledger is not None:
-            return loss, torch.zeros(())
         decorr = feddecorr_loss(feats[:n])
-        return loss + self.cfg.loss.feddecorr * decorr, decorr
+        return hinge_d_loss(logits[:n], logits[n:]) + self.cfg.loss.feddecorr * decorr, decorr
 
-    @contextlib.contextmanager
-    def _generator_pass(self) -> Iterator[None]:
-        """The G update's forward and backward through D: no per-sample DP-SGD hooks (it is no D step)."""
-        if self._dp_module is None:
-            yield
-            return
-        self._dp_module.disable_hooks()
-        try:
-            yield
-        finally:
-            self._dp_module.enable_hooks()
+    def private_step(self) -> dict[str, float]:
+        """Record-level DP: one D step, then one G step, each on its own Poisson sample of pairs.
+
+        D's per-pair loss is hinge(D(real_i)) + hinge(D(G(photo_i))): the pair is the unit, one clipped
+        gradient. FedDecorr couples the pairs of a batch, so it has no place here.
+        """
+        dp = self.record_dp
+        batch = self._pairs(dp.sample())
+        d_inputs = None
+        if batch is not None:
+            photo_taps, _, real_grams = self._real_features(*batch)
+            with torch.no_grad():
+                fake_grams = [gram_matrix(t) for t in self.encoder(self.generator(photo_taps))]
+            d_inputs = [real_grams, fake_grams]
+        out = dp.step(self.discriminator, self.opt_d, self._discriminator_pair_loss, d_inputs)
+        batch = self._pairs(dp.sample())
+        g_inputs = None if batch is None else [*self._real_features(*batch), batch[1]]
+        return out | dp.step(self.generator, self.opt_g, self._generator_pair_loss, g_inputs)
+
+    @staticmethod
+    def _discriminator_pair_loss(critic, real_grams: list[torch.Tensor], fake_grams: list[torch.Tensor]
+                                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = hinge_d_loss(critic(real_grams)[0], critic(fake_grams)[0])
+        return loss, {"loss_d": loss}
+
+    def _generator_pair_loss(self, generate, photo_taps: list[torch.Tensor], real_taps: list[torch.Tensor],
+                             real_grams: list[torch.Tensor], sketch: torch.Tensor
+                             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        fake = generate(photo_taps)
+        terms = self._generator_terms(fake, self.encoder(fake), sketch, real_taps, real_grams)
+        loss = self._weighted(terms)
+        return loss, {**terms, "loss_g": loss}
 
     def train_epochs(self, epochs: int, tag: str = "") -> dict[str, float]:
         """Train `epochs` epochs; returns the mean of each loss term and logs them to TensorBoard."""
@@ -219,25 +253,27 @@ class StudioTrainer:
         totals: dict[str, float] = {}
         steps = 0
         for _ in range(epochs):
-            bar = tqdm(self.loader(), desc=f"{self.studio.name}{tag} epoch {self.epoch + 1}", leave=False)
+            if self.record_dp is not None:
+                self.record_dp.charge_epoch()  # before it runs: refused epochs cost nothing
+            batches = self.loader() if self.record_dp is None else range(self.record_dp.steps_per_epoch)
+            bar = tqdm(batches, desc=f"{self.studio.name}{tag} epoch {self.epoch + 1}", leave=False)
             epoch_totals: dict[str, float] = {}
-            if self.ledger is not None:
-                self._spend_epoch_budget()
-            for photo, sketch in bar:
-                if len(photo) == 0:
-                    continue  # Poisson sampling can draw an empty batch
-                losses = self.step(photo.to(self.device), sketch.to(self.device))
+            for batch in bar:
+                if self.record_dp is None:
+                    losses = self.step(batch[0].to(self.device), batch[1].to(self.device))
+                else:
+                    losses = self.private_step()
                 for k, v in losses.items():
                     epoch_totals[k] = epoch_totals.get(k, 0.0) + v
                 steps += 1
-                bar.set_postfix(g=f"{losses['loss_g']:.3f}", d=f"{losses['loss_d']:.3f}")
+                bar.set_postfix(g=f"{losses.get('loss_g', 0):.3f}", d=f"{losses.get('loss_d', 0):.3f}")
             self.epoch += 1
             n = max(len(bar), 1)
             for k, v in epoch_totals.items():
                 self.writer.add_scalar(f"loss/{k}", v / n, self.epoch)
                 totals[k] = totals.get(k, 0.0) + v
         means = {k: v / max(steps, 1) for k, v in totals.items()}
-        if self.ledger is not None:
+        if self.record_dp is not None:
             means["dp_epsilon"] = self.dp_epsilon()
         return means
 
@@ -297,7 +333,8 @@ class StudioTrainer:
         return path
 
     def load_checkpoint(self, path: str | Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        # Tensors and plain containers only; CPU first because the RNG state must stay a CPU tensor.
+        state = torch.load(path, map_location="cpu", weights_only=True)
         if state["metadata"]["encoder"] != self.encoder.name:
             raise ValueError(
                 f"checkpoint {path} was trained with encoder {state['metadata']['encoder']}, "

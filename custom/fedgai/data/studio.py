@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 MIN_SIZE = 64
+# Decoded images cost ~12 bytes per pixel as float RGB: 40 MP is a 480 MB array, past that a file is refused.
+MAX_PIXELS = 40_000_000
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 STUDIO_FIELDS = ("name", "designer", "licence")
 
@@ -25,6 +27,7 @@ STUDIO_FIELDS = ("name", "designer", "licence")
 _DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError)
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
+_REDUCIBLE = ("L", "LA", "La", "I", "F", "RGB", "RGBA", "RGBa", "CMYK", "YCbCr")
 
 
 class StudioDataError(ValueError):
@@ -56,8 +59,13 @@ def list_images(folder: Path) -> list[Path]:
     )
 
 
-def load_studio(root: str | Path, min_size: int = MIN_SIZE) -> Studio:
-    """Validate a studio folder completely and return its pairs; raises one error listing every problem."""
+def load_studio(root: str | Path, min_size: int = MIN_SIZE, *, follow_symlinks: bool = False,
+                max_pixels: int = MAX_PIXELS) -> Studio:
+    """Validate a studio folder completely and return its pairs; raises one error listing every problem.
+
+    Links that lead out of the folder are problems unless ``follow_symlinks``: a studio is what its folder
+    holds, so a stray link cannot pull another studio's (or the system's) files into training.
+    """
     root = Path(root)
     if not root.is_dir():
         raise StudioDataError(root, ["not a folder" if root.exists() else "folder does not exist"])
@@ -65,10 +73,14 @@ def load_studio(root: str | Path, min_size: int = MIN_SIZE) -> Studio:
     meta = _read_meta(root, problems)
     by_kind = {}
     for kind in ("photos", "sketches"):
-        if (root / kind).is_dir():
-            by_kind[kind] = _index_folder(root, kind, min_size, problems)
-        else:
+        if not (root / kind).is_dir():
             problems.append(f"{kind}/: folder is missing")
+        elif not follow_symlinks and (target := outside_link(root / kind, root)):
+            problems.append(f"{kind}/: {target}")
+        else:
+            images = _index_folder(root, kind, problems, follow_symlinks=follow_symlinks,
+                                   min_size=min_size, max_pixels=max_pixels)
+            by_kind[kind] = images
     pairs: list[tuple[Path, Path]] = []
     if len(by_kind) == 2:
         pairs = _match(by_kind["photos"], by_kind["sketches"], root, problems)
@@ -86,10 +98,29 @@ def load_studio(root: str | Path, min_size: int = MIN_SIZE) -> Studio:
     )
 
 
-def decode_problem(path: Path, label: str, min_size: int) -> str | None:
+def outside_link(path: Path, root: Path) -> str | None:
+    """Why ``path`` may not be followed: it resolves outside ``root`` through a symbolic link (else None)."""
+    target = path.resolve()
+    if target.is_relative_to(root.resolve()):
+        return None
+    return f"links to {target}, outside the studio folder (allow with --follow-symlinks or data.follow_symlinks)"
+
+
+def pixel_problem(img: Image.Image, label: str, max_pixels: int = MAX_PIXELS) -> str | None:
+    """Refuse an image whose header declares more than ``max_pixels``: checked before a single pixel decodes."""
+    width, height = img.size
+    if width * height <= max_pixels:
+        return None
+    return (f"{label}: {width}x{height} px ({width * height / 1e6:.0f} MP) is above the limit of "
+            f"{max_pixels / 1e6:g} MP; downscale it first")
+
+
+def decode_problem(path: Path, label: str, min_size: int, max_pixels: int = MAX_PIXELS) -> str | None:
     """Why ``path`` cannot be used as a training image, or None; decodes it fully to catch truncation."""
     try:
         with Image.open(path) as img:
+            if too_large := pixel_problem(img, label, max_pixels):
+                return too_large
             img.load()
             width, height = ImageOps.exif_transpose(img).size
     except Image.DecompressionBombError:
@@ -111,13 +142,19 @@ def load_array(path: Path) -> np.ndarray:
         return _to_array(ImageOps.exif_transpose(img))
 
 
-def read_image(path: Path, channels: int, size: int) -> torch.Tensor:
-    """A channels x size x size float tensor in [-1, 1]: centre-cropped to square, antialiased resize."""
+def read_image(path: Path, channels: int, size: int, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """A channels x size x size float tensor in [-1, 1]: centre-cropped to square, antialiased resize.
+
+    Images above ``max_pixels`` are refused before decoding; big ones are shrunk by an integer factor while
+    still 8-bit (JPEG: at decode time), so the float copy is never made at full resolution.
+    """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (sketch) or 3 (photo), got {channels}")
     with Image.open(path) as img:
+        if too_large := pixel_problem(img, path.name, max_pixels):
+            raise StudioDataError(path, [too_large], what="image")
         img.draft(None, (size, size))  # JPEG: decode at a reduced scale that is still >= size
-        array = _to_array(ImageOps.exif_transpose(img))
+        array = _to_array(ImageOps.exif_transpose(_reduced(img, size)))
     array = _match_channels(array, channels)
     tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
     tensor = _center_square(tensor)
@@ -188,8 +225,9 @@ def _read_meta(root: Path, problems: list[str]) -> dict[str, str]:
     return {key: meta[key] for key in STUDIO_FIELDS if isinstance(meta.get(key), str)}
 
 
-def _index_folder(root: Path, kind: str, min_size: int, problems: list[str]) -> dict[str, Path]:
-    """Usable images of one folder by stem; duplicates and unreadable files become problems."""
+def _index_folder(root: Path, kind: str, problems: list[str], *, follow_symlinks: bool, min_size: int,
+                  max_pixels: int) -> dict[str, Path]:
+    """Usable images of one folder by stem; duplicates, outside links and unreadable files become problems."""
     by_stem: dict[str, list[Path]] = defaultdict(list)
     for path in list_images(root / kind):
         by_stem[path.stem].append(path)
@@ -198,11 +236,19 @@ def _index_folder(root: Path, kind: str, min_size: int, problems: list[str]) -> 
         if len(paths) > 1:
             names = [f"{kind}/{p.name}" for p in paths]
             problems.append(f"{', '.join(names[:-1])} and {names[-1]}: duplicate stem {stem!r}")
-        broken = [msg for p in paths if (msg := decode_problem(p, f"{kind}/{p.name}", min_size))]
+        broken = [msg for p in paths if (msg := _file_problem(p, root, f"{kind}/{p.name}", follow_symlinks,
+                                                              min_size, max_pixels))]
         problems.extend(broken)
         if len(paths) == 1 and not broken:
             usable[stem] = paths[0]
     return usable
+
+
+def _file_problem(path: Path, root: Path, label: str, follow_symlinks: bool, min_size: int,
+                  max_pixels: int) -> str | None:
+    if not follow_symlinks and (target := outside_link(path, root)):
+        return f"{label}: {target}"
+    return decode_problem(path, label, min_size, max_pixels)
 
 
 def _match(photos: dict[str, Path], sketches: dict[str, Path], root: Path,
@@ -228,6 +274,15 @@ def _to_array(img: Image.Image) -> np.ndarray:
     if img.mode in ("1", "L"):
         return np.asarray(img.convert("L"), dtype=np.float32)[..., None] / 255.0
     return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def _reduced(img: Image.Image, size: int) -> Image.Image:
+    """Box-shrink by the largest integer factor that keeps the short side >= ``size``; palette indices and
+    colour keys (``transparency``) cannot be averaged, so those images keep their size."""
+    factor = min(img.size) // size
+    if factor < 2 or img.mode not in _REDUCIBLE or "transparency" in img.info:
+        return img
+    return img.reduce(factor)
 
 
 def _match_channels(array: np.ndarray, channels: int) -> np.ndarray:

@@ -1,10 +1,12 @@
-"""A studio's record of exactly what it sent: the last filter on every outgoing task result.
+"""A studio's record of exactly what it sent: the last filter on every outgoing task result, and a listener
+on every federated event the site fires (the other way out: NVFlare's analytics stream, for one).
 
 Every outgoing result adds one line to ``<site run dir>/fedgai_outbound/outbound.jsonl``: its round, return
-code, every array's key, shape, dtype and size, and the type of every meta entry, as they are about to be
-transmitted (after any DP filter). With ``save_arrays`` the arrays themselves go to ``msg-NNN.npz`` (NNN =
-the line's ``seq``), which is how the tests check that the server's aggregate is the weighted mean of what
-really crossed the wire.
+code, every array's key, shape, dtype and size, the type of every meta entry and the value of every scalar
+one, as they are about to be transmitted (after any DP filter). With ``save_arrays`` the arrays themselves go
+to ``msg-NNN.npz`` (NNN = the line's ``seq``), which is how the tests check that the server's aggregate is
+the weighted mean of what really crossed the wire. Every outgoing federated event adds a line to
+``events.jsonl`` in the same folder: its type and its payload's keys.
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ from pathlib import Path
 import numpy as np
 from nvflare.apis.dxo import from_shareable
 from nvflare.apis.filter import Filter
-from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.fl_component import FLComponent
+from nvflare.apis.fl_constant import EventScope, FedEventHeader, FLContextKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
 
 AUDIT_DIR = "fedgai_outbound"
 LOG_FILE = "outbound.jsonl"
+EVENT_LOG_FILE = "events.jsonl"
+SCALARS = (bool, int, float, str)
 
 
 def describe(data: dict) -> dict[str, dict]:
@@ -35,6 +40,17 @@ def describe(data: dict) -> dict[str, dict]:
     return out
 
 
+def append_record(fl_ctx: FLContext, record: dict, name: str = LOG_FILE) -> tuple[Path, int]:
+    """Append one line (with its ``seq``) to the site's log ``name``; returns the log's folder and the seq."""
+    out = Path(fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id())) / AUDIT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / name
+    seq = len(log.read_text().splitlines()) if log.is_file() else 0
+    with open(log, "a") as f:
+        f.write(json.dumps({"seq": seq, **record}) + "\n")
+    return out, seq
+
+
 class OutboundAudit(Filter):
     """Task-result filter that records (and passes on unchanged) what leaves the site."""
 
@@ -43,12 +59,7 @@ class OutboundAudit(Filter):
         self.save_arrays = save_arrays
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
-        out = Path(fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id())) / AUDIT_DIR
-        out.mkdir(parents=True, exist_ok=True)
-        log = out / LOG_FILE
-        seq = len(log.read_text().splitlines()) if log.is_file() else 0
         record = {
-            "seq": seq,
             "round": shareable.get_header(AppConstants.CURRENT_ROUND),  # None on error replies
             "site": fl_ctx.get_identity_name(),
             "return_code": shareable.get_return_code(),
@@ -58,9 +69,24 @@ class OutboundAudit(Filter):
             dxo = from_shareable(shareable)
             data = dxo.data or {}
             record.update(data_kind=dxo.data_kind, data=describe(data),
-                          meta={key: type(value).__name__ for key, value in dxo.meta.items()})
-        with open(log, "a") as f:
-            f.write(json.dumps(record) + "\n")
+                          meta={key: type(value).__name__ for key, value in dxo.meta.items()},
+                          meta_values={k: v for k, v in dxo.meta.items() if isinstance(v, SCALARS)})
+        out, seq = append_record(fl_ctx, record)
         if self.save_arrays and data:
             np.savez(out / f"msg-{seq:03d}.npz", **{k: v for k, v in data.items() if isinstance(v, np.ndarray)})
         return shareable
+
+
+class OutboundEventAudit(FLComponent):
+    """Records every federated event this site sends (scope FEDERATION, direction out), e.g. the analytics
+    that ConvertToFedEvent streams to the server's TensorBoard receiver: result filters never see these."""
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        if fl_ctx.get_prop(FLContextKey.EVENT_SCOPE, EventScope.LOCAL) != EventScope.FEDERATION:
+            return
+        data = fl_ctx.get_prop(FLContextKey.EVENT_DATA, None)
+        if isinstance(data, Shareable) and data.get_header(FedEventHeader.DIRECTION, "out") != "out":
+            return  # an event received from the server
+        keys = sorted(str(k) for k in data) if isinstance(data, Shareable) else []
+        append_record(fl_ctx, {"event_type": event_type, "site": fl_ctx.get_identity_name(), "keys": keys},
+                      EVENT_LOG_FILE)

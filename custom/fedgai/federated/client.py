@@ -29,12 +29,19 @@ from nvflare.client.tracking import SummaryWriter
 from torch import nn
 
 from fedgai.config import FedgaiConfig
+from fedgai.federated.fingerprint import FINGERPRINT_META_KEY, check_global_model, studio_feature_space
 from fedgai.federated.keys import CONFIG_META_KEY, DP_EPSILON_META_KEY, shared_keys, shared_state, split_key
-from fedgai.privacy import BUDGET_EXHAUSTED_KEY, PrivacyBudgetExceeded
+from fedgai.privacy import BUDGET_EXHAUSTED_KEY, LEDGER_FILE, PrivacyBudgetExceeded, budget_allows_next_round
 from fedgai.trainer import StudioTrainer
 
 DATA_ROOT_ENV = "FEDGAI_DATA_ROOT"
 OUTPUT_ROOT_ENV = "FEDGAI_OUTPUT_ROOT"
+# Under DP every studio weighs the same: the true pair count would leak the dataset size un-noised.
+DP_EQUAL_WEIGHT = 1
+# The only meta a DP result may carry: the weight above, the epsilon bookkeeping, the budget flag and the
+# encoder fingerprint (derived from the config, not from the studio's data). Everything else is dropped.
+DP_RELEASABLE_META = frozenset({FLMetaKey.NUM_STEPS_CURRENT_ROUND, DP_EPSILON_META_KEY, BUDGET_EXHAUSTED_KEY,
+                                FINGERPRINT_META_KEY})
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -45,7 +52,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help=f"folder holding one studio folder per site (default ${DATA_ROOT_ENV})")
     p.add_argument("--output-root", type=Path, default=os.environ.get(OUTPUT_ROOT_ENV, "fedgai_output"),
                    help=f"where each site writes its outputs (default ${OUTPUT_ROOT_ENV} or ./fedgai_output)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the job config's train.device)")
     return p.parse_args(argv)
 
 
@@ -82,8 +89,39 @@ def studio_networks(trainer: StudioTrainer) -> dict[str, nn.Module]:
 
 
 def uses_groupnorm(cfg: FedgaiConfig) -> bool:
-    """DP-SGD (privacy.dp = record) trains GroupNorm in place of BatchNorm; it stays local the same way."""
+    """Record-level DP trains GroupNorm in place of BatchNorm; it stays local the same way."""
     return cfg.privacy.dp == "record"
+
+
+def dp_enabled(cfg: FedgaiConfig) -> bool:
+    return cfg.privacy.dp != "none"
+
+
+def site_ledger() -> Path:
+    """The client-level ledger as GaussianDPFilter keeps it: the in-process script runs in the site's
+    workspace root (NVFlare chdirs there in the simulator, POC and production)."""
+    return Path.cwd() / LEDGER_FILE
+
+
+def can_afford_round(trainer: StudioTrainer, ledger_path: Path) -> bool:
+    """Whether this studio's next round stays within privacy.target_epsilon (checked before training)."""
+    cfg = trainer.cfg
+    if trainer.record_dp is not None:
+        return trainer.record_dp.affordable(cfg.train.epochs)
+    return budget_allows_next_round(ledger_path, cfg.privacy, cfg.privacy.accountant)
+
+
+def releasable(result: FLModel, cfg: FedgaiConfig) -> FLModel:
+    """What may leave the studio. Under DP: the (to be) noised params and the epsilon bookkeeping only -
+    no metrics (computed on private pairs, un-noised), equal weight instead of the pair count."""
+    if not dp_enabled(cfg):
+        return result
+    meta = {k: v for k, v in (result.meta or {}).items() if k in DP_RELEASABLE_META}
+    meta[FLMetaKey.NUM_STEPS_CURRENT_ROUND] = DP_EQUAL_WEIGHT
+    if result.params is None:  # a notice: an empty METRICS result (the DP filter forwards only flagged ones)
+        return FLModel(metrics={}, meta=meta, current_round=result.current_round)
+    return FLModel(params=result.params, params_type=result.params_type, meta=meta,
+                   current_round=result.current_round)
 
 
 def load_global(trainer: StudioTrainer, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -108,39 +146,47 @@ def load_global(trainer: StudioTrainer, params: Mapping[str, torch.Tensor]) -> d
     return {key: torch.as_tensor(value).detach().clone().cpu() for key, value in params.items()}
 
 
-def local_round(trainer: StudioTrainer, received: FLModel) -> FLModel:
-    """One federated round at a studio: load the global entries, train, return the DIFF update + metrics."""
+def local_round(trainer: StudioTrainer, received: FLModel, ledger_path: Path | None = None) -> FLModel:
+    """One federated round at a studio: load the global entries, train, return the DIFF update + metrics.
+
+    The result is the studio's own record (metrics included); ``releasable`` decides what of it is sent.
+    Under DP a round the budget cannot pay for is not trained: the result is a budget notice.
+    """
     cfg = trainer.cfg
+    if dp_enabled(cfg) and not can_afford_round(trainer, ledger_path or site_ledger()):
+        return budget_exhausted_notice(trainer, "the next round would pass privacy.target_epsilon")
     federated = cfg.fed.mode != "local"
+    own_space = studio_feature_space(trainer)  # refuse a global D trained on another encoder's features
+    if federated:
+        check_global_model(own_space, (received.meta or {}).get(FINGERPRINT_META_KEY))
     baseline = load_global(trainer, received.params or {}) if federated else {}
     started = time.perf_counter()
     try:
         losses = trainer.train_epochs(cfg.train.epochs, tag=f" round {received.current_round}")
-    except PrivacyBudgetExceeded as err:
-        return budget_exhausted_notice(trainer, err)
+    except PrivacyBudgetExceeded as err:  # the trainer's own check, per epoch
+        return budget_exhausted_notice(trainer, str(err))
     # train_seconds lets the server tell its own orchestration overhead from the studios' compute.
     metrics = {**losses, **trainer.quality(), "train_seconds": time.perf_counter() - started}
     after = shared_state(studio_networks(trainer), cfg.fed.mode, uses_groupnorm(cfg)) if federated else {}
     diff = {key: after[key] - baseline[key] for key in baseline}
-    meta = {FLMetaKey.NUM_STEPS_CURRENT_ROUND: trainer.num_samples}
+    meta = {FLMetaKey.NUM_STEPS_CURRENT_ROUND: trainer.num_samples, FINGERPRINT_META_KEY: own_space}
     epsilon = trainer.dp_epsilon()  # record-level DP-SGD; client-level DP adds its own in the filter
     if epsilon is not None:
         meta[DP_EPSILON_META_KEY] = epsilon
     return FLModel(params=diff, params_type=ParamsType.DIFF, metrics=metrics, meta=meta)
 
 
-def budget_exhausted_notice(trainer: StudioTrainer, reason: PrivacyBudgetExceeded) -> FLModel:
-    """Record-level DP-SGD would overrun privacy.target_epsilon: no update, only the flag and epsilon spent.
-
-    (Client-level DP is enforced where the noise is added: GaussianDPFilter refuses the release.)
-    """
-    print(f"{trainer.studio.name}: {reason}; this studio stops contributing", flush=True)
-    meta = {FLMetaKey.NUM_STEPS_CURRENT_ROUND: trainer.num_samples, BUDGET_EXHAUSTED_KEY: True,
-            DP_EPSILON_META_KEY: trainer.dp_epsilon()}
-    return FLModel(params={}, params_type=ParamsType.DIFF, metrics={"dp_budget_exhausted": 1.0}, meta=meta)
+def budget_exhausted_notice(trainer: StudioTrainer, reason: str) -> FLModel:
+    """No update, only the flag and the epsilon spent (client-level DP: GaussianDPFilter adds its epsilon)."""
+    print(f"{trainer.studio.name}: privacy budget exhausted ({reason}); this studio stops contributing", flush=True)
+    meta: dict = {BUDGET_EXHAUSTED_KEY: True}
+    if trainer.dp_epsilon() is not None:
+        meta[DP_EPSILON_META_KEY] = trainer.dp_epsilon()
+    return FLModel(metrics={}, meta=meta)
 
 
-def open_trainer(cfg: FedgaiConfig, studio_dir: Path, out_dir: Path, resume: bool, device: str) -> StudioTrainer:
+def open_trainer(cfg: FedgaiConfig, studio_dir: Path, out_dir: Path, resume: bool,
+                 device: str | None = None) -> StudioTrainer:
     """Build the studio's trainer; when the federation resumes, continue from the site's last checkpoint."""
     trainer = StudioTrainer(cfg, studio_dir, out_dir, device=device)
     last = out_dir / "checkpoints" / "last.pt"
@@ -162,23 +208,34 @@ def main(argv: Sequence[str] | None = None) -> None:
     flare.init()
     site = flare.get_site_name()
     studio_dir = resolve_studio(site, studio_map(args.studio), args.data_root)
-    writer = SummaryWriter()
+    writer = None
     trainer = None
     while flare.is_running():
         received = flare.receive()
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         rnd = received.current_round
+        setup_seconds = 0.0  # stays 0 after the first round: the trainer and its data live as long as the run
         if trainer is None:
             cfg = FedgaiConfig.from_dict(received.meta[CONFIG_META_KEY])
             trainer = open_trainer(cfg, studio_dir, args.output_root / site, resume=rnd > 0, device=args.device)
+            setup_seconds = time.perf_counter() - started
+            # Under DP the scalars stay in the studio's own TensorBoard log: NVFlare's writer streams them to
+            # the server as events, past every result filter.
+            writer = trainer.writer if dp_enabled(cfg) else SummaryWriter()
         result = local_round(trainer, received)
         save_round(trainer, rnd, result.metrics)
-        # All the studio's own work this round (set-up, training, outputs): the rest of a round is NVFlare's.
-        result.metrics["studio_seconds"] = time.perf_counter() - started
+        # All the studio's own work this round (set-up, training, outputs), in wall and in this process's CPU
+        # seconds: the rest of a round is NVFlare's (benchmarks/federation.py).
+        result.metrics.update(studio_seconds=time.perf_counter() - started,
+                              studio_cpu_seconds=time.process_time() - cpu_started, setup_seconds=setup_seconds)
         for name, value in result.metrics.items():
             writer.add_scalar(name, value, global_step=rnd)
-        flare.send(result)
+        flare.send(releasable(result, trainer.cfg))
     if trainer is not None:
+        if trainer.cfg.edge.compress_after_training:  # the site's compressed generator, after the last round
+            from fedgai.edge.distill import compress_after_federation
+
+            compress_after_federation(trainer, rnd)
         trainer.close()
 
 

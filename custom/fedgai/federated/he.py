@@ -1,11 +1,9 @@
-"""The FedGAI job with homomorphic encryption (CKKS via TenSEAL): the cloud aggregates ciphertexts only.
-
-    fedgai job export --out jobs [--profile paper]    (writes jobs/fedgai and jobs/fedgai_he)
-
-writes ``jobs/fedgai_he/``. Per round: studios decrypt the global discriminator entries (round 0 is the
-plaintext seeded initial D), train, send their D DIFF encrypted and pre-multiplied by their pair count; the
-server sums the ciphertexts, multiplies by 1/total pairs and adds the result to the (encrypted) global
-entries. The server's context has no secret key, so it can neither read an update nor the global model.
+"""The parts of the FedGAI job with homomorphic encryption (CKKS via TenSEAL): the cloud aggregates ciphertexts
+only. he_job.py assembles them into the ``fedgai_he`` job. Per round: studios decrypt the global discriminator
+entries (round 0 is the plaintext seeded initial D), train, send their D DIFF encrypted and pre-multiplied by
+their pair count; the server sums the ciphertexts, multiplies by 1/total pairs and adds the result to the
+(encrypted) global entries. The server's context has no secret key, so it can neither read an update nor the
+global model.
 
 Workflow: nvflare's ScatterAndGather, because HE ciphertexts (CKKSVector) cannot pass through
 ModelController/FedAvg (those aggregate plaintext FLModel params). NVFlare HE parts used as they are:
@@ -24,7 +22,6 @@ the simulator ``prepare_simulator_he`` writes throw-away contexts - NOT FOR PROD
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -33,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import tenseal as ts
-from nvflare.apis.analytix import ANALYTIC_EVENT_TYPE
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.filter import Filter
 from nvflare.apis.fl_constant import ReservedKey, ReturnCode
@@ -42,29 +38,19 @@ from nvflare.apis.shareable import Shareable
 from nvflare.app_common.abstract.model import ModelLearnable, ModelLearnableKey, make_model_learnable
 from nvflare.app_common.abstract.model_persistor import ModelPersistor
 from nvflare.app_common.app_constant import AppConstants
-from nvflare.app_common.widgets.convert_to_fed_event import ConvertToFedEvent
-from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
 from nvflare.app_opt.he.constant import HE_ALGORITHM_CKKS
 from nvflare.app_opt.he.homomorphic_encrypt import deserialize_nested_dict
-from nvflare.app_opt.he.intime_accumulate_model_aggregator import HEInTimeAccumulateWeightedAggregator
 from nvflare.app_opt.he.model_decryptor import HEModelDecryptor
-from nvflare.app_opt.he.model_encryptor import HEModelEncryptor
-from nvflare.app_opt.he.model_serialize_filter import HEModelSerializeFilter
 from nvflare.app_opt.he.model_shareable_generator import HEModelShareableGenerator
-from nvflare.app_opt.tracking.tb.tb_receiver import TBAnalyticsReceiver
-from nvflare.job_config.api import FedJob
-from nvflare.job_config.defs import FilterType
-from nvflare.job_config.script_runner import FrameworkType, ScriptRunner
 from nvflare.lighter.constants import ProvFileName
 from nvflare.lighter.impl.he import HEBuilder
 
-from fedgai.config import FedgaiConfig, profile
-from fedgai.federated.audit import OutboundAudit
+from fedgai.config import FedgaiConfig
+from fedgai.federated.aggregation import site_cap
 from fedgai.federated.controller import initial_global
-from fedgai.federated.job import CLIENT_SCRIPT, PACKAGE_ROOT, TASK, add_dp_filter, client_args, ship_package
 from fedgai.federated.keys import CONFIG_META_KEY
+from fedgai.federated.validation import sample_count
 
-HE_JOB_NAME = "fedgai_he"
 # Server run-folder subfolder: encrypted global per round + one record per received contribution.
 HE_OUTPUT_DIR = "fedgai_he"
 RECEIVED_DIR = "received"
@@ -183,8 +169,10 @@ class FedgaiHEShareableGenerator(HEModelShareableGenerator):
         return dxo.update_shareable(shareable)
 
 
-def ciphertext_problem(data: Mapping[str, Any], expected_keys: set[str]) -> str | None:
-    """Why an update's entries are not exactly the expected keys as public CKKS ciphertexts, or None."""
+def ciphertext_problem(data: Mapping[str, Any], expected: Mapping[str, int]) -> str | None:
+    """Why an update's entries are not exactly the expected keys as public CKKS ciphertexts of the expected
+    sizes (``expected``: key -> number of values), or None."""
+    expected_keys = set(expected)
     if set(data) != expected_keys:
         missing, extra = sorted(expected_keys - set(data)), sorted(set(data) - expected_keys)
         return f"keys differ from the shared D entries: missing {missing[:3]}, unexpected {extra[:3]}"
@@ -194,6 +182,9 @@ def ciphertext_problem(data: Mapping[str, Any], expected_keys: set[str]) -> str 
     private = sorted(key for key, value in data.items() if value.context().has_secret_key())
     if private:
         return f"{len(private)} entries arrived with a context that holds a secret key: {private[:3]}"
+    wrong = sorted(key for key, value in data.items() if value.size() != expected[key])
+    if wrong:
+        return f"{len(wrong)} ciphertexts hold the wrong number of values: {wrong[:3]}"
     return None
 
 
@@ -206,34 +197,42 @@ def describe_ciphertexts(data: Mapping[str, ts.CKKSVector]) -> dict[str, dict[st
 class CiphertextOnlyGuard(Filter):
     """Server-side task-result filter: only public CKKS ciphertexts of the shared D entries get through.
 
-    Anything else raises, which NVFlare turns into a TASK_RESULT_FILTER_ERROR result that ScatterAndGather
-    drops (or panics on, if too few studios remain). Every contribution is recorded in
-    ``<run dir>/fedgai_he/received/round-NNN-<site>.json``.
+    What a server that cannot read the updates can still screen is screened: vector counts and sizes, and the
+    sample count each studio weighs its ciphertext by (a positive integer, within fed.max_samples_per_site /
+    fed.site_max_samples, and the same every round: the server cannot clamp a weight inside a ciphertext, so a
+    changed count is refused). Anything else raises, which NVFlare turns into a TASK_RESULT_FILTER_ERROR result
+    that ScatterAndGather drops (or panics on, if too few studios remain). Every contribution is recorded in
+    ``<run dir>/fedgai_he/received/round-NNN-<site>.json`` (validated values only).
     """
 
     def __init__(self, config: dict):
         super().__init__()
         self.config = config
-        self._expected: set[str] | None = None
+        self._cfg = FedgaiConfig.from_dict(config)
+        self._expected: dict[str, int] | None = None
+        self._first_counts: dict[str, int] = {}
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         if shareable.get_return_code(ReturnCode.OK) != ReturnCode.OK:
             return shareable
         if self._expected is None:
-            self._expected = set(initial_global(FedgaiConfig.from_dict(self.config)))
+            self._expected = {key: value.size for key, value in initial_global(self._cfg).items()}
         dxo = from_shareable(shareable)
-        site = shareable.get_peer_prop(ReservedKey.IDENTITY_NAME, "unknown")
-        rnd = shareable.get_cookie(AppConstants.CONTRIBUTION_ROUND, 0)
-        record: dict[str, Any] = {"site": site, "round": rnd, "data_kind": dxo.data_kind,
-                                  "algorithm": dxo.get_meta_prop(MetaKey.PROCESSED_ALGORITHM),
-                                  "num_samples": dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND)}
-        problem = self._problem(dxo)
+        site = str(shareable.get_peer_prop(ReservedKey.IDENTITY_NAME, "unknown"))
+        rnd = int(shareable.get_cookie(AppConstants.CONTRIBUTION_ROUND, 0))
+        count, count_problem = sample_count(dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND))
+        algorithm = dxo.get_meta_prop(MetaKey.PROCESSED_ALGORITHM)
+        record: dict[str, Any] = {"site": site, "round": rnd, "data_kind": str(dxo.data_kind),
+                                  "algorithm": algorithm if isinstance(algorithm, str) else None,
+                                  "num_samples": count}
+        problem = self._problem(dxo) or self._count_problem(site, count, count_problem)
         record.update(accepted=problem is None, problem=problem)
         if problem is None:
             record["entries"] = describe_ciphertexts(dxo.data)
+            self._first_counts.setdefault(site, count)
         out = he_output_dir(fl_ctx) / RECEIVED_DIR
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"round-{rnd:03d}-{site}.json").write_text(json.dumps(record, indent=2) + "\n")
+        (out / f"round-{rnd:03d}-{site}.json").write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
         if problem is not None:
             raise PlaintextUpdate(f"update of {site} in round {rnd} refused: {problem}")
         return shareable
@@ -243,7 +242,21 @@ class CiphertextOnlyGuard(Filter):
             return f"data kind is {dxo.data_kind}, expected an encrypted {DataKind.WEIGHT_DIFF}"
         if dxo.get_meta_prop(MetaKey.PROCESSED_ALGORITHM) != HE_ALGORITHM_CKKS:
             return "the update is not marked as CKKS-encrypted"
-        return ciphertext_problem(dxo.data or {}, self._expected or set())
+        if not isinstance(dxo.data, Mapping):
+            return f"the update is a {type(dxo.data).__name__}, expected a dict of ciphertexts"
+        return ciphertext_problem(dxo.data, self._expected or {})
+
+    def _count_problem(self, site: str, count: int | None, problem: str | None) -> str | None:
+        """The ciphertext is pre-multiplied by this count: it must be valid, capped and stable."""
+        if problem:
+            return problem
+        cap = site_cap(self._cfg.fed, site)
+        if cap is not None and count > cap:
+            return f"sample count {count} exceeds the cap of {cap} pairs per site"
+        first = self._first_counts.get(site, count)
+        if count != first:
+            return f"sample count changed from the first-seen {first} to {count}"
+        return None
 
 
 def received_records(run_dir: Path, rounds: int, sites: Sequence[str]) -> list[dict[str, Any]]:
@@ -303,66 +316,3 @@ def load_encrypted_global(npz_file: str | Path, client_context: str | Path, cfg:
     with np.load(npz_file) as stored:
         vectors = {key: ts.ckks_vector_from(context, stored[key].tobytes()) for key in stored.files}
     return restore_layout({key: vector.decrypt() for key, vector in vectors.items()}, layout)
-
-
-# ----------------------------------------------------------------------------------------------- job
-def build_he_job(
-    cfg: FedgaiConfig,
-    studios: Mapping[str, Path] | None = None,
-    *,
-    output_root: Path | None = None,
-    save_outbound_arrays: bool = False,
-) -> FedJob:
-    """The FedGAI job with HE for ``cfg`` (privacy.he is set to true in what the studios receive).
-
-    Args:
-        studios: site name -> studio folder (simulator, tests); None for a portable job whose sites find
-            ``$FEDGAI_DATA_ROOT/<site>``.
-        output_root: where studios write their outputs (default: ./fedgai_output at each site).
-        save_outbound_arrays: passed to OutboundAudit (it stores plaintext arrays only; under HE none leave).
-    """
-    if cfg.fed.mode == "local":
-        raise ValueError("fed.mode 'local' shares nothing, so there is nothing to encrypt; use the plain job")
-    config = cfg.with_overrides({"privacy.he": True}).to_dict()
-    job = FedJob(name=HE_JOB_NAME, min_clients=cfg.fed.min_clients)
-    _add_server(job, cfg, config)
-    runner = ScriptRunner(script=CLIENT_SCRIPT, script_args=client_args(studios, output_root),
-                          framework=FrameworkType.PYTORCH)
-    # As in job.py: the script path must stay relative to the package root (app/custom at the sites).
-    with contextlib.chdir(PACKAGE_ROOT):
-        job.to_clients(runner, tasks=[TASK])
-    job.to_clients(ConvertToFedEvent(events_to_convert=[ANALYTIC_EVENT_TYPE]), id="event_to_fed")
-    job.to_clients(ShapedHEModelDecryptor(tenseal_context_file=CLIENT_CONTEXT), tasks=[TASK],
-                   filter_type=FilterType.TASK_DATA)
-    # Result filters run in order: client-level DP on the plaintext DIFF (if configured), encrypt (weighted by
-    # NUM_STEPS_CURRENT_ROUND), then record what leaves.
-    add_dp_filter(job, cfg)
-    job.to_clients(HEModelEncryptor(tenseal_context_file=CLIENT_CONTEXT, weigh_by_local_iter=True), tasks=[TASK],
-                   filter_type=FilterType.TASK_RESULT)
-    job.to_clients(OutboundAudit(save_arrays=save_outbound_arrays), tasks=[TASK],
-                   filter_type=FilterType.TASK_RESULT)
-    ship_package(job)
-    return job
-
-
-def _add_server(job: FedJob, cfg: FedgaiConfig, config: dict) -> None:
-    job.to_server(HEModelSerializeFilter(tenseal_context_file=SERVER_CONTEXT), id="he_serialize_filter")
-    job.to_server(DiscriminatorPersistor(config=config, filter_id="he_serialize_filter"), id="persistor")
-    job.to_server(FedgaiHEShareableGenerator(config=config), id="shareable_generator")
-    # Studios multiply by their pair count before encrypting, so the server only sums and divides.
-    job.to_server(HEInTimeAccumulateWeightedAggregator(expected_data_kind=DataKind.WEIGHT_DIFF,
-                                                       weigh_by_local_iter=False), id="aggregator")
-    job.to_server(TBAnalyticsReceiver(), id="tb_receiver")
-    job.to_server(CiphertextOnlyGuard(config=config), tasks=[TASK], filter_type=FilterType.TASK_RESULT)
-    # Wait for every studio (like FilteredFedAvg) up to the round timeout, not just for min_clients.
-    job.to_server(ScatterAndGather(min_clients=cfg.fed.min_clients, num_rounds=cfg.fed.rounds,
-                                   wait_time_after_min_received=cfg.fed.round_timeout,
-                                   aggregator_id="aggregator", persistor_id="persistor",
-                                   shareable_generator_id="shareable_generator", train_task_name=TASK,
-                                   train_timeout=cfg.fed.round_timeout), id="controller")
-
-
-def export_he(out: Path, profile_name: str = "paper") -> Path:
-    """Write the portable HE job folder ``out/fedgai_he``; returns it."""
-    build_he_job(profile(profile_name)).export_job(str(out))
-    return Path(out) / HE_JOB_NAME

@@ -1,34 +1,39 @@
-"""The FedGAI NVFlare job, built in Python (FedJob API) for both export and the simulator.
+"""The FedGAI NVFlare jobs, built in Python (FedJob API) for both export and the simulator.
 
     fedgai job export --out jobs [--profile paper]    (or: make jobs)
 
-writes ``jobs/fedgai/`` (meta.json, app/config/config_fed_{server,client}.json, app/custom/fedgai/...), a
-folder an admin can submit as is, and its homomorphic-encryption variant ``jobs/fedgai_he/`` (he.py). A job
-carries the whole fedgai package source in ``app/custom``, so sites need no fedgai install (only its
-dependencies: torch, torchvision, ...).
+writes ``jobs/fedgai/`` (meta.json, app/config/config_fed_{server,client}.json), its client-level DP variant
+``jobs/fedgai_dp/`` and the homomorphic-encryption variant ``jobs/fedgai_he/`` (he_job.py, which also holds
+``export_jobs``, the whole set). The jobs are configuration only: no ``app/custom`` folder, every class is
+named by path from NVFlare or from the fedgai package installed at the server and the studios (``make wheel``;
+docs/deployment.md). So studios can forbid custom code (BYOC) altogether and allow ``fedgai.`` classes only.
+Each job records the fedgai version it was exported with (meta.json ``fedgai_version`` and the components'
+``fedgai_version`` argument); a site with another version stops the job when it starts
+(fedgai.federated.executor).
 
 Server: FilteredFedAvg (screened, BN-excluding FedAvg) + TensorBoard receiver for the studios' metrics.
-Studios: client.py run in-process by ScriptRunner, analytics forwarded to the server, the client-level DP
+Studios: client.py run in-process by StudioExecutor, analytics forwarded to the server, the client-level DP
 filter when privacy.dp = "client", and OutboundAudit as the last result filter (a record of what left).
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from nvflare.apis.analytix import ANALYTIC_EVENT_TYPE
 from nvflare.app_common.widgets.convert_to_fed_event import ConvertToFedEvent
 from nvflare.app_opt.tracking.tb.tb_receiver import TBAnalyticsReceiver
 from nvflare.job_config.api import FedJob
 from nvflare.job_config.defs import FilterType
-from nvflare.job_config.script_runner import FrameworkType, ScriptRunner
 
-import fedgai
 from fedgai.config import FedgaiConfig, profile
-from fedgai.federated.audit import OutboundAudit
+from fedgai.federated.audit import OutboundAudit, OutboundEventAudit
 from fedgai.federated.controller import FilteredFedAvg
+from fedgai.federated.executor import FedgaiVersionCheck, StudioExecutor, installed_version
+from fedgai.federated.kits import allow_fedgai
 from fedgai.privacy import GaussianDPFilter
 
 JOB_NAME = "fedgai"
@@ -38,9 +43,7 @@ DP_JOB_NAME = "fedgai_dp"
 DP_JOB_SETTINGS = {"privacy.dp": "client", "privacy.noise_multiplier": 2.0, "privacy.clip_norm": 1.0,
                    "privacy.target_epsilon": 10.0}
 TASK = "train"
-# The folder holding the fedgai package; the client script path is relative to it, as inside app/custom.
-PACKAGE_ROOT = Path(fedgai.__file__).resolve().parent.parent
-CLIENT_SCRIPT = "fedgai/federated/client.py"
+VERSION_META_KEY = "fedgai_version"
 
 
 def client_args(studios: Mapping[str, Path] | None, output_root: Path | None) -> str:
@@ -54,6 +57,44 @@ def client_args(studios: Mapping[str, Path] | None, output_root: Path | None) ->
     return text
 
 
+def required_version() -> str:
+    """The installed fedgai version, which every exported job pins."""
+    found = installed_version()
+    if found is None:
+        raise RuntimeError("fedgai is not installed (pip install -e . or the wheel from make wheel): a job pins "
+                           "the installed fedgai version, which the sites must have too")
+    return found
+
+
+class FedgaiJob(FedJob):
+    """A FedJob whose simulator sites allow exactly what a hardened studio allows (kits.py): NVFlare's
+    default classes plus the installed fedgai package, enforced. Without that, NVFlare's default list
+    refuses a config-only job's fedgai classes in the simulator too."""
+
+    def simulator_run(self, workspace: str, *args: Any, **kwargs: Any) -> int:
+        local = Path(workspace) / "local"  # the simulator copies this folder into every site
+        local.mkdir(parents=True, exist_ok=True)
+        (local / "resources.json").write_text(json.dumps(allow_fedgai({"format_version": 2}), indent=2) + "\n")
+        return super().simulator_run(workspace, *args, **kwargs)
+
+
+def new_job(name: str, cfg: FedgaiConfig) -> FedJob:
+    """An empty config-only job pinned to the installed fedgai: the server checks its version first."""
+    pinned = required_version()
+    job = FedgaiJob(name=name, min_clients=cfg.fed.min_clients, meta_props={VERSION_META_KEY: pinned})
+    job.set_app_packages(["fedgai"])  # installed at the sites: never copied into app/custom
+    job.to_server(FedgaiVersionCheck(fedgai_version=pinned), id="fedgai_version_check")
+    return job
+
+
+def add_studio_trainer(job: FedJob, studios: Mapping[str, Path] | None, output_root: Path | None) -> None:
+    """The studios' executor (installed client.py, version-checked) and their metrics forwarding."""
+    executor = StudioExecutor(fedgai_version=required_version(), task_script_args=client_args(studios, output_root))
+    job.to_clients(executor, tasks=[TASK])
+    job.to_clients(ConvertToFedEvent(events_to_convert=[ANALYTIC_EVENT_TYPE]), id="event_to_fed")
+    job.to_clients(OutboundEventAudit(), id="outbound_event_audit")  # the event stream leaves the site too
+
+
 def add_dp_filter(job: FedJob, cfg: FedgaiConfig) -> None:
     """Client-level DP: every studio clips and noises its result before it leaves (and before encryption)."""
     if cfg.privacy.dp != "client":
@@ -62,15 +103,6 @@ def add_dp_filter(job: FedJob, cfg: FedgaiConfig) -> None:
     job.to_clients(GaussianDPFilter(clip_norm=dp.clip_norm, noise_multiplier=dp.noise_multiplier, delta=dp.delta,
                                     target_epsilon=dp.target_epsilon, accountant=dp.accountant),
                    tasks=[TASK], filter_type=FilterType.TASK_RESULT)
-
-
-def ship_package(job: FedJob) -> None:
-    """Copy every fedgai source file into the app's custom/ folder (server and studios)."""
-    package = PACKAGE_ROOT / "fedgai"
-    for source in sorted(package.rglob("*.py")):
-        dest = str(source.parent.relative_to(PACKAGE_ROOT))
-        job.add_file_to_server(str(source), dest_dir=dest)
-        job.add_file_to_clients(str(source), dest_dir=dest)
 
 
 def build_job(
@@ -93,22 +125,15 @@ def build_job(
         name: the job's name (its folder name when exported).
     """
     if cfg.privacy.he:  # never fall back to plaintext updates silently
-        raise ValueError("privacy.he is set: build the encrypted job with fedgai.federated.he.build_he_job")
-    job = FedJob(name=name, min_clients=cfg.fed.min_clients)
+        raise ValueError("privacy.he is set: build the encrypted job with fedgai.federated.he_job.build_he_job")
+    job = new_job(name, cfg)
     job.to_server(FilteredFedAvg(config=cfg.to_dict(), checkpoint_dir=checkpoint_dir, task_name=TASK),
                   id="controller")
     job.to_server(TBAnalyticsReceiver(), id="tb_receiver")
-    runner = ScriptRunner(script=CLIENT_SCRIPT, script_args=client_args(studios, output_root),
-                          framework=FrameworkType.PYTORCH)
-    # ScriptRunner checks the script path from the working directory; it must stay relative so that sites
-    # find it inside app/custom, where ship_package puts it.
-    with contextlib.chdir(PACKAGE_ROOT):
-        job.to_clients(runner, tasks=[TASK])
-    job.to_clients(ConvertToFedEvent(events_to_convert=[ANALYTIC_EVENT_TYPE]), id="event_to_fed")
+    add_studio_trainer(job, studios, output_root)
     add_dp_filter(job, cfg)
     job.to_clients(OutboundAudit(save_arrays=save_outbound_arrays), tasks=[TASK],
                    filter_type=FilterType.TASK_RESULT)
-    ship_package(job)
     return job
 
 
@@ -120,10 +145,3 @@ def export(out: Path, profile_name: str = "paper", dp: bool = False) -> Path:
         cfg, name = cfg.with_overrides(DP_JOB_SETTINGS), DP_JOB_NAME
     build_job(cfg, name=name).export_job(str(out))
     return Path(out) / name
-
-
-def export_jobs(out: Path, profile: str = "paper") -> list[Path]:
-    """Write the three job folders for a profile: plain, client-level DP and encrypted (HE)."""
-    from fedgai.federated.he import export_he  # he.py builds on this module
-
-    return [export(out, profile), export(out, profile, dp=True), export_he(out, profile)]

@@ -22,11 +22,13 @@ from torch import nn
 from torch.nn.utils.spectral_norm import SpectralNorm
 
 from fedgai.models import AdaINSD
-from fedgai.privacy.dpsgd import norm_layer_types
 
-# FLModel meta keys of the wire format: the job's settings (server -> studio) and a DP-SGD epsilon (studio -> server).
+# FLModel meta keys of the wire format: the job's settings (server -> studio), a DP epsilon and the notice that
+# a studio's privacy budget is spent (studio -> server). Here, not in privacy/ (which imports Opacus), so that
+# the server reads them without loading the DP machinery.
 CONFIG_META_KEY = "fedgai_config"
 DP_EPSILON_META_KEY = "dp_epsilon"
+BUDGET_EXHAUSTED_KEY = "dp_budget_exhausted"
 
 # Names that mark normalisation state even when the module type is hidden (e.g. a state dict from elsewhere).
 NORM_NAME_PATTERN = re.compile(
@@ -52,11 +54,18 @@ def _module_entries(module: nn.Module, prefix: str) -> list[str]:
     return [f"{prefix}{name}" for name in names]
 
 
+def norm_layer_types(groupnorm_is_norm: bool) -> tuple[type[nn.Module], ...]:
+    """Module types whose parameters stay at the studio (FedBN); GroupNorm replaces BatchNorm under record DP."""
+    if groupnorm_is_norm:
+        return (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
+    return (nn.modules.batchnorm._BatchNorm,)
+
+
 def norm_keys(net: nn.Module, groupnorm_is_norm: bool = False) -> set[str]:
     """State-dict keys of normalisation layers, found by module type and by name.
 
-    ``groupnorm_is_norm`` covers DP-SGD runs, where BatchNorm is swapped for GroupNorm (Opacus cannot
-    train BatchNorm); those GroupNorm layers then stay local exactly like the BatchNorm they replace.
+    ``groupnorm_is_norm`` covers record-level DP runs, where GroupNorm replaces BatchNorm (BatchNorm has no
+    per-sample gradient); those GroupNorm layers then stay local exactly like the BatchNorm they replace.
     """
     return _keys_by_type_and_name(net, norm_layer_types(groupnorm_is_norm), NORM_NAME_PATTERN)
 

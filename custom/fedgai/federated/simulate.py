@@ -1,5 +1,8 @@
 """Run the FedGAI federation on this machine in NVFlare's simulator, then say where everything landed.
 
+Every studio runs in its own simulator thread (process) for the whole run; the console shows one progress
+line per round (progress.py) while NVFlare's full log goes to the log files.
+
     fedgai simulate --studios 8 --rounds 3 --workspace runs/sim
 
 Layout under the workspace: data/ (demo studios, if no data folder is given), studios/<site>/ (each
@@ -9,27 +12,59 @@ nvflare/ (the simulator workspace: server logs, round summaries, global D, Tenso
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+
+from nvflare.apis.fl_constant import WorkspaceConstants
+from nvflare.fuel.utils import log_utils
 
 from fedgai.config import FedgaiConfig
 from fedgai.config import profile as load_profile
-from fedgai.federated.controller import OUTPUT_DIR
+from fedgai.federated.controller import OUTPUT_DIR, SummaryError, read_round_summaries
 from fedgai.federated.job import build_job
+from fedgai.federated.progress import RoundProgress
 
 SIM_JOB_DIR = "simulate_job"
+
+log = logging.getLogger(__name__)
+LOG_CONFIG = "nvflare_log_config.json"
+PROGRESS_POLL_S = 0.5
 
 
 class SimulationError(RuntimeError):
     """The simulator did not produce a complete run."""
 
 
+def check_request(cfg: FedgaiConfig, studios: int, data_dir: Path | None) -> None:
+    """Refuse, before anything is written, a federation the settings cannot run or a --data that is no
+    folder of studios; one studio (allowed by fed.min_clients = 1) is run with a loud warning."""
+    if studios < cfg.fed.min_clients:
+        raise ValueError(f"--studios {studios}: every round needs at least fed.min_clients = {cfg.fed.min_clients} "
+                         f"studios; pass --studios {cfg.fed.min_clients} or more, or a --config with a lower "
+                         "fed.min_clients")
+    if studios == 1:
+        log.warning("ONE studio is not a federation: nothing is shared or aggregated with anyone "
+                    "(compare with `fedgai train-local`)")
+    if data_dir is None:
+        return
+    if not Path(data_dir).is_dir():
+        raise ValueError(f"--data {data_dir}: no such folder")
+    if (Path(data_dir) / "photos").is_dir() or (Path(data_dir) / "sketches").is_dir():
+        raise ValueError(f"--data {data_dir} looks like one studio; pass the folder that holds the studios")
+    studio_folders(Path(data_dir), studios)
+
+
 def studio_folders(data_dir: Path, studios: int) -> dict[str, Path]:
     """The first ``studios`` studio folders (those with photos/ and sketches/) as site studio-01, -02, ..."""
     folders = sorted(p for p in data_dir.iterdir() if (p / "photos").is_dir() and (p / "sketches").is_dir())
     if len(folders) < studios:
-        raise SimulationError(f"{data_dir} holds {len(folders)} studio folder(s), {studios} requested")
+        raise ValueError(f"{data_dir} holds {len(folders)} studio folder(s), {studios} requested")
     return {f"studio-{i:02d}": folder for i, folder in enumerate(folders[:studios], start=1)}
 
 
@@ -40,13 +75,10 @@ def server_dir(workspace: Path) -> Path:
 
 def check_run(workspace: Path, rounds: int) -> list[dict]:
     """Round summaries of a finished run, or a SimulationError naming what is missing and the log to read."""
-    out = server_dir(workspace) / OUTPUT_DIR
-    summaries = [out / f"round-{r:03d}.json" for r in range(rounds)]
-    missing = [p.name for p in summaries if not p.is_file()]
-    if missing:
-        log = server_dir(workspace) / "log.txt"
-        raise SimulationError(f"the run stopped early: no {', '.join(missing)} in {out}; see {log}")
-    return [json.loads(p.read_text()) for p in summaries]
+    try:  # the controller's reader: it also accepts a run that ended normally early (privacy budget spent)
+        return read_round_summaries(server_dir(workspace) / OUTPUT_DIR, rounds, server_dir(workspace) / "log.txt")
+    except SummaryError as err:
+        raise SimulationError(str(err)) from err
 
 
 def check_he_run(workspace: Path, rounds: int, sites: list[str]) -> list[dict]:
@@ -71,6 +103,72 @@ def check_he_run(workspace: Path, rounds: int, sites: list[str]) -> list[dict]:
     return summaries
 
 
+def quiet_console_log_config(path: Path) -> Path:
+    """NVFlare's default log config with the console at WARNING: every site's log.txt keeps the full INFO
+    log, while the console shows problems and one progress line per round instead of hundreds of lines."""
+    config = json.loads((Path(log_utils.__file__).parent / WorkspaceConstants.LOGGING_CONFIG).read_text())
+    config["handlers"]["consoleHandler"]["level"] = "WARNING"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config, indent=2) + "\n")
+    return path
+
+
+@contextlib.contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """Studios' per-epoch progress bars off (tqdm reads TQDM_DISABLE): eight interleaved bars are unreadable."""
+    previous = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["TQDM_DISABLE"]
+        else:
+            os.environ["TQDM_DISABLE"] = previous
+
+
+class ProgressPrinter:
+    """Prints each round's progress line (progress.py) as its summary lands in ``out``, while the simulator runs.
+
+    Summaries from an earlier run in the same workspace (started before this printer) are ignored.
+    """
+
+    def __init__(self, out: Path, poll_s: float = PROGRESS_POLL_S):
+        self.out = out
+        self.poll_s = poll_s
+        self.since = time.time()
+        self.progress = RoundProgress()
+        self.printed: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="fedgai-progress", daemon=True)
+
+    def __enter__(self) -> ProgressPrinter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.poll()  # the last round's summary may have landed after the last poll
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.poll()
+
+    def poll(self) -> None:
+        for path in sorted(self.out.glob("round-*.json")):
+            if path.name in self.printed:
+                continue
+            try:
+                summary = json.loads(path.read_text())
+            except (FileNotFoundError, json.JSONDecodeError):  # being written or replaced: read it next time
+                return
+            if summary.get("started_at", 0.0) < self.since:
+                continue
+            self.printed.add(path.name)
+            print(self.progress.line(summary), flush=True)
+
+
 def simulate(
     studios: int,
     rounds: int | None,
@@ -81,17 +179,24 @@ def simulate(
     he: bool = False,
     *,
     save_outbound_arrays: bool = False,
+    threads: int | None = None,
 ) -> Path:
     """Simulate ``studios`` studios for ``rounds`` rounds (None = the profile's); returns the server's output
     folder (round summaries and the global discriminator; encrypted under HE).
 
     Without ``data_dir``, demo studios are generated in ``workspace/data`` (at the profile's resolution).
     ``save_outbound_arrays`` keeps a copy of every array each studio sent (see OutboundAudit).
+    ``threads``: studios run at once (default: all). With fewer threads than studios, NVFlare's simulator
+    swaps studios in and out, restarting each studio's process - and its trainer - every round; with one
+    thread per studio, every studio keeps its process, trainer and data for the whole run.
     """
-    threads = min(studios, os.cpu_count() or 1)
+    threads = studios if threads is None else threads
+    if not 1 <= threads <= studios:
+        raise ValueError(f"threads must be between 1 and the number of studios ({studios}), got {threads}")
     base = load_profile(profile) if isinstance(profile, str) else profile
     cfg = base.with_overrides({"fed.rounds": rounds, "fed.mode": mode, "privacy.he": he or None})
-    if cfg.train.num_threads is None:  # studios run side by side: share the cores instead of oversubscribing
+    check_request(cfg, studios, data_dir)
+    if cfg.train.num_threads is None:  # studios run side by side: split the cores (at least one torch thread each)
         cfg = cfg.with_overrides({"train.num_threads": max(1, (os.cpu_count() or 1) // threads)})
     workspace = Path(workspace).resolve()
     if data_dir is None:
@@ -103,7 +208,8 @@ def simulate(
     sites = studio_folders(Path(data_dir), studios)
     sim_workspace = workspace / "nvflare"
     if cfg.privacy.he:
-        from fedgai.federated.he import HE_OUTPUT_DIR, build_he_job, prepare_simulator_he
+        from fedgai.federated.he import HE_OUTPUT_DIR, prepare_simulator_he
+        from fedgai.federated.he_job import build_he_job
 
         job = build_he_job(cfg, sites, output_root=workspace / "studios", save_outbound_arrays=save_outbound_arrays)
         prepare_simulator_he(sim_workspace)
@@ -112,7 +218,9 @@ def simulate(
         job = build_job(cfg, sites, output_root=workspace / "studios",
                         checkpoint_dir=str(workspace / "server_state"), save_outbound_arrays=save_outbound_arrays)
         out = server_dir(workspace) / OUTPUT_DIR
-    code = job.simulator_run(str(sim_workspace), clients=list(sites), threads=threads)
+    log_config = quiet_console_log_config(workspace / LOG_CONFIG)
+    with no_progress_bars(), ProgressPrinter(out):
+        code = job.simulator_run(str(sim_workspace), clients=list(sites), threads=threads, log_config=str(log_config))
     if code != 0:
         raise SimulationError(f"the NVFlare simulator exited with code {code}; see {server_dir(workspace)}/log.txt")
     if cfg.privacy.he:

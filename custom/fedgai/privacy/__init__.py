@@ -1,4 +1,4 @@
-"""Differential privacy for fedgai: client-level DP-FedAvg (a result filter) and record-level DP-SGD on D.
+"""Differential privacy for fedgai: client-level DP-FedAvg (a result filter) and record-level DP on G and D.
 
 See docs/privacy.md for the threat model, what each mode covers, and the sizing table.
 """
@@ -13,13 +13,6 @@ from fedgai.privacy.accountant import (
     calibrate_noise,
     compute_epsilon,
     record_level_schedule,
-)
-from fedgai.privacy.dpsgd import (
-    attach_dpsgd,
-    fresh_noise_generator,
-    make_dp_compatible,
-    norm_layer_types,
-    strip_spectral_norm,
 )
 from fedgai.privacy.filter import (
     BUDGET_EXHAUSTED_KEY,
@@ -36,6 +29,7 @@ from fedgai.privacy.mechanism import (
     update_norm,
     validate_update,
 )
+from fedgai.privacy.record import RecordLevelDP, fresh_noise_generator, noised_mean, noised_sum, statistics_sum
 
 __all__ = [
     "ACCOUNTANTS",
@@ -46,21 +40,21 @@ __all__ = [
     "LedgerError",
     "PrivacyBudgetExceeded",
     "PrivacyLedger",
+    "RecordLevelDP",
     "Step",
     "UnsafeUpdateError",
-    "attach_dpsgd",
     "fresh_noise_generator",
     "budget_allows_next_round",
     "calibrate_noise",
     "check_parameters",
     "clip_and_noise",
     "compute_epsilon",
+    "noised_mean",
+    "noised_sum",
     "site_ledger_path",
-    "make_dp_compatible",
-    "norm_layer_types",
     "record_level_schedule",
     "secure_rng",
-    "strip_spectral_norm",
+    "statistics_sum",
     "update_norm",
     "validate_update",
 ]

@@ -1,0 +1,405 @@
+"""Does sharing the discriminator help? Federation modes and loss ablations on the demo studios, several seeds,
+judged on each studio's held-out test pairs (issue 8 §3). Exact commands and results: docs/results.md.
+
+    python benchmarks/federation_value.py train --out runs/fedvalue --seeds 0 1 2 --device cuda --workers 8
+    python benchmarks/federation_value.py evaluate --out runs/fedvalue
+
+`train` runs every (variant, seed) federation in one process each, with the product's own pieces: a
+StudioTrainer per studio, the client's key rules (federated.keys) for what is shared, the server's screening
+weights and aggregator (federated.aggregation), client-level DP's clip-and-noise mechanism and TenSEAL CKKS
+for the HE variant. Only the transport differs from `fedgai simulate`, so the numbers measure the method, not
+NVFlare. Each studio's generated test sketches are saved (uint8 PNG bytes in one .npz per run), so `evaluate`
+can score them anywhere with fedgai.evaluation (FD/KD on EfficientNet-Lite0 features, SSIM, PSNR, ink IoU and
+the cross-studio style classifier) without the checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import time
+from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fedgai.config import FedgaiConfig, profile
+from fedgai.federated.keys import shared_state, split_key
+
+SMALL_STUDIO = 60  # pairs in the studio folder: the issue's "small studio" bound
+DEMO_SEED = 15  # 8 studios of 44-215 pairs (985 in all, like the paper's ~1000): three hold <= 60 pairs
+
+# name -> config overrides; "transport" picks how updates reach the server (plain, client_dp, he).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "local": {"fed.mode": "local"},
+    "fedavg_full": {"fed.mode": "fedavg_full"},
+    "fedavg_bn": {"fed.mode": "fedavg_bn"},
+    "fedgai": {"fed.mode": "fedgai", "loss.feddecorr": 0.0},
+    "fedgai_feddecorr": {"fed.mode": "fedgai", "loss.feddecorr": 0.1},
+    "fedgai_client_dp": {"fed.mode": "fedgai", "privacy.dp": "client", "privacy.noise_multiplier": 1.0,
+                         "privacy.clip_norm": 1.0, "transport": "client_dp"},
+    "fedgai_record_dp": {"fed.mode": "fedgai", "privacy.dp": "record", "privacy.noise_multiplier": 1.0},
+    "fedgai_he": {"fed.mode": "fedgai", "transport": "he"},
+    # Loss ablations, each with its local-only twin so the federation's gain is measured under that loss.
+    "local_paper_loss": {"fed.mode": "local", "loss.pixel_l1": 0.0},
+    "fedgai_paper_loss": {"fed.mode": "fedgai", "loss.pixel_l1": 0.0},
+    "local_no_gram": {"fed.mode": "local", "loss.gram": 0.0},
+    "fedgai_no_gram": {"fed.mode": "fedgai", "loss.gram": 0.0},
+    "local_no_mrfm": {"fed.mode": "local", "model.decoder": "plain"},
+    "fedgai_no_mrfm": {"fed.mode": "fedgai", "model.decoder": "plain"},
+}
+
+
+# ----------------------------------------------------------------------------------------------- train
+def studio_dirs(data: Path, count: int) -> list[Path]:
+    return sorted(p for p in data.iterdir() if (p / "photos").is_dir())[:count]
+
+
+def networks(trainer) -> dict[str, torch.nn.Module]:
+    return {"generator": trainer.generator, "discriminator": trainer.discriminator}
+
+
+def load_into(trainer, params: Mapping[str, np.ndarray]) -> None:
+    """Load global entries into a studio's networks (what the studio does with a received model)."""
+    per_net: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in params.items():
+        net, name = split_key(key)
+        per_net.setdefault(net, {})[name] = torch.as_tensor(value)
+    for net, state in per_net.items():
+        networks(trainer)[net].load_state_dict(state, strict=False)
+
+
+def studio_state(trainer, cfg: FedgaiConfig) -> dict[str, np.ndarray]:
+    state = shared_state(networks(trainer), cfg.fed.mode, cfg.privacy.dp == "record")
+    return {k: v.detach().float().cpu().numpy() for k, v in state.items()}
+
+
+def he_mean(updates: Mapping[str, Mapping[str, np.ndarray]], weights: Mapping[str, float]) -> dict[str, np.ndarray]:
+    """CKKS-encrypted weighted sum, decrypted only once aggregated: what the HE job computes."""
+    import tenseal as ts
+
+    ctx = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 40, 40])
+    ctx.global_scale = 2**40
+    total = float(sum(weights.values()))
+    first = next(iter(updates.values()))
+    out = {}
+    for key, ref in first.items():
+        acc = None
+        for site, params in updates.items():
+            enc = ts.ckks_vector(ctx, (params[key].ravel() * (weights[site] / total)).tolist())
+            acc = enc if acc is None else acc + enc
+        out[key] = np.asarray(acc.decrypt(), dtype=ref.dtype).reshape(ref.shape)
+    return out
+
+
+def server_step(cfg: FedgaiConfig, transport: str, diffs: dict[str, dict[str, np.ndarray]],
+                claims: dict[str, int], first_seen: dict[str, int]) -> dict[str, np.ndarray]:
+    """The server's round: cap weights, bound update norms, aggregate (or the HE sum of ciphertexts)."""
+    from fedgai.federated.aggregation import aggregate, capped_weights, clip_to_median_norm
+
+    weights = capped_weights(claims, cfg.fed, first_seen)
+    if transport == "he":  # the server sees ciphertexts only: no norm bound, weights applied at the studio
+        return he_mean(diffs, {s: w.value for s, w in weights.items()})
+    return aggregate(clip_to_median_norm(diffs, cfg.fed.norm_bound_factor)[0], weights, cfg.fed)
+
+
+def client_release(diff: dict[str, np.ndarray], cfg: FedgaiConfig) -> dict[str, np.ndarray]:
+    from fedgai.privacy.mechanism import clip_and_noise
+
+    return clip_and_noise(diff, cfg.privacy.clip_norm, cfg.privacy.noise_multiplier)[0]
+
+
+def png_bytes(sketch: torch.Tensor) -> bytes:
+    array = ((sketch[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(array, mode="L").save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def save_test_fakes(trainer, path: Path) -> None:
+    """The studio's generated sketch for each of its test pairs, as PNG bytes keyed by stem."""
+    from fedgai.data import SketchPairDataset
+
+    test = SketchPairDataset(trainer.studio, trainer.cfg.model.image_size, stems=trainer.split.test)
+    stems = [p.stem for p, _ in test.pairs]
+    fakes = trainer.generate(torch.stack([test[i][0] for i in range(len(test))]))
+    np.savez_compressed(path, stems=np.array(stems),
+                        pngs=np.array([np.frombuffer(png_bytes(f), np.uint8) for f in fakes], dtype=object))
+
+
+def run_federation(variant: str, seed: int, base: dict[str, Any], studios: list[Path], out: Path,
+                   scratch: Path, device: str) -> dict[str, Any]:
+    """One federation (or local-only run) of every studio; returns per-round val metrics and timings."""
+    from fedgai.trainer import StudioTrainer
+
+    overrides = dict(VARIANTS[variant])
+    transport = overrides.pop("transport", "plain")
+    cfg = FedgaiConfig.from_dict(base).with_overrides({**overrides, "train.seed": seed})
+    name = f"{variant}-seed{seed}"
+    started = time.perf_counter()
+    trainers = {s.name: StudioTrainer(cfg, s, scratch / name / s.name, device=device) for s in studios}
+    federated = cfg.fed.mode != "local"
+    global_params = studio_state(next(iter(trainers.values())), cfg) if federated else {}
+    # Under DP a studio's true count stays at the studio: equal weights.
+    claims = {site: 1 if cfg.privacy.dp != "none" else t.num_samples for site, t in trainers.items()}
+    rounds, bytes_up = [], 0
+    for rnd in range(cfg.fed.rounds):
+        diffs = {}
+        for site, trainer in trainers.items():
+            if federated:
+                load_into(trainer, global_params)
+            trainer.train_epochs(cfg.train.epochs, tag=f" {name} r{rnd}")
+            if federated:
+                diff = {k: v - global_params[k] for k, v in studio_state(trainer, cfg).items()}
+                diffs[site] = client_release(diff, cfg) if transport == "client_dp" else diff
+                bytes_up += sum(v.nbytes for v in diff.values())
+        if federated:
+            step = server_step(cfg, transport, diffs, claims, claims)
+            global_params = {k: (v + step[k]).astype(v.dtype) for k, v in global_params.items()}
+            for trainer in trainers.values():  # the studios' networks after the final round's receive
+                load_into(trainer, global_params)
+        rounds.append({site: t.quality() for site, t in trainers.items()})
+    (out / name).mkdir(parents=True, exist_ok=True)
+    for site, trainer in trainers.items():
+        save_test_fakes(trainer, out / name / f"{site}.npz")
+        trainer.close()
+    record = {"variant": variant, "seed": seed, "seconds": time.perf_counter() - started, "rounds": rounds,
+              "bytes_up_per_studio_round": bytes_up / max(1, cfg.fed.rounds * len(trainers)),
+              "n_train": {s: t.num_samples for s, t in trainers.items()},
+              "dp_epsilon": {s: t.dp_epsilon() for s, t in trainers.items()}}
+    (out / name / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _train_worker(job: tuple) -> str:
+    variant, seed, base, studios, out, device, threads = job
+    torch.set_num_threads(threads)
+    if (out / f"{variant}-seed{seed}" / "run.json").is_file():
+        return f"{out.name}/{variant}-seed{seed}: done before"
+    rec = run_federation(variant, seed, base, studios, out, out / "scratch", device)
+    return f"{out.name}/{variant}-seed{seed}: {rec['seconds']:.0f} s"
+
+
+def train_all(plans: list[tuple[Path, dict[str, Any], list[str], list[int]]], studios: list[Path], device: str,
+              workers: int) -> None:
+    """Train every (folder, config, variants, seeds) plan in one process pool; a failed run is reported and
+    the others go on (its folder then has no run.json and `evaluate` skips it)."""
+    jobs = []
+    for out, base, variants, seeds in plans:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(base, indent=2) + "\n")
+        save_splits(FedgaiConfig.from_dict(base), studios, out / "splits")
+        jobs += [(v, s, base, studios, out, device, max(1, (os.cpu_count() or 1) // workers))
+                 for s in seeds for v in variants]
+    with ProcessPoolExecutor(workers, mp_context=torch.multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_train_worker, job) for job in jobs]
+        for job, future in zip(jobs, futures, strict=True):
+            error = future.exception()
+            print(future.result() if error is None else f"{job[4].name}/{job[0]}-seed{job[1]}: FAILED {error!r}",
+                  flush=True)
+
+
+# ----------------------------------------------------------------------------------------------- evaluate
+def load_fakes(path: Path) -> dict[str, torch.Tensor]:
+    data = np.load(path, allow_pickle=True)
+    return {str(stem): torch.from_numpy(np.array(Image.open(io.BytesIO(png.tobytes())))).float()[None] / 127.5 - 1
+            for stem, png in zip(data["stems"], data["pngs"], strict=True)}
+
+
+def stack_pairs(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    photos, sketches = zip(*(dataset[i] for i in range(len(dataset))), strict=True)
+    return torch.stack(photos), torch.stack(sketches)
+
+
+def evaluate_runs(out: Path, data: Path, image_size: int, device: str) -> list[dict[str, Any]]:
+    """Score every saved run on its studios' test pairs; the style classifier is fitted once, on all
+    studios' real training sketches."""
+    from fedgai.data import SketchPairDataset, load_studio
+    from fedgai.evaluation.metrics import MetricSuite
+    from fedgai.evaluation.split import StudioSplit
+    from fedgai.evaluation.style import StyleClassifier
+
+    runs = sorted(p for p in out.iterdir() if (p / "run.json").is_file())
+    sites = list(json.loads((runs[0] / "run.json").read_text())["n_train"])
+    studios = {s: load_studio(data / s) for s in sites}
+    splits = {s: StudioSplit.load(out / "splits" / f"{s}.json") for s in sites}
+    test_sets = {s: SketchPairDataset(studios[s], image_size, stems=splits[s].test) for s in sites}
+    test = {s: stack_pairs(d) for s, d in test_sets.items()}
+    suite = MetricSuite(device=device)
+    train_feats = {s: suite.features(stack_pairs(SketchPairDataset(studios[s], image_size,
+                                                                   stems=splits[s].train))[1]) for s in sites}
+    style = StyleClassifier().fit(torch.cat(list(train_feats.values())),
+                                  [s for s in sites for _ in range(len(train_feats[s]))])
+    results = []
+    for run in runs:
+        record = json.loads((run / "run.json").read_text())
+        record["studios"] = {}
+        for site in sites:
+            fakes = load_fakes(run / f"{site}.npz")
+            photos, reals = test[site]
+            fake = torch.stack([fakes[photo.stem] for photo, _ in test_sets[site].pairs])
+            metrics = suite.evaluate(photos, fake, reals, style, site)
+            record["studios"][site] = {**metrics, "n_pairs": len(studios[site].pairs)}
+        results.append(record)
+        print(f"evaluated {run.name}", flush=True)
+    return results
+
+
+def summarise(results: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """Per variant and studio-size group: mean and std over seeds of the group's mean metric."""
+    table: dict[str, dict[str, list[float]]] = {}
+    for res in results:
+        groups: dict[str, list[float]] = {"small": [], "large": [], "all": []}
+        for m in res["studios"].values():
+            value = m.get(metric)
+            if not isinstance(value, float):  # "unavailable"
+                continue
+            groups["small" if m["n_pairs"] <= SMALL_STUDIO else "large"].append(value)
+            groups["all"].append(value)
+        for group, values in groups.items():
+            if values:
+                table.setdefault(res["variant"], {}).setdefault(group, []).append(float(np.mean(values)))
+    return {v: {g: {"mean": statistics.fmean(x), "std": statistics.pstdev(x), "seeds": len(x)}
+                for g, x in groups.items()} for v, groups in table.items()}
+
+
+# ----------------------------------------------------------------------------------------------- tune
+# Settings tried before the comparison, each as local-only vs FedGAI (+FedDecorr, the paper's method). Same
+# compute in each (15 local epochs per studio). Picked on a different split (train.split_seed 1) from the one
+# the comparison reports on (0), so the reported gain is not the selection's own noise.
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "paper_loss": {"loss.pixel_l1": 0.0},
+    "paper_loss_strong_d": {"loss.pixel_l1": 0.0, "loss.adversarial": 4.0, "train.lr_d": 1e-3},
+    "strong_d": {"loss.adversarial": 4.0, "train.lr_d": 1e-3},
+    "wide_d": {"loss.pixel_l1": 1.0, "loss.adversarial": 2.0, "train.lr_d": 5e-4, "model.disc_width": 256},
+    "frequent_sync": {"loss.pixel_l1": 0.0, "loss.adversarial": 4.0, "train.lr_d": 1e-3, "train.epochs": 1,
+                      "fed.rounds": 15},
+}
+TUNE_PAIR = ("local", "fedgai_feddecorr")
+SELECTION_SPLIT = 1
+TARGET_SMALL_GAIN, MAX_LARGE_LOSS, MAX_STYLE_DROP = 0.10, 0.05, 0.05
+
+
+def gains(results: list[dict[str, Any]], fed: str, local: str = "local") -> dict[str, float]:
+    """FedGAI vs local-only: relative FD gain for small studios, relative FD change for large ones, style-accuracy
+    drop (points / 100). Means over seeds of group means."""
+    fd, style = summarise(results, "FD-EffNetLite0"), summarise(results, "style_acc")
+    return {"small_fd_gain": 1 - fd[fed]["small"]["mean"] / fd[local]["small"]["mean"],
+            "large_fd_change": fd[fed]["large"]["mean"] / fd[local]["large"]["mean"] - 1,
+            "style_drop": style[local]["all"]["mean"] - style[fed]["all"]["mean"]}
+
+
+def pick(scores: dict[str, dict[str, float]]) -> str:
+    """The candidate meeting the large-studio and style limits with the largest small-studio gain (or, if
+    none meets them, the largest gain net of how far it breaks them)."""
+    def meets(g: dict[str, float]) -> bool:
+        return g["large_fd_change"] <= MAX_LARGE_LOSS and g["style_drop"] <= MAX_STYLE_DROP
+
+    def net(g: dict[str, float]) -> float:
+        return g["small_fd_gain"] - max(0.0, g["large_fd_change"] - MAX_LARGE_LOSS) - max(0.0, g["style_drop"]
+                                                                                         - MAX_STYLE_DROP)
+
+    feasible = {name: g for name, g in scores.items() if meets(g)}
+    pool = feasible or scores
+    return max(pool, key=lambda name: net(pool[name]))
+
+
+def tune(args: argparse.Namespace, studios: list[Path]) -> dict[str, Any]:
+    base = base_config(args)
+    plans = [(args.out / "tune" / name, FedgaiConfig.from_dict(base).with_overrides(
+        {**overrides, "train.split_seed": SELECTION_SPLIT}).to_dict(), list(TUNE_PAIR), [args.seeds[0]])
+        for name, overrides in CANDIDATES.items() if name in args.candidates]
+    train_all(plans, studios, args.device, args.workers)
+    scores = {}
+    for out, *_ in plans:
+        report = evaluate_dir(out, args.data, args.device)
+        scores[out.name] = gains(report["results"], TUNE_PAIR[1])
+    choice = {"scores": scores, "selected": pick(scores), "overrides": CANDIDATES[pick(scores)]}
+    (args.out / "tune" / "selected.json").write_text(json.dumps(choice, indent=2) + "\n")
+    print(json.dumps(choice, indent=2), flush=True)
+    return choice
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stage", choices=("all", "tune", "train", "evaluate"),
+                   help="all = tune, then train and evaluate the comparison with the selected setting")
+    p.add_argument("--data", type=Path, default=Path("runs/bench-data"),
+                   help=f"demo studios (made with --seed {DEMO_SEED} at 128 px if missing)")
+    p.add_argument("--studios", type=int, default=8)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT")
+    p.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES), metavar="NAME",
+                   help="settings the tune stage tries")
+    p.add_argument("--profile", default="quick")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON", help="config overrides for every run")
+    p.add_argument("--workers", type=int, default=1, help="federations trained in parallel processes")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, default=Path("runs/fedvalue"))
+    return p.parse_args(argv)
+
+
+def base_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The profile with --set applied (null is a value here, e.g. train.max_pairs=null for every pair)."""
+    data = profile(args.profile).to_dict()
+    for key, value in (item.split("=", 1) for item in args.set):
+        section, _, name = key.partition(".")
+        if name not in data.get(section, {}):
+            raise SystemExit(f"--set: unknown setting {key!r}")
+        data[section][name] = json.loads(value)
+    return FedgaiConfig.from_dict(data).to_dict()
+
+
+def demo_studios(args: argparse.Namespace) -> list[Path]:
+    if not args.data.exists():
+        from fedgai.data import make_demo
+
+        make_demo(args.data, studios=args.studios, seed=DEMO_SEED, size=128)
+    return studio_dirs(args.data, args.studios)
+
+
+def save_splits(cfg: FedgaiConfig, studios: list[Path], folder: Path) -> None:
+    from fedgai.data import load_studio
+    from fedgai.evaluation.split import split_studio
+
+    folder.mkdir(parents=True, exist_ok=True)
+    t = cfg.train
+    for s in studios:
+        split_studio(load_studio(s), t.split_seed, t.val_fraction, t.test_fraction).save(folder / f"{s.name}.json")
+
+
+def evaluate_dir(out: Path, data: Path, device: str) -> dict[str, Any]:
+    base = json.loads((out / "config.json").read_text())
+    results = evaluate_runs(out, data, base["model"]["image_size"], device)
+    metrics = ("FD-EffNetLite0", "KD-EffNetLite0", "SSIM", "PSNR", "ink_IoU", "style_acc")
+    report = {"config": base, "results": results, "summary": {m: summarise(results, m) for m in metrics}}
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    studios = demo_studios(args)
+    overrides: dict[str, Any] = {}
+    if args.stage in ("all", "tune"):
+        overrides = tune(args, studios)["overrides"]
+        if args.stage == "tune":
+            return
+    if args.stage in ("all", "train"):
+        base = FedgaiConfig.from_dict(base_config(args)).with_overrides(overrides).to_dict()
+        train_all([(args.out / "compare", base, args.variants, args.seeds)], studios, args.device, args.workers)
+    report = evaluate_dir(args.out / "compare", args.data, args.device)
+    print(json.dumps(report["summary"], indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""The FedGAI job with homomorphic encryption (``fedgai_he``), and the export of all three jobs.
+
+    fedgai job export --out jobs [--profile paper]    (writes jobs/fedgai, jobs/fedgai_dp and jobs/fedgai_he)
+
+Builds the HE job from the components in he.py and the shared job parts in job.py. It is a module of its
+own so that the imports go one way: he_job -> (he, job), never job -> he -> job. For the same reason
+``export_jobs`` (the whole job set) lives here, above both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from nvflare.apis.dxo import DataKind
+from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
+from nvflare.app_opt.he.intime_accumulate_model_aggregator import HEInTimeAccumulateWeightedAggregator
+from nvflare.app_opt.he.model_encryptor import HEModelEncryptor
+from nvflare.app_opt.he.model_serialize_filter import HEModelSerializeFilter
+from nvflare.app_opt.tracking.tb.tb_receiver import TBAnalyticsReceiver
+from nvflare.job_config.api import FedJob
+from nvflare.job_config.defs import FilterType
+
+from fedgai.config import FedgaiConfig, profile
+from fedgai.federated.audit import OutboundAudit
+from fedgai.federated.he import (
+    CLIENT_CONTEXT,
+    SERVER_CONTEXT,
+    CiphertextOnlyGuard,
+    DiscriminatorPersistor,
+    FedgaiHEShareableGenerator,
+    ShapedHEModelDecryptor,
+)
+from fedgai.federated.job import TASK, add_dp_filter, add_studio_trainer, export, new_job
+
+HE_JOB_NAME = "fedgai_he"
+
+
+def build_he_job(
+    cfg: FedgaiConfig,
+    studios: Mapping[str, Path] | None = None,
+    *,
+    output_root: Path | None = None,
+    save_outbound_arrays: bool = False,
+) -> FedJob:
+    """The FedGAI job with HE for ``cfg`` (privacy.he is set to true in what the studios receive).
+
+    Args:
+        studios: site name -> studio folder (simulator, tests); None for a portable job whose sites find
+            ``$FEDGAI_DATA_ROOT/<site>``.
+        output_root: where studios write their outputs (default: ./fedgai_output at each site).
+        save_outbound_arrays: passed to OutboundAudit (it stores plaintext arrays only; under HE none leave).
+    """
+    if cfg.fed.mode == "local":
+        raise ValueError("fed.mode 'local' shares nothing, so there is nothing to encrypt; use the plain job")
+    config = cfg.with_overrides({"privacy.he": True}).to_dict()
+    job = new_job(HE_JOB_NAME, cfg)  # config only, pinned to the installed fedgai (see job.py)
+    _add_server(job, cfg, config)
+    add_studio_trainer(job, studios, output_root)
+    job.to_clients(ShapedHEModelDecryptor(tenseal_context_file=CLIENT_CONTEXT), tasks=[TASK],
+                   filter_type=FilterType.TASK_DATA)
+    # Result filters run in order: client-level DP on the plaintext DIFF (if configured), encrypt (weighted by
+    # NUM_STEPS_CURRENT_ROUND), then record what leaves.
+    add_dp_filter(job, cfg)
+    job.to_clients(HEModelEncryptor(tenseal_context_file=CLIENT_CONTEXT, weigh_by_local_iter=True), tasks=[TASK],
+                   filter_type=FilterType.TASK_RESULT)
+    job.to_clients(OutboundAudit(save_arrays=save_outbound_arrays), tasks=[TASK],
+                   filter_type=FilterType.TASK_RESULT)
+    return job
+
+
+def _add_server(job: FedJob, cfg: FedgaiConfig, config: dict) -> None:
+    job.to_server(HEModelSerializeFilter(tenseal_context_file=SERVER_CONTEXT), id="he_serialize_filter")
+    job.to_server(DiscriminatorPersistor(config=config, filter_id="he_serialize_filter"), id="persistor")
+    job.to_server(FedgaiHEShareableGenerator(config=config), id="shareable_generator")
+    # Studios multiply by their pair count before encrypting, so the server only sums and divides.
+    job.to_server(HEInTimeAccumulateWeightedAggregator(expected_data_kind=DataKind.WEIGHT_DIFF,
+                                                       weigh_by_local_iter=False), id="aggregator")
+    job.to_server(TBAnalyticsReceiver(), id="tb_receiver")
+    job.to_server(CiphertextOnlyGuard(config=config), tasks=[TASK], filter_type=FilterType.TASK_RESULT)
+    # Like FilteredFedAvg: wait for every studio up to the round timeout, or fed.straggler_grace after min_clients.
+    job.to_server(ScatterAndGather(min_clients=cfg.fed.min_clients, num_rounds=cfg.fed.rounds,
+                                   wait_time_after_min_received=(cfg.fed.round_timeout if cfg.fed.straggler_grace
+                                                                 is None else cfg.fed.straggler_grace),
+                                   aggregator_id="aggregator", persistor_id="persistor",
+                                   shareable_generator_id="shareable_generator", train_task_name=TASK,
+                                   train_timeout=cfg.fed.round_timeout), id="controller")
+
+
+def export_he(out: Path, profile_name: str = "paper") -> Path:
+    """Write the portable HE job folder ``out/fedgai_he``; returns it."""
+    build_he_job(profile(profile_name)).export_job(str(out))
+    return Path(out) / HE_JOB_NAME
+
+
+def export_jobs(out: Path, profile: str = "paper") -> list[Path]:
+    """Write the three job folders for a profile: plain, client-level DP and encrypted (HE)."""
+    return [export(out, profile), export(out, profile, dp=True), export_he(out, profile)]

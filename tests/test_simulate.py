@@ -1,0 +1,91 @@
+"""The simulator run people watch: one progress line per round with an ETA, a quiet console, and studios that
+keep their trainer for the whole run instead of being rebuilt every round."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fedgai.federated.progress import RoundProgress
+from fedgai.federated.simulate import ProgressPrinter, check_run, simulate
+
+
+def summary(rnd: int, started: float, ended: float, total: int = 3, **extra) -> dict:
+    """A round summary as controller.py writes it: studio-01 and -02 aggregated, studio-03 dropped."""
+    contributions = {
+        "studio-01": {"accepted": True, "metrics": {"val_l1": 0.2, "loss_g": 9.0}},
+        "studio-02": {"accepted": True, "metrics": {"val_l1": 0.4, "val_gram": None}},  # non-finite -> None
+        "studio-03": {"accepted": False, "metrics": {"val_l1": 5.0}},
+    }
+    return {"round": rnd, "total_rounds": total, "aggregated": 2, "contributions": contributions,
+            "no_result": ["studio-04"], "started_at": started, "ended_at": ended,
+            "wall_time_s": ended - started, **extra}
+
+
+def test_progress_line_shows_aggregated_held_out_mean_and_eta():
+    progress = RoundProgress()
+    first = progress.line(summary(0, 100.0, 110.0))
+    # Mean over the aggregated studios only; None (non-finite) values and training losses are left out.
+    assert first == "round 0 [1/3]: aggregated 2/4, val_l1 0.300; 10.0 s; ETA 0:00:20"
+    # The ETA uses the mean time per round so far, the gap between rounds included: (130 - 100) / 2 x 1 left.
+    assert progress.line(summary(1, 112.0, 130.0)).endswith("18.0 s; ETA 0:00:15")
+    assert progress.line(summary(2, 131.0, 140.0)).endswith("; done")
+
+
+def test_progress_line_without_held_out_metrics_and_after_an_early_end():
+    no_val = summary(0, 0.0, 5.0, total=4, finished="no more rounds: the privacy budget is spent")
+    for contribution in no_val["contributions"].values():
+        contribution["metrics"] = {"loss_g": 1.0}
+    assert RoundProgress().line(no_val) == "round 0 [1/4]: aggregated 2/4; 5.0 s; done"
+
+
+def test_progress_printer_prints_each_new_round_once_and_skips_stale_or_partial_files(tmp_path, capsys):
+    printer = ProgressPrinter(tmp_path)
+    start = printer.since
+    (tmp_path / "round-000.json").write_text(json.dumps(summary(0, start - 60, start - 50)))  # an earlier run's
+    printer.poll()
+    assert capsys.readouterr().out == ""
+    (tmp_path / "round-000.json").write_text(json.dumps(summary(0, start + 1, start + 11)))
+    (tmp_path / "round-001.json").write_text('{"round": 1, "tot')  # still being written
+    printer.poll()
+    printer.poll()
+    assert capsys.readouterr().out.splitlines() == ["round 0 [1/3]: aggregated 2/4, val_l1 0.300; 10.0 s; ETA 0:00:20"]
+    (tmp_path / "round-001.json").write_text(json.dumps(summary(1, start + 12, start + 21)))
+    printer.poll()
+    assert capsys.readouterr().out.startswith("round 1 [2/3]")
+
+
+@pytest.mark.slow
+def test_simulation_prints_one_progress_line_per_round_and_keeps_each_trainer(demo_root, tmp_path, capsys):
+    """Three studios on this 2-core machine: more studios than cores, each still keeps its own process."""
+    data = tmp_path / "data"
+    for folder in sorted(p for p in demo_root.iterdir() if p.is_dir()):
+        shutil.copytree(folder, data / folder.name)
+    shutil.copytree(data / folder.name, data / "zz-third-studio")
+    simulate(3, 2, tmp_path / "ws", profile="test", data_dir=data)
+    printed = capsys.readouterr().out.splitlines()
+
+    progress = [line for line in printed if line.startswith("round ") and "[" in line]
+    assert len(progress) == 2
+    assert re.fullmatch(r"round 0 \[1/2\]: aggregated 3/3, val_gram \S+, val_ink_iou \S+, val_l1 \S+; "
+                        r"\S+ s; ETA \d+:\d\d:\d\d", progress[0])
+    assert progress[1].startswith("round 1 [2/2]: aggregated 3/3") and progress[1].endswith("; done")
+    assert not [line for line in printed if " - INFO - " in line]  # NVFlare's INFO log stays in the log files
+    assert " - INFO - " in (tmp_path / "ws" / "nvflare" / "server" / "log.txt").read_text()
+
+    # Each studio built its trainer (and loaded its data) in round 0 only, then kept it.
+    first, second = check_run(tmp_path / "ws", 2)
+    assert set(first["contributions"]) == {"studio-01", "studio-02", "studio-03"}
+    for site, contribution in first["contributions"].items():
+        assert contribution["metrics"]["setup_seconds"] > 0, site
+        assert second["contributions"][site]["metrics"]["setup_seconds"] == 0, site
+        assert second["contributions"][site]["metrics"]["studio_cpu_seconds"] > 0, site
+
+
+def test_threads_outside_one_to_studios_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"threads must be between 1 and the number of studios \(2\), got 3"):
+        simulate(2, 1, tmp_path, profile="test", data_dir=Path(tmp_path), threads=3)
