@@ -74,17 +74,18 @@ def test_train_local_cli_writes_grids_checkpoint_and_sketches(studio_dir, tmp_pa
 
 
 def test_record_level_dpsgd_reports_epsilon_and_enforces_the_budget(test_cfg, studio_dir, tmp_path):
-    from fedgai.privacy import PrivacyBudgetExceeded, compute_epsilon, record_level_schedule
-    from fedgai.privacy.accountant import Step
+    from fedgai.privacy import PrivacyBudgetExceeded, compute_epsilon
+    from fedgai.privacy.record import record_level_steps
 
     cfg = test_cfg.with_overrides({"model.image_size": 64, "privacy.dp": "record", "privacy.noise_multiplier": 1.0})
     trainer = StudioTrainer(cfg, studio_dir, tmp_path / "dp")
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in trainer.discriminator.modules())
     assert not any(k.endswith("weight_orig") for k in trainer.discriminator.state_dict())
     out = trainer.train_epochs(2)
-    rate, steps = record_level_schedule(trainer.num_samples, cfg.train.batch_size, 2)
-    assert out["dp_epsilon"] == pytest.approx(compute_epsilon([Step(1.0, rate, steps)], cfg.privacy.delta))
-    assert out["feddecorr"] == 0  # FedDecorr couples a batch's rows: off under DP-SGD
+    # One ledger: the AdaIN_SD statistics release, then one D and one G step per training step.
+    steps = record_level_steps(cfg.privacy, trainer.num_samples, cfg.train.batch_size, 2)
+    assert out["dp_epsilon"] == pytest.approx(compute_epsilon(steps, cfg.privacy.delta))
+    assert "feddecorr" not in out  # FedDecorr couples a batch's pairs: not used under record-level DP
     # The ledger survives the trainer (a restarted site keeps counting) and the budget is enforced.
     tight = cfg.with_overrides({"privacy.target_epsilon": out["dp_epsilon"] + 1e-3})
     again = StudioTrainer(tight, studio_dir, tmp_path / "dp")

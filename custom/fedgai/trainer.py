@@ -20,6 +20,7 @@ from tqdm import tqdm
 from fedgai.config import FedgaiConfig
 from fedgai.data import SketchPairDataset, load_studio
 from fedgai.device import amp_dtype, resolve_device
+from fedgai.evaluation.ink import ink_iou
 from fedgai.evaluation.split import run_split
 from fedgai.losses import (
     content_loss,
@@ -34,7 +35,6 @@ from fedgai.privacy.record import RecordLevelDP
 
 log = logging.getLogger(__name__)
 
-INK_THRESHOLD = 0.0  # sketches live in [-1, 1]: below mid-grey is ink
 
 LOSS_TERMS = ("loss_g", "loss_d", "gram", "adversarial", "clip", "content", "pixel_l1", "feddecorr")
 
@@ -51,13 +51,6 @@ def make_optimizer(cfg: FedgaiConfig, params, lr: float) -> torch.optim.Optimize
     if cfg.train.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9)
     return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))
-
-
-def ink_iou(fake: torch.Tensor, real: torch.Tensor) -> float:
-    """Intersection over union of the inked pixels (dark strokes) of generated and real sketches."""
-    a, b = fake < INK_THRESHOLD, real < INK_THRESHOLD
-    union = (a | b).sum().item()
-    return 1.0 if union == 0 else (a & b).sum().item() / union
 
 
 class StudioTrainer:

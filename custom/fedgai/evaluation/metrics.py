@@ -28,6 +28,7 @@ from fedgai.evaluation.features import (
     InceptionUnavailable,
     find_inception_weights,
 )
+from fedgai.evaluation.ink import ink_iou, ink_mask, to_unit
 from fedgai.evaluation.style import StyleClassifier
 from fedgai.losses import ClipLoss, load_clip
 
@@ -98,34 +99,17 @@ def kernel_distance(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, 
     return float(mean)
 
 
-def _unit(images: torch.Tensor) -> torch.Tensor:
-    return ((images.float() + 1) / 2).clamp(0, 1)
-
-
 def ssim(fake: torch.Tensor, real: torch.Tensor) -> float:
     """Mean SSIM over pairs (1 = identical); a Gaussian window no larger than the image."""
     kernel = min(11, real.shape[-1] - (1 - real.shape[-1] % 2))
-    return float(structural_similarity_index_measure(_unit(fake), _unit(real), data_range=1.0,
+    return float(structural_similarity_index_measure(to_unit(fake), to_unit(real), data_range=1.0,
                                                      kernel_size=kernel))
 
 
 def psnr(fake: torch.Tensor, real: torch.Tensor) -> float:
     """Mean per-pair PSNR in dB on [0, 1] pixels (inf for identical images)."""
-    return float(peak_signal_noise_ratio(_unit(fake), _unit(real), data_range=1.0, dim=(1, 2, 3),
+    return float(peak_signal_noise_ratio(to_unit(fake), to_unit(real), data_range=1.0, dim=(1, 2, 3),
                                          reduction="elementwise_mean"))
-
-
-def ink_mask(sketches: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """Stroke pixels: darker than `threshold` on the [0, 1] scale (paper is white). (N, H, W) bool."""
-    return _unit(sketches).mean(dim=1) < threshold
-
-
-def ink_iou(fake: torch.Tensor, real: torch.Tensor, threshold: float = 0.5) -> float:
-    """Mean per-pair intersection-over-union of the stroke pixels (two blank pages agree: 1)."""
-    a, b = ink_mask(fake, threshold), ink_mask(real, threshold)
-    inter = (a & b).flatten(1).sum(1).double()
-    union = (a | b).flatten(1).sum(1).double()
-    return float(torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).mean())
 
 
 def _chamfer_pair(a: np.ndarray, b: np.ndarray) -> float:

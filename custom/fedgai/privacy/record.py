@@ -138,7 +138,8 @@ class RecordLevelDP:
         out = {}
         for name, shape in shapes.items():
             total = clipped[name].sum(0) if name in clipped else torch.zeros(shape)
-            out[name] = (total + torch.normal(0.0, sigma * c, shape, generator=self.noise)) / expected
+            noise = torch.normal(0.0, sigma * c, shape, generator=self.noise)  # CPU generator, CSPRNG-seeded
+            out[name] = (total + noise.to(total.device)) / expected
         return out
 
     def step(self, module: nn.Module, optimizer: torch.optim.Optimizer, loss: PairLoss, batch: Sequence | None
