@@ -22,7 +22,9 @@ fi
 # Same settings as the quick profile (128 px, 5 rounds x 3 epochs, <= 96 training pairs a studio), with the
 # EfficientNet-Lite0 encoder (VGG-16 weights are not installable offline) and CLIP off (no weights offline).
 # Slowest variants first so that they do not trail; float32 (bf16 autocast is slower at these sizes).
-ARGS=(--data runs/bench-data --device cuda --workers "${WORKERS:-12}" --out "$FV"
+# Few workers: without MPS, processes time-slice one GPU; 12 workers on an H200 finished no run in 390 s
+# (docs/results.md), while one federation keeps the GPU busy with its own small kernels.
+ARGS=(--data runs/bench-data --device cuda --workers "${WORKERS:-3}" --out "$FV"
       --variants fedgai_record_dp fedgai_he fedgai_client_dp local fedgai fedgai_feddecorr fedavg_full fedavg_bn
                  local_paper_loss fedgai_paper_loss local_no_gram fedgai_no_gram local_no_mrfm fedgai_no_mrfm
       --set 'model.encoder="efficientnet-lite0"' 'loss.clip_pretrained="none"' 'train.amp="off"')

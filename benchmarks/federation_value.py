@@ -377,13 +377,55 @@ def save_splits(cfg: FedgaiConfig, studios: list[Path], folder: Path) -> None:
         split_studio(load_studio(s), t.split_seed, t.val_fraction, t.test_fraction).save(folder / f"{s.name}.json")
 
 
+METRICS = ("FD-EffNetLite0", "KD-EffNetLite0", "SSIM", "PSNR", "ink_IoU", "style_acc")
+LOWER_IS_BETTER = {"FD-EffNetLite0", "KD-EffNetLite0"}
+
+
 def evaluate_dir(out: Path, data: Path, device: str) -> dict[str, Any]:
     base = json.loads((out / "config.json").read_text())
     results = evaluate_runs(out, data, base["model"]["image_size"], device)
-    metrics = ("FD-EffNetLite0", "KD-EffNetLite0", "SSIM", "PSNR", "ink_IoU", "style_acc")
-    report = {"config": base, "results": results, "summary": {m: summarise(results, m) for m in metrics}}
+    report = {"config": base, "results": results, "summary": {m: summarise(results, m) for m in METRICS}}
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(report))
     return report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """Tables for docs/results.md: every metric per variant and size group (mean ± std over seeds), FedGAI's
+    gains over local-only, and per-studio FD."""
+    summary = report["summary"]
+    variants = list(summary["FD-EffNetLite0"])
+    lines = []
+    for metric in METRICS:
+        arrow = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
+        lines += [f"#### {metric} ({arrow})", "", "| variant | small studios (<= 60 pairs) | large studios | all |",
+                  "|---|---|---|---|"]
+        for v in variants:
+            cells = [f"{g['mean']:.4g} ± {g['std']:.2g} (n={g['seeds']})" if (g := summary[metric][v].get(grp))
+                     else "-" for grp in ("small", "large", "all")]
+            lines.append(f"| {v} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["#### Federated variants against their local-only twin", "",
+              "| variant | vs | small FD gain | large FD change | style-acc drop (points) |", "|---|---|---|---|---|"]
+    for v in variants:
+        twin = "local_paper_loss" if v.endswith("paper_loss") else "local"
+        if v.startswith("local") or twin not in variants:
+            continue
+        g = gains(report["results"], v, twin)
+        lines.append(f"| {v} | {twin} | {g['small_fd_gain']:+.1%} | {g['large_fd_change']:+.1%} | "
+                     f"{100 * g['style_drop']:+.1f} |")
+    lines += ["", "#### FD-EffNetLite0 per studio (mean ± std over seeds)", ""]
+    studios = sorted(report["results"][0]["studios"], key=lambda s: report["results"][0]["studios"][s]["n_pairs"])
+    lines += ["| variant | " + " | ".join(f"{s} ({report['results'][0]['studios'][s]['n_pairs']})" for s in studios)
+              + " |", "|---|" + "---|" * len(studios)]
+    for v in variants:
+        runs = [r for r in report["results"] if r["variant"] == v]
+        cells = []
+        for s in studios:
+            values = [r["studios"][s]["FD-EffNetLite0"] for r in runs]
+            cells.append(f"{statistics.fmean(values):.1f} ± {statistics.pstdev(values):.1f}")
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:

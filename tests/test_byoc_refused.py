@@ -3,12 +3,12 @@ refused by the studios, and the config-only FedGAI job runs in the same deployme
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+from scripts import load_script
 
 from fedgai.config import profile
 from fedgai.federated.controller import OUTPUT_DIR
@@ -19,15 +19,7 @@ SITES = ["studio-a", "studio-b"]
 REFUSAL = "BYOC not permitted"  # NVFlare's reason when a site's policy has no byoc right
 
 
-def load_deploy():
-    """provisioning/deploy.py is a script, not a package module."""
-    spec = importlib.util.spec_from_file_location("fedgai_deploy", REPO / "provisioning" / "deploy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-deploy = load_deploy()
+deploy = load_script("provisioning/deploy.py")
 
 
 def byoc_job(plain: Path, out: Path) -> Path:

@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 from torch.nn.utils import spectral_norm
 
+from fedgai.cli import main
 from fedgai.config import FED_MODES, profile
 from fedgai.federated.aggregation import weighted_mean
 from fedgai.federated.audit import AUDIT_DIR, LOG_FILE
@@ -437,6 +438,15 @@ def test_simulated_federation_trains_d_and_sends_only_allowed_entries(demo_root,
         tb.Reload()
         for tag in ("loss_g", "loss_d", "gram", "val_l1"):
             assert [e.step for e in tb.Scalars(tag)] == [0, 1]
+
+    # The finished simulator run is what `fedgai evaluate` scores: both studios on their held-out test pairs.
+    report = tmp_path / "report"
+    assert main(["evaluate", str(tmp_path), "--data", str(demo_root), "--out", str(report), "--feature-size", "64",
+                 "--style-pairs", "12", "--gallery-rows", "2", "--threads", "1"]) == 0
+    rows = json.loads((report / "metrics.json").read_text())
+    text = json.dumps(rows)
+    assert "studio-01" in text and "studio-02" in text and "FD-EffNetLite0" in text
+    assert (report / "report.html").stat().st_size > 10_000 and (report / "metrics.csv").is_file()
 
 
 @pytest.mark.slow

@@ -13,29 +13,37 @@ import pytest
 import tenseal as ts
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.event_type import EventType
-from nvflare.apis.fl_constant import ReservedKey
+from nvflare.apis.fl_constant import FLContextKey, ReservedKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.abstract.model import make_model_learnable
 from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_opt.he.constant import HE_ALGORITHM_CKKS
 from nvflare.app_opt.he.intime_accumulate_model_aggregator import HEInTimeAccumulateWeightedAggregator
 from nvflare.app_opt.he.model_decryptor import HEModelDecryptor
 from nvflare.app_opt.he.model_encryptor import HEModelEncryptor
+from nvflare.app_opt.he.model_serialize_filter import HEModelSerializeFilter
 from nvflare.fuel.utils import fobs
 
 from fedgai.config import profile
+from fedgai.federated import fingerprint as fp
 from fedgai.federated.audit import AUDIT_DIR, LOG_FILE
-from fedgai.federated.controller import initial_global
+from fedgai.federated.controller import initial_global, read_round_summaries
 from fedgai.federated.he import (
     CLIENT_CONTEXT,
     HE_OUTPUT_DIR,
     LAYOUT_META_KEY,
+    PERSISTOR_ID,
     RECEIVED_DIR,
     SERVER_CONTEXT,
     SIMULATOR_MARKER,
     CiphertextOnlyGuard,
+    DiscriminatorPersistor,
+    FeatureSpaceHEAggregator,
     FedgaiHEShareableGenerator,
     PlaintextUpdate,
+    ResumableScatterAndGather,
+    ResumeRefused,
     SecretKeyFound,
     ShapedHEModelDecryptor,
     check_no_secret_key,
@@ -47,7 +55,8 @@ from fedgai.federated.he import (
     received_records,
 )
 from fedgai.federated.he_job import HE_JOB_NAME, build_he_job, export_he
-from fedgai.federated.keys import CONFIG_META_KEY
+from fedgai.federated.keys import CONFIG_META_KEY, DP_EPSILON_META_KEY
+from fedgai.federated.progress import RoundProgress
 
 REPO = Path(__file__).resolve().parent.parent
 CKKS_TOLERANCE = 1e-6
@@ -74,28 +83,46 @@ def global_d() -> dict[str, np.ndarray]:
     return initial_global(profile("test"))
 
 
-def fl_ctx(site: str = "studio-a", rnd: int = 0, run_root: Path | None = None) -> FLContext:
-    """A bare FLContext as a filter or aggregator sees it (peer = the studio; optional workspace)."""
+def fl_ctx(site: str = "studio-a", rnd: int = 0, run_root: Path | None = None,
+           persistor: DiscriminatorPersistor | None = None, job: tuple[str, str] = ("job", "fedgai_he"),
+           clients: tuple[str, ...] = (), components: dict | None = None) -> FLContext:
+    """A bare FLContext as a filter, aggregator or persistor sees it: peer = the studio, round, and (with
+    ``run_root``) a fake engine whose workspace root is ``run_root``, whose job ``job`` = (id, name) runs
+    there, with ``persistor`` (default: a fresh one, test profile) as the federation's state and ``clients``."""
     ctx = FLContext()
     ctx.set_prop(AppConstants.CURRENT_ROUND, rnd, private=True, sticky=False)
     peer = FLContext()
     peer.set_prop(ReservedKey.IDENTITY_NAME, site, private=False, sticky=False)
     ctx.set_peer_context(peer)
     if run_root is not None:
-        workspace = SimpleNamespace(get_run_dir=lambda job_id: str(run_root / job_id))
-        engine = SimpleNamespace(get_workspace=lambda: workspace)
+        persistor = persistor or DiscriminatorPersistor(profile("test").to_dict())
+        workspace = SimpleNamespace(get_run_dir=lambda job_id: str(run_root / job_id),
+                                    get_root_dir=lambda: str(run_root))
+        engine = SimpleNamespace(get_workspace=lambda: workspace,
+                                 get_component={PERSISTOR_ID: persistor, **(components or {})}.get,
+                                 get_clients=lambda: [SimpleNamespace(name=c) for c in clients],
+                                 fire_event=lambda *args, **kwargs: None)
         ctx.set_prop(ReservedKey.ENGINE, engine, private=True, sticky=False)
-        ctx.set_prop(ReservedKey.RUN_NUM, "job", private=False, sticky=False)
+        ctx.set_prop(ReservedKey.RUN_NUM, job[0], private=False, sticky=False)
+        ctx.set_prop(FLContextKey.JOB_META, {"name": job[1], "submitter_name": "admin@fedgai"}, private=False,
+                     sticky=False)
     return ctx
 
 
-def encrypted_update(encryptor: HEModelEncryptor, diff: dict[str, np.ndarray], num_samples: int, site: str):
+def studio_space(weights: str = "w1") -> dict:
+    """A test-profile studio's feature-space fingerprint with encoder weights ``weights``."""
+    return fp.feature_space(profile("test"), "random", weights, clip_enabled=False)
+
+
+def encrypted_update(encryptor: HEModelEncryptor, diff: dict[str, np.ndarray], num_samples: int, site: str,
+                     rnd: int = 0, space: dict | None = None, epsilon: float | None = None):
     """A studio's result as the server receives it: encrypted, through FOBS (the wire), peer and round set."""
-    dxo = DXO(DataKind.WEIGHT_DIFF, data={k: v.copy() for k, v in diff.items()},
-              meta={MetaKey.NUM_STEPS_CURRENT_ROUND: num_samples})
+    meta = {MetaKey.NUM_STEPS_CURRENT_ROUND: num_samples, fp.FINGERPRINT_META_KEY: space or studio_space(),
+            DP_EPSILON_META_KEY: epsilon}
+    dxo = DXO(DataKind.WEIGHT_DIFF, data={k: v.copy() for k, v in diff.items()}, meta=meta)
     shareable = fobs.loads(fobs.dumps(encryptor.process(dxo.to_shareable(), fl_ctx(site))))
     shareable.set_peer_props({ReservedKey.IDENTITY_NAME: site})
-    shareable.add_cookie(AppConstants.CONTRIBUTION_ROUND, 0)
+    shareable.add_cookie(AppConstants.CONTRIBUTION_ROUND, rnd)
     return shareable
 
 
@@ -131,12 +158,12 @@ def test_simulator_contexts_are_marked_and_only_the_client_can_decrypt(tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------- arithmetic
-def test_he_aggregate_equals_the_plaintext_weighted_mean(contexts, global_d, capsys):
+def test_he_aggregate_equals_the_plaintext_weighted_mean(contexts, global_d, capsys, tmp_path):
     """Encryptor -> wire -> NVFlare HE aggregator -> shareable generator (server context) -> wire -> decryptor."""
     server_ctx, client_ctx = contexts
     encryptor = client_encryptor(client_ctx)
     studios = {"studio-a": (random_diffs(global_d, 1), 8), "studio-b": (random_diffs(global_d, 2), 203)}
-    ctx = fl_ctx()
+    ctx = fl_ctx(run_root=tmp_path)
     aggregator = HEInTimeAccumulateWeightedAggregator(expected_data_kind=DataKind.WEIGHT_DIFF,
                                                       weigh_by_local_iter=False)
     aggregator.handle_event(EventType.START_RUN, ctx)
@@ -230,7 +257,126 @@ def test_guard_refuses_plaintext_partial_and_secret_key_carrying_updates(context
         with pytest.raises(PlaintextUpdate, match=reason):
             guard.process(shareable, fl_ctx(run_root=tmp_path))
         record = json.loads((tmp_path / "job" / HE_OUTPUT_DIR / RECEIVED_DIR / "round-000-studio-b.json").read_text())
-        assert not record["accepted"] and reason in record["problem"]
+        assert not record["accepted"] and reason in record["reason"]
+
+
+# ----------------------------------------------------------------------------------------------- summaries
+PLAIN_SUMMARY_FIELDS = {"round", "total_rounds", "mode", "aggregator", "started_at", "aggregated", "contributions",
+                        "dropped", "no_result", "feature_space", "bytes_sent_per_site", "finished", "ended_at",
+                        "wall_time_s", "unusable"}
+
+
+def test_he_round_summary_has_the_plain_format_and_is_read_by_the_one_checker(contexts, global_d, tmp_path):
+    _, client_ctx = contexts
+    encryptor = client_encryptor(client_ctx)
+    config = profile("test").to_dict()
+    persistor = DiscriminatorPersistor(config)
+    ctx = fl_ctx(run_root=tmp_path, persistor=persistor, clients=("studio-a", "studio-b", "studio-c"))
+    guard = CiphertextOnlyGuard(config)
+    persistor.handle_event(AppEventType.ROUND_STARTED, ctx)
+    guard.process(encrypted_update(encryptor, random_diffs(global_d, 8), 8, "studio-a", epsilon=1.5), ctx)
+    with pytest.raises(PlaintextUpdate):
+        guard.process(encrypted_update(encryptor, random_diffs(global_d, 9), -3, "studio-b"), ctx)
+    persistor.handle_event(AppEventType.ROUND_DONE, ctx)
+
+    [summary] = read_round_summaries(tmp_path / "job" / HE_OUTPUT_DIR, 1)
+    assert set(summary) >= PLAIN_SUMMARY_FIELDS
+    assert (summary["round"], summary["aggregated"], summary["no_result"]) == (0, 1, ["studio-c"])
+    [dropped] = summary["dropped"]
+    assert dropped["site"] == "studio-b" and "positive integer" in dropped["reason"]
+    assert set(summary["unusable"]) == {"studio-b", "studio-c"}
+    accepted = summary["contributions"]["studio-a"]
+    assert (accepted["num_samples"], accepted["dp_epsilon"], accepted["keys"]) == (8, 1.5, len(global_d))
+    assert RoundProgress().line(summary).startswith("round 0 [1/2]: aggregated 1/3")
+
+
+# ----------------------------------------------------------------------------------------------- feature space
+def test_round_zero_majority_feature_space_is_adopted_sent_and_enforced(contexts, global_d, tmp_path):
+    server_ctx, client_ctx = contexts
+    encryptor = client_encryptor(client_ctx)
+    config = profile("test").to_dict()
+    persistor = DiscriminatorPersistor(config)
+    ctx = fl_ctx(run_root=tmp_path, persistor=persistor, clients=("studio-a", "studio-b", "studio-c"))
+    guard, aggregator = CiphertextOnlyGuard(config), FeatureSpaceHEAggregator()
+    aggregator.handle_event(EventType.START_RUN, ctx)
+    persistor.handle_event(AppEventType.ROUND_STARTED, ctx)
+    diffs = {site: random_diffs(global_d, seed) for seed, site in enumerate(("studio-a", "studio-b", "studio-c"))}
+    spaces = {"studio-a": studio_space("w1"), "studio-b": studio_space("w1"), "studio-c": studio_space("w2")}
+    for site, diff in diffs.items():
+        update = encrypted_update(encryptor, diff, 8, site, space=spaces[site])
+        assert aggregator.accept(guard.process(update, ctx), ctx)
+    aggregated = from_shareable(aggregator.aggregate(ctx)).data
+    persistor.handle_event(AppEventType.ROUND_DONE, ctx)
+
+    assert persistor.federation.feature_space == studio_space("w1")
+    [summary] = read_round_summaries(tmp_path / "job" / HE_OUTPUT_DIR, 1)
+    assert summary["aggregated"] == 2 and summary["feature_space"] == studio_space("w1")
+    [dropped] = summary["dropped"]
+    assert dropped["site"] == "studio-c" and "encoder_weights: 'w2' at the studio" in dropped["reason"]
+    for key, value in aggregated.items():  # the mean of the two fitting updates only
+        got = np.asarray(ts.ckks_vector_from(client_ctx, value.serialize()).decrypt())
+        expected = (diffs["studio-a"][key] + diffs["studio-b"][key]).ravel() / 2
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+    generator = FedgaiHEShareableGenerator(config)
+    generator.tenseal_context = server_ctx
+    task = generator.learnable_to_shareable(make_model_learnable({k: v.copy() for k, v in global_d.items()}, {}), ctx)
+    assert from_shareable(task).get_meta_prop(fp.FINGERPRINT_META_KEY) == studio_space("w1")
+
+    later = encrypted_update(encryptor, diffs["studio-c"], 8, "studio-c", rnd=1, space=studio_space("w2"))
+    with pytest.raises(PlaintextUpdate, match="feature space differs from the federation's"):
+        guard.process(later, fl_ctx(rnd=1, run_root=tmp_path, persistor=persistor))
+
+
+# ----------------------------------------------------------------------------------------------- resume
+def test_restarted_he_server_continues_from_the_last_saved_round(contexts, global_d, tmp_path):
+    server_ctx, client_ctx = contexts
+    config = profile("test").with_overrides({"fed.rounds": 3}).to_dict()
+    persistor = DiscriminatorPersistor(config)
+    persistor.federation.feature_space = studio_space()
+    persistor.federation.first_counts["studio-a"] = 8
+    encrypted = {k: ts.ckks_vector(client_ctx, v.ravel()).serialize() for k, v in global_d.items()}
+    persistor.save_model(make_model_learnable(dict(encrypted), {}), fl_ctx(rnd=1, run_root=tmp_path,
+                                                                           persistor=persistor))
+
+    restarted = DiscriminatorPersistor(config)
+    serialize_filter = HEModelSerializeFilter()
+    serialize_filter.tenseal_context = server_ctx
+    sag = ResumableScatterAndGather(num_rounds=3, persistor_id=PERSISTOR_ID)
+    components = {"aggregator": FeatureSpaceHEAggregator(), "shareable_generator": FedgaiHEShareableGenerator(config),
+                  "he_serialize_filter": serialize_filter}
+    ctx = fl_ctx(run_root=tmp_path, persistor=restarted, components=components)
+    sag._engine = ctx.get_engine()
+    sag.start_controller(ctx)
+    assert ctx.get_prop(AppConstants.START_ROUND) == 2 and restarted.next_round == 2
+    assert restarted.federation.feature_space == studio_space() and restarted.federation.first_counts == {
+        "studio-a": 8}
+    loaded = restarted.load_model(ctx)
+    assert loaded["weights"] == encrypted
+    assert loaded["meta"][MetaKey.PROCESSED_KEYS] == dict.fromkeys(global_d, True)
+    key = sorted(global_d)[0]
+    np.testing.assert_allclose(ts.ckks_vector_from(client_ctx, loaded["weights"][key]).decrypt(),
+                               global_d[key].ravel(), atol=1e-5)
+
+
+def test_he_server_refuses_another_jobs_state_and_never_starts_over(contexts, global_d, tmp_path):
+    _, client_ctx = contexts
+    config = profile("test").with_overrides({"fed.rounds": 3}).to_dict()
+    persistor = DiscriminatorPersistor(config)
+    encrypted = {k: ts.ckks_vector(client_ctx, v.ravel()).serialize() for k, v in global_d.items()}
+    persistor.save_model(make_model_learnable(encrypted, {}), fl_ctx(rnd=0, run_root=tmp_path, persistor=persistor))
+
+    changed = profile("test").with_overrides({"fed.rounds": 3, "train.lr_d": 0.001}).to_dict()
+    other = DiscriminatorPersistor(changed)
+    with pytest.raises(ResumeRefused, match=r"differs: .*train.lr_d: 0.0002 -> 0.001.*Set fed.resume to never"):
+        other.load_model(fl_ctx(run_root=tmp_path, persistor=other, job=("job-2", "fedgai_he")))
+    same_job_only = DiscriminatorPersistor(profile("test").with_overrides(
+        {"fed.rounds": 3, "fed.resume": "same_job"}).to_dict())
+    with pytest.raises(ResumeRefused, match="same_job continues only this job's own state"):
+        same_job_only.load_model(fl_ctx(run_root=tmp_path, persistor=same_job_only, job=("job-2", "fedgai_he")))
+    fresh = DiscriminatorPersistor(profile("test").with_overrides({"fed.rounds": 3, "fed.resume": "never"}).to_dict())
+    start = fresh.load_model(fl_ctx(run_root=tmp_path, persistor=fresh, job=("job-2", "fedgai_he")))
+    assert fresh.next_round == 0 and all(isinstance(v, np.ndarray) for v in start["weights"].values())
 
 
 # ----------------------------------------------------------------------------------------------- job
@@ -280,7 +426,7 @@ def test_two_studio_he_simulation_aggregates_ciphertexts_only(demo_root, tmp_pat
 
     run_dir = workspace / "server" / "simulate_job"
     records = received_records(run_dir, cfg.fed.rounds, list(sites))
-    assert all(r["accepted"] for r in records), [r["problem"] for r in records]
+    assert all(r["accepted"] for r in records), [r["reason"] for r in records]
     assert {e["type"] for r in records for e in r["entries"].values()} == {"CKKSVector"}
     for site in sites:  # what left each studio: ciphertexts only
         sent = [json.loads(line) for line in
@@ -309,7 +455,8 @@ def test_guard_screens_counts_and_sizes_it_can_see_without_decrypting(contexts, 
     guard = CiphertextOnlyGuard(config)
     diffs = random_diffs(global_d, 7)
     ok = encrypted_update(encryptor, diffs, 40, "studio-c")
-    assert guard.process(ok, fl_ctx(run_root=tmp_path)) is ok
+    ctx = fl_ctx(run_root=tmp_path)  # one federation: it remembers the first-seen count
+    assert guard.process(ok, ctx) is ok
     record = json.loads((tmp_path / "job" / HE_OUTPUT_DIR / RECEIVED_DIR / "round-000-studio-c.json").read_text())
     assert record["accepted"] and record["num_samples"] == 40
     short = {**diffs, sorted(diffs)[0]: diffs[sorted(diffs)[0]].ravel()[:1]}
@@ -318,4 +465,4 @@ def test_guard_screens_counts_and_sizes_it_can_see_without_decrypting(contexts, 
                            (encrypted_update(encryptor, diffs, -40, "studio-c"), "positive integer"),
                            (encrypted_update(encryptor, short, 40, "studio-c"), "wrong number of values")):
         with pytest.raises(PlaintextUpdate, match=reason):
-            guard.process(update, fl_ctx(run_root=tmp_path))
+            guard.process(update, ctx)

@@ -4,7 +4,6 @@ left behind after fed.straggler_grace and rejoins the next round."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,21 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
+from scripts import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER = "cloud.fedgai.example"
 GRACE = 20
 
 
-def load_multihost():
-    """provisioning/multihost.py is a script, not a package module."""
-    spec = importlib.util.spec_from_file_location("fedgai_multihost", REPO / "provisioning" / "multihost.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-multihost = load_multihost()
+multihost = load_script("provisioning/multihost.py")
 NETNS_PROBLEM = multihost.netns_problem()
 pytestmark = pytest.mark.skipif(NETNS_PROBLEM is not None, reason=f"hosts as network namespaces: {NETNS_PROBLEM}")
 

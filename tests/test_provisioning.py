@@ -3,7 +3,6 @@ startup kits, and that nobody without a valid kit of this project gets in."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import time
@@ -15,6 +14,7 @@ from nvflare.apis.fl_exception import FLCommunicationError
 from nvflare.fuel.f3.cellnet.cell_cipher import InvalidCertChain
 from nvflare.fuel.flare_api.api_spec import InvalidJobDefinition, NoConnection
 from nvflare.fuel.flare_api.flare_api import new_secure_session
+from scripts import load_script
 
 from fedgai.config import profile
 from fedgai.federated.controller import OUTPUT_DIR
@@ -32,15 +32,7 @@ ADMIN = "admin@fedgai.example"
 SITES = ["studio-a", "studio-b"]
 
 
-def load_deploy():
-    """provisioning/deploy.py is a script, not a package module."""
-    spec = importlib.util.spec_from_file_location("fedgai_deploy", REPO / "provisioning" / "deploy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-deploy = load_deploy()
+deploy = load_script("provisioning/deploy.py")
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,11 @@ Choices the paper leaves open are recorded in docs/model.md.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -306,23 +308,25 @@ class PlainBlock(nn.Module):
         return self.up(F.interpolate(coarse, scale_factor=2, mode="nearest"))
 
 
-class SketchGenerator(nn.Module):
-    """AdaIN_SD + a coarse-to-fine MRFM decoder over the encoder taps -> 1-channel sketch in [-1, 1]."""
+class CoarseToFineGenerator(nn.Module):
+    """AdaIN_SD, then a decoder from the coarsest tap up that fuses each finer tap -> 1-channel sketch in [-1, 1].
 
-    def __init__(self, channels: tuple[int, ...], finest_stride: int, width: int, per_sample: bool = False,
-                 decoder: str = "mrfm"):
+    The layout shared by the full generator (MRFM blocks) and the compressed one (edge/lite.py); ``unit(cin,
+    cout)`` builds a conv stage and ``fusion(fine_ch, coarse_ch, out_ch)`` a fusion block.
+    """
+
+    def __init__(self, channels: tuple[int, ...], finest_stride: int, width: int,
+                 unit: Callable[[int, int], nn.Module], fusion: Callable[[int, int, int], nn.Module]):
         super().__init__()
         self.adain = AdaINSD(channels)
         widths = [max(width // 2**i, 8) for i in range(len(channels))]
-        self.start = conv_block(channels[-1], widths[0], per_sample=per_sample)
+        self.start = unit(channels[-1], widths[0])
         self.blocks = nn.ModuleList(
-            MRFMBlock(channels[-2 - i], widths[i], widths[i + 1], per_sample) if decoder == "mrfm"
-            else PlainBlock(widths[i], widths[i + 1], per_sample) for i in range(len(channels) - 1)
+            fusion(channels[-2 - i], widths[i], widths[i + 1]) for i in range(len(channels) - 1)
         )
-        ups = []
+        ups: list[nn.Module] = []
         for _ in range(int(math.log2(finest_stride))):
-            ups += [nn.Upsample(scale_factor=2, mode="nearest"),
-                    conv_block(widths[-1], widths[-1], per_sample=per_sample)]
+            ups += [nn.Upsample(scale_factor=2, mode="nearest"), unit(widths[-1], widths[-1])]
         self.upsample = nn.Sequential(*ups)
         self.head = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(widths[-1], 1, 3), nn.Tanh())
 
@@ -332,6 +336,20 @@ class SketchGenerator(nn.Module):
         for block, fine in zip(self.blocks, reversed(taps[:-1]), strict=True):
             x = block(fine, x)
         return self.head(self.upsample(x))
+
+
+class SketchGenerator(CoarseToFineGenerator):
+    """The studio's full generator: AdaIN_SD + the MRFM decoder (or the plain decoder, MRFM's ablation)."""
+
+    def __init__(self, channels: tuple[int, ...], finest_stride: int, width: int, per_sample: bool = False,
+                 decoder: str = "mrfm"):
+        def fusion(fine_ch: int, coarse_ch: int, out_ch: int) -> nn.Module:
+            if decoder == "mrfm":
+                return MRFMBlock(fine_ch, coarse_ch, out_ch, per_sample)
+            return PlainBlock(coarse_ch, out_ch, per_sample)
+
+        super().__init__(channels, finest_stride, width, functools.partial(conv_block, per_sample=per_sample),
+                         fusion)
 
 
 # ----------------------------------------------------------------------------------------------- discriminator

@@ -7,14 +7,12 @@ same encoder taps and the same AdaIN_SD statistics as the studio's full generato
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fedgai.config import FedgaiConfig
-from fedgai.models import AdaINSD, Encoder
+from fedgai.models import CoarseToFineGenerator, Encoder
 
 
 def separable_block(cin: int, cout: int, slope: float = 0.01) -> nn.Sequential:
@@ -39,29 +37,11 @@ class LiteFusion(nn.Module):
         return self.fuse(torch.cat([F.interpolate(coarse, scale_factor=2, mode="nearest"), fine], 1))
 
 
-class CompressedGenerator(nn.Module):
-    """AdaIN_SD + separable coarse-to-fine decoder -> 1-channel sketch in [-1, 1] (SketchGenerator's interface)."""
+class CompressedGenerator(CoarseToFineGenerator):
+    """The full generator's layout and AdaIN_SD statistics with separable stages and light fusion blocks."""
 
     def __init__(self, channels: tuple[int, ...], finest_stride: int, width: int):
-        super().__init__()
-        self.adain = AdaINSD(channels)
-        widths = [max(width // 2**i, 8) for i in range(len(channels))]
-        self.start = separable_block(channels[-1], widths[0])
-        self.blocks = nn.ModuleList(
-            LiteFusion(channels[-2 - i], widths[i], widths[i + 1]) for i in range(len(channels) - 1)
-        )
-        ups: list[nn.Module] = []
-        for _ in range(int(math.log2(finest_stride))):
-            ups += [nn.Upsample(scale_factor=2, mode="nearest"), separable_block(widths[-1], widths[-1])]
-        self.upsample = nn.Sequential(*ups)
-        self.head = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(widths[-1], 1, 3), nn.Tanh())
-
-    def forward(self, taps: list[torch.Tensor]) -> torch.Tensor:
-        taps = self.adain(taps)
-        x = self.start(taps[-1])
-        for block, fine in zip(self.blocks, reversed(taps[:-1]), strict=True):
-            x = block(fine, x)
-        return self.head(self.upsample(x))
+        super().__init__(channels, finest_stride, width, separable_block, LiteFusion)
 
 
 def build_compressed(cfg: FedgaiConfig, encoder: Encoder) -> CompressedGenerator:

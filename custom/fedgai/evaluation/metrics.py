@@ -8,9 +8,7 @@ networks once; `evaluate_generated` is the one call a benchmark needs.
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
-from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -21,6 +19,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from fedgai.config import EvalConfig, LossConfig
+from fedgai.environment import scoped_env
 from fedgai.evaluation.features import (
     EffNetLite0Features,
     FeatureNet,
@@ -128,18 +127,9 @@ def ink_chamfer(fake: torch.Tensor, real: torch.Tensor, threshold: float = 0.5) 
     return float(np.mean([_chamfer_pair(x, y) for x, y in zip(a, b, strict=True)]))
 
 
-@contextlib.contextmanager
-def hub_offline() -> Iterator[None]:
+def hub_offline() -> contextlib.AbstractContextManager[None]:
     """Hugging Face hub lookups answer from the local cache only (evaluation never downloads weights)."""
-    previous = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ["HF_HUB_OFFLINE"]
-        else:
-            os.environ["HF_HUB_OFFLINE"] = previous
+    return scoped_env("HF_HUB_OFFLINE", "1")
 
 
 class MetricSuite:

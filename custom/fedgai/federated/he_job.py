@@ -13,8 +13,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from nvflare.apis.dxo import DataKind
-from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
-from nvflare.app_opt.he.intime_accumulate_model_aggregator import HEInTimeAccumulateWeightedAggregator
 from nvflare.app_opt.he.model_encryptor import HEModelEncryptor
 from nvflare.app_opt.he.model_serialize_filter import HEModelSerializeFilter
 from nvflare.app_opt.tracking.tb.tb_receiver import TBAnalyticsReceiver
@@ -25,10 +23,13 @@ from fedgai.config import FedgaiConfig, profile
 from fedgai.federated.audit import OutboundAudit
 from fedgai.federated.he import (
     CLIENT_CONTEXT,
+    PERSISTOR_ID,
     SERVER_CONTEXT,
     CiphertextOnlyGuard,
     DiscriminatorPersistor,
+    FeatureSpaceHEAggregator,
     FedgaiHEShareableGenerator,
+    ResumableScatterAndGather,
     ShapedHEModelDecryptor,
 )
 from fedgai.federated.job import TASK, add_dp_filter, add_studio_trainer, export, new_job
@@ -41,6 +42,7 @@ def build_he_job(
     studios: Mapping[str, Path] | None = None,
     *,
     output_root: Path | None = None,
+    checkpoint_dir: str = "fedgai_state",
     save_outbound_arrays: bool = False,
 ) -> FedJob:
     """The FedGAI job with HE for ``cfg`` (privacy.he is set to true in what the studios receive).
@@ -49,13 +51,14 @@ def build_he_job(
         studios: site name -> studio folder (simulator, tests); None for a portable job whose sites find
             ``$FEDGAI_DATA_ROOT/<site>``.
         output_root: where studios write their outputs (default: ./fedgai_output at each site).
+        checkpoint_dir: where the server keeps resume states (as FilteredFedAvg's; "" disables resuming).
         save_outbound_arrays: passed to OutboundAudit (it stores plaintext arrays only; under HE none leave).
     """
     if cfg.fed.mode == "local":
         raise ValueError("fed.mode 'local' shares nothing, so there is nothing to encrypt; use the plain job")
     config = cfg.with_overrides({"privacy.he": True}).to_dict()
     job = new_job(HE_JOB_NAME, cfg)  # config only, pinned to the installed fedgai (see job.py)
-    _add_server(job, cfg, config)
+    _add_server(job, cfg, config, checkpoint_dir)
     add_studio_trainer(job, studios, output_root)
     job.to_clients(ShapedHEModelDecryptor(tenseal_context_file=CLIENT_CONTEXT), tasks=[TASK],
                    filter_type=FilterType.TASK_DATA)
@@ -69,22 +72,23 @@ def build_he_job(
     return job
 
 
-def _add_server(job: FedJob, cfg: FedgaiConfig, config: dict) -> None:
+def _add_server(job: FedJob, cfg: FedgaiConfig, config: dict, checkpoint_dir: str) -> None:
     job.to_server(HEModelSerializeFilter(tenseal_context_file=SERVER_CONTEXT), id="he_serialize_filter")
-    job.to_server(DiscriminatorPersistor(config=config, filter_id="he_serialize_filter"), id="persistor")
+    job.to_server(DiscriminatorPersistor(config=config, filter_id="he_serialize_filter",
+                                         checkpoint_dir=checkpoint_dir), id=PERSISTOR_ID)
     job.to_server(FedgaiHEShareableGenerator(config=config), id="shareable_generator")
     # Studios multiply by their pair count before encrypting, so the server only sums and divides.
-    job.to_server(HEInTimeAccumulateWeightedAggregator(expected_data_kind=DataKind.WEIGHT_DIFF,
-                                                       weigh_by_local_iter=False), id="aggregator")
+    job.to_server(FeatureSpaceHEAggregator(expected_data_kind=DataKind.WEIGHT_DIFF, weigh_by_local_iter=False),
+                  id="aggregator")
     job.to_server(TBAnalyticsReceiver(), id="tb_receiver")
     job.to_server(CiphertextOnlyGuard(config=config), tasks=[TASK], filter_type=FilterType.TASK_RESULT)
     # Like FilteredFedAvg: wait for every studio up to the round timeout, or fed.straggler_grace after min_clients.
-    job.to_server(ScatterAndGather(min_clients=cfg.fed.min_clients, num_rounds=cfg.fed.rounds,
-                                   wait_time_after_min_received=(cfg.fed.round_timeout if cfg.fed.straggler_grace
-                                                                 is None else cfg.fed.straggler_grace),
-                                   aggregator_id="aggregator", persistor_id="persistor",
-                                   shareable_generator_id="shareable_generator", train_task_name=TASK,
-                                   train_timeout=cfg.fed.round_timeout), id="controller")
+    grace = cfg.fed.round_timeout if cfg.fed.straggler_grace is None else cfg.fed.straggler_grace
+    job.to_server(ResumableScatterAndGather(min_clients=cfg.fed.min_clients, num_rounds=cfg.fed.rounds,
+                                            wait_time_after_min_received=grace, aggregator_id="aggregator",
+                                            persistor_id=PERSISTOR_ID, shareable_generator_id="shareable_generator",
+                                            train_task_name=TASK, train_timeout=cfg.fed.round_timeout),
+                  id="controller")
 
 
 def export_he(out: Path, profile_name: str = "paper") -> Path:

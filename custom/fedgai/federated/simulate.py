@@ -18,7 +18,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from nvflare.apis.fl_constant import WorkspaceConstants
@@ -26,6 +25,7 @@ from nvflare.fuel.utils import log_utils
 
 from fedgai.config import FedgaiConfig
 from fedgai.config import profile as load_profile
+from fedgai.environment import scoped_env
 from fedgai.federated.controller import OUTPUT_DIR, SummaryError, read_round_summaries
 from fedgai.federated.job import build_job
 from fedgai.federated.progress import RoundProgress
@@ -73,34 +73,14 @@ def server_dir(workspace: Path) -> Path:
     return workspace / "nvflare" / "server" / SIM_JOB_DIR
 
 
-def check_run(workspace: Path, rounds: int) -> list[dict]:
-    """Round summaries of a finished run, or a SimulationError naming what is missing and the log to read."""
+def check_run(workspace: Path, rounds: int, output_dir: str = OUTPUT_DIR) -> list[dict]:
+    """Round summaries of a finished run (plain: ``fedgai/``, HE: ``fedgai_he/``; one format), or a
+    SimulationError naming what is missing and the log to read."""
+    out = server_dir(workspace) / output_dir
     try:  # the controller's reader: it also accepts a run that ended normally early (privacy budget spent)
-        return read_round_summaries(server_dir(workspace) / OUTPUT_DIR, rounds, server_dir(workspace) / "log.txt")
+        return read_round_summaries(out, rounds, server_dir(workspace) / "log.txt")
     except SummaryError as err:
         raise SimulationError(str(err)) from err
-
-
-def check_he_run(workspace: Path, rounds: int, sites: list[str]) -> list[dict]:
-    """Round summaries rebuilt from the HE server's records (it cannot read the updates it aggregates)."""
-    from fedgai.federated.he import HE_OUTPUT_DIR, RECEIVED_DIR
-
-    out = server_dir(workspace) / HE_OUTPUT_DIR
-    missing = [f"global-round-{r:03d}.npz" for r in range(rounds) if not (out / f"global-round-{r:03d}.npz").is_file()]
-    if missing:
-        raise SimulationError(f"the run stopped early: no {', '.join(missing)} in {out}; "
-                              f"see {server_dir(workspace) / 'log.txt'}")
-    summaries = []
-    for rnd in range(rounds):
-        records = {site: json.loads(p.read_text()) for site in sites
-                   if (p := out / RECEIVED_DIR / f"round-{rnd:03d}-{site}.json").is_file()}
-        summaries.append({
-            "round": rnd, "mode": "fedgai + HE",
-            "aggregated": sum(r["accepted"] for r in records.values()),
-            "dropped": [{"site": s, "reason": r["problem"]} for s, r in records.items() if not r["accepted"]],
-            "no_result": sorted(set(sites) - set(records)),
-        })
-    return summaries
 
 
 def quiet_console_log_config(path: Path) -> Path:
@@ -113,18 +93,9 @@ def quiet_console_log_config(path: Path) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def no_progress_bars() -> Iterator[None]:
+def no_progress_bars() -> contextlib.AbstractContextManager[None]:
     """Studios' per-epoch progress bars off (tqdm reads TQDM_DISABLE): eight interleaved bars are unreadable."""
-    previous = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ["TQDM_DISABLE"]
-        else:
-            os.environ["TQDM_DISABLE"] = previous
+    return scoped_env("TQDM_DISABLE", "1")
 
 
 class ProgressPrinter:
@@ -211,7 +182,8 @@ def simulate(
         from fedgai.federated.he import HE_OUTPUT_DIR, prepare_simulator_he
         from fedgai.federated.he_job import build_he_job
 
-        job = build_he_job(cfg, sites, output_root=workspace / "studios", save_outbound_arrays=save_outbound_arrays)
+        job = build_he_job(cfg, sites, output_root=workspace / "studios",
+                           checkpoint_dir=str(workspace / "server_state"), save_outbound_arrays=save_outbound_arrays)
         prepare_simulator_he(sim_workspace)
         out = server_dir(workspace) / HE_OUTPUT_DIR
     else:
@@ -223,10 +195,7 @@ def simulate(
         code = job.simulator_run(str(sim_workspace), clients=list(sites), threads=threads, log_config=str(log_config))
     if code != 0:
         raise SimulationError(f"the NVFlare simulator exited with code {code}; see {server_dir(workspace)}/log.txt")
-    if cfg.privacy.he:
-        summaries = check_he_run(workspace, cfg.fed.rounds, list(sites))
-    else:
-        summaries = check_run(workspace, cfg.fed.rounds)
+    summaries = check_run(workspace, cfg.fed.rounds, out.name)
     print_summary(workspace, out, sites, summaries)
     return out
 
