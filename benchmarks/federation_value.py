@@ -53,6 +53,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "local_no_gram": {"fed.mode": "local", "loss.gram": 0.0},
     "fedgai_no_gram": {"fed.mode": "fedgai", "loss.gram": 0.0},
     "local_no_mrfm": {"fed.mode": "local", "model.decoder": "plain"},
+    # D's only way into a studio's generator is the adversarial term (benchmarks/gradient_share.py): give it a
+    # large share of G's gradient, and D a faster optimiser.
+    "local_strong_adv": {"fed.mode": "local", "loss.adversarial": 16.0, "train.lr_d": 1e-3},
+    "fedgai_strong_adv": {"fed.mode": "fedgai", "loss.adversarial": 16.0, "train.lr_d": 1e-3},
     "fedgai_no_mrfm": {"fed.mode": "fedgai", "model.decoder": "plain"},
 }
 
@@ -408,7 +412,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["#### Federated variants against their local-only twin", "",
               "| variant | vs | small FD gain | large FD change | style-acc drop (points) |", "|---|---|---|---|---|"]
     for v in variants:
-        twin = "local_paper_loss" if v.endswith("paper_loss") else "local"
+        twin = next((f"local_{suffix}" for suffix in ("paper_loss", "strong_adv") if v.endswith(suffix)), "local")
         if v.startswith("local") or twin not in variants:
             continue
         g = gains(report["results"], v, twin)

@@ -31,7 +31,7 @@ from fedgai.federated.controller import (
 from fedgai.federated.fingerprint import FINGERPRINT_META_KEY
 from fedgai.federated.job import build_job
 from fedgai.federated.keys import MODE_NETWORKS, norm_keys, shared_keys, spectral_state_keys
-from fedgai.federated.simulate import SimulationError, check_he_run, check_run, server_dir, simulate
+from fedgai.federated.simulate import SimulationError, check_run, server_dir, simulate
 from fedgai.federated.validation import contribution_problem, update_norm, update_norm_bound
 from fedgai.models import build_discriminator
 from fedgai.privacy import clip_and_noise
@@ -479,18 +479,3 @@ def test_check_run_names_what_is_missing(tmp_path):
 
 def test_update_norm_is_the_l2_norm_over_all_entries():
     assert update_norm({"a": np.array([3.0], np.float32), "b": np.array([[4.0]], np.float32)}) == 5.0
-
-
-def test_he_run_summaries_come_from_the_server_records(tmp_path):
-    from fedgai.federated.he import HE_OUTPUT_DIR, RECEIVED_DIR
-
-    out = server_dir(tmp_path) / HE_OUTPUT_DIR
-    (out / RECEIVED_DIR).mkdir(parents=True)
-    (out / "global-round-000.npz").write_bytes(b"")
-    (out / RECEIVED_DIR / "round-000-s1.json").write_text(json.dumps({"accepted": True, "problem": None}))
-    (out / RECEIVED_DIR / "round-000-s2.json").write_text(json.dumps({"accepted": False, "problem": "plain"}))
-    [summary] = check_he_run(tmp_path, 1, ["s1", "s2", "s3"])
-    assert (summary["aggregated"], summary["no_result"]) == (1, ["s3"])
-    assert summary["dropped"] == [{"site": "s2", "reason": "plain"}]
-    with pytest.raises(SimulationError, match="global-round-001.npz"):
-        check_he_run(tmp_path, 2, ["s1"])

@@ -32,6 +32,7 @@ from fedgai.federated.controller import initial_global, read_round_summaries
 from fedgai.federated.he import (
     CLIENT_CONTEXT,
     HE_OUTPUT_DIR,
+    HE_STATE_FILE,
     LAYOUT_META_KEY,
     PERSISTOR_ID,
     RECEIVED_DIR,
@@ -421,12 +422,15 @@ def test_two_studio_he_simulation_aggregates_ciphertexts_only(demo_root, tmp_pat
     sites = {"studio-a": folders[0], "studio-b": folders[1]}
     workspace = tmp_path / "nvflare"
     prepare_simulator_he(workspace)
-    job = build_he_job(cfg, sites, output_root=tmp_path / "studios")
+    job = build_he_job(cfg, sites, output_root=tmp_path / "studios", checkpoint_dir=str(tmp_path / "state"))
     assert job.simulator_run(str(workspace), clients=list(sites), threads=2) == 0
 
     run_dir = workspace / "server" / "simulate_job"
+    summaries = read_round_summaries(run_dir / HE_OUTPUT_DIR, cfg.fed.rounds)
+    assert [(s["aggregated"], s["dropped"], s["no_result"]) for s in summaries] == [(2, [], [])] * cfg.fed.rounds
+    assert summaries[-1]["feature_space"]["encoder"] == cfg.model.encoder  # adopted in round 0, then sent
+    assert (tmp_path / "state" / HE_JOB_NAME / HE_STATE_FILE).is_file()
     records = received_records(run_dir, cfg.fed.rounds, list(sites))
-    assert all(r["accepted"] for r in records), [r["reason"] for r in records]
     assert {e["type"] for r in records for e in r["entries"].values()} == {"CKKSVector"}
     for site in sites:  # what left each studio: ciphertexts only
         sent = [json.loads(line) for line in

@@ -7,7 +7,7 @@ global model.
 
 Workflow: nvflare's ScatterAndGather, because HE ciphertexts (CKKSVector) cannot pass through
 ModelController/FedAvg (those aggregate plaintext FLModel params). NVFlare HE parts used as they are:
-HEInTimeAccumulateWeightedAggregator, HEModelEncryptor, HEModelSerializeFilter; subclassed or our own:
+HEModelEncryptor, HEModelSerializeFilter; subclassed or our own:
 - ``FedgaiHEShareableGenerator``: also sends the job config and each entry's shape/dtype to the studios
   (the client script needs the config; ciphertexts are flat, so shapes must travel beside them);
 - ``ShapedHEModelDecryptor``: restores shape and dtype and tolerates entries the server did not encrypt
@@ -39,7 +39,6 @@ import numpy as np
 import tenseal as ts
 import torch
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
-from nvflare.apis.event_type import EventType
 from nvflare.apis.filter import Filter
 from nvflare.apis.fl_constant import ReservedKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
@@ -208,7 +207,10 @@ class DiscriminatorPersistor(ModelPersistor):
         identity = job_identity(fl_ctx)
         path = he_state_path(fl_ctx, self.checkpoint_dir, identity)
         saved = load_he_state(path, reference)
-        if saved is None or saved["round"] + 1 >= saved.get("total_rounds", cfg.fed.rounds):
+        if saved is None:
+            return make_model_learnable(reference, {})
+        if saved["round"] + 1 >= saved.get("total_rounds", cfg.fed.rounds):
+            self.log_info(fl_ctx, f"{path} holds a finished run; starting a new one")
             return make_model_learnable(reference, {})
         if cfg.fed.resume == "never":
             self.log_info(fl_ctx, f"fed.resume is never: starting over (the state in {path} will be replaced)")
@@ -231,6 +233,7 @@ class DiscriminatorPersistor(ModelPersistor):
         np.savez(he_output_dir(fl_ctx) / f"global-round-{rnd:03d}.npz", **arrays)
         identity = job_identity(fl_ctx)
         path = he_state_path(fl_ctx, self.checkpoint_dir, identity)
+        # Only an encrypted global is a resume state (the plaintext initial D is rebuilt from the config).
         if path is not None and all(isinstance(v, bytes) for v in model[ModelLearnableKey.WEIGHTS].values()):
             save_params(path, arrays, round=rnd, total_rounds=FedgaiConfig.from_dict(self.config).fed.rounds,
                         identity=identity, config=self.config, config_hash=config_hash(self.config),
