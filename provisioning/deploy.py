@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
+from nvflare.apis.fl_exception import FLCommunicationError
 from nvflare.fuel.flare_api.api_spec import JobNotDone, JobNotRunning, MonitorReturnCode, NoConnection
 from nvflare.fuel.flare_api.flare_api import Session, new_secure_session
 
@@ -236,12 +237,13 @@ class Deployment:
         return self.workdir / "logs" / f"{name}.log"
 
     def login(self, admin_kit: Path, timeout: float) -> Session:
-        """An admin session from ``admin_kit``; retries while the server is still coming up."""
+        """An admin session from ``admin_kit``; retries while the server is still coming up or, on a loaded
+        machine, answers the login challenge too late."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 return new_secure_session(self.admin, str(admin_kit), timeout=min(10.0, timeout))
-            except NoConnection:
+            except (NoConnection, FLCommunicationError):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(2)
