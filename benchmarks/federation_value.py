@@ -241,16 +241,22 @@ def evaluate_runs(out: Path, data: Path, image_size: int, device: str) -> list[d
                                                                    stems=splits[s].train))[1]) for s in sites}
     style = StyleClassifier().fit(torch.cat(list(train_feats.values())),
                                   [s for s in sites for _ in range(len(train_feats[s]))])
+    real_feats = {s: suite.features(test[s][1]) for s in sites}
     results = []
     for run in runs:
+        cached = run / "metrics.json"  # a run's scores, kept so that adding runs does not rescore the others
+        if cached.is_file() and cached.stat().st_mtime >= (run / "run.json").stat().st_mtime:
+            results.append(json.loads(cached.read_text()))
+            continue
         record = json.loads((run / "run.json").read_text())
         record["studios"] = {}
         for site in sites:
             fakes = load_fakes(run / f"{site}.npz")
             photos, reals = test[site]
             fake = torch.stack([fakes[photo.stem] for photo, _ in test_sets[site].pairs])
-            metrics = suite.evaluate(photos, fake, reals, style, site)
+            metrics = suite.evaluate(photos, fake, reals, style, site, real_features=real_feats[site])
             record["studios"][site] = {**metrics, "n_pairs": len(studios[site].pairs)}
+        cached.write_text(json.dumps(record, indent=2) + "\n")
         results.append(record)
         print(f"evaluated {run.name}", flush=True)
     return results

@@ -181,15 +181,18 @@ class MetricSuite:
         return {"FID": d["FD-Inception"], "KID": d["KD-Inception"]}
 
     def evaluate(self, photos: torch.Tensor, fakes: torch.Tensor, reals: torch.Tensor,
-                 style: StyleClassifier | None = None, studio: str | None = None) -> Metrics:
+                 style: StyleClassifier | None = None, studio: str | None = None,
+                 real_features: torch.Tensor | None = None) -> Metrics:
         """All metrics of one studio's generated test sketches against its real ones.
 
         style/studio: a classifier fitted on the real training sketches of the studios being compared and
         this studio's name; gives style_acc, the share of generated sketches it attributes to this studio.
+        real_features: `features(reals)` when the caller compares many runs against the same real sketches.
         """
         if not len(photos) == len(fakes) == len(reals):
             raise ValueError(f"photos, fakes and reals differ in count: {len(photos)}, {len(fakes)}, {len(reals)}")
-        fake_feats, real_feats = self.features(fakes), self.features(reals)
+        fake_feats = self.features(fakes)
+        real_feats = self.features(reals) if real_features is None else real_features
         t = self.cfg.ink_threshold
         out: Metrics = {"n_test": float(len(reals))}
         out |= self.distances(self.effnet.name, real_feats, fake_feats)
