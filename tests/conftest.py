@@ -35,12 +35,3 @@ def demo_root(tmp_path_factory) -> Path:
 def studio_dir(demo_root) -> Path:
     return sorted(p for p in demo_root.iterdir() if p.is_dir())[0]
 
-
-# Modules whose tests log an NVFlare admin in from this process. In-process NVFlare use by earlier tests leaves
-# process-wide state behind (in a full run the admin's login then arrives at the server as an unauthenticated
-# stream message), so these run first, in a process that has not used NVFlare yet.
-ADMIN_LOGIN_MODULES = ("test_provisioning.py", "test_byoc_refused.py")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: item.path.name not in ADMIN_LOGIN_MODULES)  # stable: keeps order within groups
