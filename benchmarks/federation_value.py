@@ -58,6 +58,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "local_strong_adv": {"fed.mode": "local", "loss.adversarial": 16.0, "train.lr_d": 1e-3},
     "fedgai_strong_adv": {"fed.mode": "fedgai", "loss.adversarial": 16.0, "train.lr_d": 1e-3},
     "fedgai_no_mrfm": {"fed.mode": "fedgai", "model.decoder": "plain"},
+    # A dense path from the shared D into each generator: L1 between D's features of generated and real sketch.
+    "local_fm": {"fed.mode": "local", "loss.feature_matching": 10.0},
+    "fedgai_fm": {"fed.mode": "fedgai", "loss.feature_matching": 10.0},
 }
 
 
@@ -400,6 +403,12 @@ def evaluate_dir(out: Path, data: Path, device: str) -> dict[str, Any]:
     return report
 
 
+def local_twin(variant: str, variants: list[str]) -> str:
+    """The local-only run under the same loss: fedgai_no_gram -> local_no_gram; plain "local" otherwise."""
+    twin = "local_" + variant.partition("_")[2]
+    return twin if twin in variants else "local"
+
+
 def markdown(report: dict[str, Any]) -> str:
     """Tables for docs/results.md: every metric per variant and size group (mean ± std over seeds), FedGAI's
     gains over local-only, and per-studio FD."""
@@ -418,8 +427,10 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["#### Federated variants against their local-only twin", "",
               "| variant | vs | small FD gain | large FD change | style-acc drop (points) |", "|---|---|---|---|---|"]
     for v in variants:
-        twin = next((f"local_{suffix}" for suffix in ("paper_loss", "strong_adv") if v.endswith(suffix)), "local")
-        if v.startswith("local") or twin not in variants:
+        if v.startswith("local"):
+            continue
+        twin = local_twin(v, variants)
+        if twin not in variants:
             continue
         g = gains(report["results"], v, twin)
         lines.append(f"| {v} | {twin} | {g['small_fd_gain']:+.1%} | {g['large_fd_change']:+.1%} | "
@@ -449,6 +460,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage in ("all", "train"):
         base = FedgaiConfig.from_dict(base_config(args)).with_overrides(overrides).to_dict()
         train_all([(args.out / "compare", base, args.variants, args.seeds)], studios, args.device, args.workers)
+        if args.stage == "train":
+            return
     report = evaluate_dir(args.out / "compare", args.data, args.device)
     print(json.dumps(report["summary"], indent=2))
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from fedgai.config import LossConfig
-from fedgai.losses import ClipLoss, feddecorr_loss, gram_loss, hinge_d_loss, hinge_g_loss, load_clip
+from fedgai.losses import ClipLoss, feddecorr_loss, feature_matching_loss, gram_loss, hinge_d_loss, hinge_g_loss, load_clip
 
 
 def test_gram_loss_zero_on_identical_and_positive_otherwise():
@@ -50,3 +50,11 @@ def test_clip_loss_is_one_minus_cosine():
     x = torch.rand(2, 1, 16, 16) * 2 - 1
     assert loss(x, x).item() == pytest.approx(0, abs=1e-6)
     assert loss(x, -x).item() > 0
+
+
+def test_feature_matching_is_zero_on_the_real_pair_and_trains_only_the_generated_side():
+    real = torch.randn(2, 4, 3, 3, requires_grad=True)
+    assert feature_matching_loss(real, real.clone()).item() == 0
+    fake = torch.randn(2, 4, 3, 3, requires_grad=True)
+    feature_matching_loss(real, fake).backward()
+    assert real.grad is None and fake.grad.abs().sum() > 0

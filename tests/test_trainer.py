@@ -20,6 +20,27 @@ def test_a_few_steps_lower_the_generator_loss(trainer):
     assert last < 0.8 * first
 
 
+def test_feature_matching_gives_the_generator_a_signal_shaped_by_the_critic(test_cfg, studio_dir, tmp_path):
+    t = StudioTrainer(test_cfg.with_overrides({"model.image_size": 64, "loss.feature_matching": 5.0}), studio_dir,
+                      tmp_path / "fm")
+    photo, sketch = next(iter(t.loader()))
+    photo_taps, real_taps, real_grams = t._real_features(photo, sketch)
+
+    def generator_grad() -> torch.Tensor:
+        t.generator.zero_grad()
+        fake = t.generator(photo_taps)
+        t._generator_terms(fake, t.encoder(fake), sketch, real_taps, real_grams)["feature_matching"].backward()
+        return torch.cat([p.grad.flatten() for p in t.generator.parameters() if p.grad is not None])
+
+    before = generator_grad()
+    assert before.abs().sum() > 0
+    with torch.no_grad():  # another critic (e.g. the global D after a round) -> another signal to G
+        t.discriminator.body[0].weight_orig.mul_(-1)
+    assert not torch.allclose(before, generator_grad())
+    assert "feature_matching" in t.step(photo, sketch)
+    assert "feature_matching" not in StudioTrainer(test_cfg, studio_dir, tmp_path / "paper").step(photo, sketch)
+
+
 def test_metadata_records_encoder_and_clip(trainer):
     meta = json.loads((trainer.run_dir / "metadata.json").read_text())
     assert meta["encoder"] == "random" and meta["encoder_pretrained"] is False

@@ -63,12 +63,15 @@ class LossConfig:
     # L1 to the paired sketch: a fedgai addition (pairs exist); 0 gives the paper's loss exactly.
     pixel_l1: float = 10.0
     feddecorr: float = 0.1
+    # L1 between the critic's features of generated and real sketch (losses.feature_matching_loss): a path
+    # from the shared D into each generator that is as dense as the Gram term. 0 = the paper's loss.
+    feature_matching: float = 0.0
     clip_model: str = "ViT-B-16"
     # open_clip pretrained tag (e.g. "openai") or a local checkpoint path; "none" disables the term.
     clip_pretrained: str = "openai"
 
     def validate(self) -> None:
-        for name in ("gram", "adversarial", "clip", "content", "pixel_l1", "feddecorr"):
+        for name in ("gram", "adversarial", "clip", "content", "pixel_l1", "feddecorr", "feature_matching"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
 

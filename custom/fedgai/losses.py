@@ -48,6 +48,16 @@ def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return -fake_logits.mean()
 
 
+def feature_matching_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """L1 between the critic's features of a generated sketch and of its real pair (pix2pixHD's term).
+
+    Unlike the hinge term's one scalar per sketch, it gives the generator a dense, paired signal through the
+    critic, so a critic that learned sketch styles from every studio (the shared D) shapes each generator.
+    The real side is a fixed target (detached); the critic's own update stays the hinge loss.
+    """
+    return (fake - real.detach()).abs().mean()
+
+
 def feddecorr_loss(x: torch.Tensor) -> torch.Tensor:
     """FedDecorr (Shi et al., ICLR 2023): penalise correlated dimensions of a batch of representations.
 

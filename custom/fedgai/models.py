@@ -380,9 +380,16 @@ class GramDiscriminator(nn.Module):
         pooled = [F.adaptive_avg_pool2d(g.unsqueeze(1), (self.rows, self.cols)) for g in grams]
         return torch.cat([p.view(b, self.rows, self.side, self.side) for p in pooled], 1)
 
+    def features(self, grams: list[torch.Tensor]) -> torch.Tensor:
+        """The critic's learned style space (before the head): where feature matching compares sketches."""
+        return self.body(self.fold(grams))
+
+    def score(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features).flatten(1).mean(1)
+
     def forward(self, grams: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.body(self.fold(grams))
-        return self.head(h).flatten(1).mean(1), h.mean(dim=(2, 3))
+        h = self.features(grams)
+        return self.score(h), h.mean(dim=(2, 3))
 
 
 # ----------------------------------------------------------------------------------------------- factories

@@ -25,6 +25,7 @@ from fedgai.evaluation.split import run_split
 from fedgai.losses import (
     content_loss,
     feddecorr_loss,
+    feature_matching_loss,
     gram_loss,
     hinge_d_loss,
     hinge_g_loss,
@@ -157,12 +158,17 @@ class StudioTrainer:
                          real_taps: list[torch.Tensor], real_grams: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """G's loss terms for generated sketches against their real pairs (through the current D)."""
         fake_grams = [gram_matrix(t) for t in fake_taps]
+        fake_critic = self.discriminator.features(fake_grams)
         terms = {
             "gram": gram_loss(real_grams, fake_grams),
-            "adversarial": hinge_g_loss(self.discriminator(fake_grams)[0]),
+            "adversarial": hinge_g_loss(self.discriminator.score(fake_critic)),
             "content": content_loss(real_taps[-1], fake_taps[-1]),
             "pixel_l1": (fake - sketch).abs().mean(),
         }
+        if self.cfg.loss.feature_matching > 0:
+            with torch.no_grad():
+                real_critic = self.discriminator.features(real_grams)
+            terms["feature_matching"] = feature_matching_loss(real_critic, fake_critic)
         if self.clip is not None:
             terms["clip"] = self.clip(sketch, fake)
         return terms
