@@ -2,7 +2,15 @@ import pytest
 import torch
 
 from fedgai.config import LossConfig
-from fedgai.losses import ClipLoss, feddecorr_loss, feature_matching_loss, gram_loss, hinge_d_loss, hinge_g_loss, load_clip
+from fedgai.losses import (
+    ClipLoss,
+    feature_matching_loss,
+    feddecorr_loss,
+    gram_loss,
+    hinge_d_loss,
+    hinge_g_loss,
+    load_clip,
+)
 
 
 def test_gram_loss_zero_on_identical_and_positive_otherwise():

@@ -24,8 +24,8 @@ from fedgai.evaluation.ink import ink_iou
 from fedgai.evaluation.split import run_split
 from fedgai.losses import (
     content_loss,
-    feddecorr_loss,
     feature_matching_loss,
+    feddecorr_loss,
     gram_loss,
     hinge_d_loss,
     hinge_g_loss,
