@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from fedgai.config import FedgaiConfig, profile
-from fedgai.federated.keys import shared_state, split_key
+from fedgai.federated.keys import load_shared, shared_state
 
 SMALL_STUDIO = 60  # pairs in the studio folder: the issue's "small studio" bound
 DEMO_SEED = 15  # 8 studios of 44-215 pairs (985 in all, like the paper's ~1000): three hold <= 60 pairs
@@ -75,12 +75,8 @@ def networks(trainer) -> dict[str, torch.nn.Module]:
 
 def load_into(trainer, params: Mapping[str, np.ndarray]) -> None:
     """Load global entries into a studio's networks (what the studio does with a received model)."""
-    per_net: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in params.items():
-        net, name = split_key(key)
-        per_net.setdefault(net, {})[name] = torch.as_tensor(value)
-    for net, state in per_net.items():
-        networks(trainer)[net].load_state_dict(state, strict=False)
+    cfg = trainer.cfg
+    load_shared(networks(trainer), params, cfg.fed.mode, cfg.privacy.dp == "record")
 
 
 def studio_state(trainer, cfg: FedgaiConfig) -> dict[str, np.ndarray]:

@@ -1,13 +1,15 @@
 """Why sharing D can move a studio's generator only a little: the share of G's gradient each loss term carries.
 
-FedGAI shares the discriminator only, so federation reaches a studio's generator through one channel, the
-adversarial term. This measures, for a studio's generator after some local training, the L2 norm of the
-gradient of each weighted loss term with respect to G's parameters, and its cosine with the total gradient.
+FedGAI shares the discriminator only, so federation reaches a studio's generator only through the terms that
+pass through D: the adversarial term and, when it is on, D-feature matching (loss.feature_matching). This
+measures, for a studio's generator after some local training, the L2 norm of the gradient of each weighted loss
+term with respect to G's parameters, and its cosine with the total gradient.
 
     python benchmarks/gradient_share.py --studio runs/bench-data/studio-02-marker --epochs 2 \
         --set 'model.image_size=64'
 
-Prints one JSON object per loss setting (the config's weights, and the paper's loss without pixel L1).
+Prints one JSON object per loss setting: the config's weights, the paper's loss (no pixel L1), and the config
+with D-feature matching at weight 10.
 """
 
 from __future__ import annotations
@@ -25,10 +27,7 @@ from fedgai.trainer import StudioTrainer
 
 def term_gradients(trainer: StudioTrainer, photo: torch.Tensor, sketch: torch.Tensor) -> dict[str, torch.Tensor]:
     """Flattened gradient of each weighted generator term on one batch (D fixed)."""
-    photo_taps, real_taps, real_grams = trainer._real_features(photo, sketch)
-    fake = trainer.generator(photo_taps)
-    fake_taps = trainer.encoder(fake)
-    terms = trainer._generator_terms(fake, fake_taps, sketch, real_taps, real_grams)
+    terms = trainer.generator_losses(photo, sketch)
     params = [p for p in trainer.generator.parameters() if p.requires_grad]
     grads = {}
     for name, value in terms.items():
@@ -69,7 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batches", type=int, default=4, help="batches averaged")
     args = p.parse_args(argv)
     cfg = profile(args.profile).with_overrides({k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)})
-    for label, overrides in (("config loss", {}), ("paper loss (pixel_l1 = 0)", {"loss.pixel_l1": 0.0})):
+    settings = (("config loss", {}), ("paper loss (pixel_l1 = 0)", {"loss.pixel_l1": 0.0}),
+                ("config + D-feature matching 10", {"loss.feature_matching": 10.0}))
+    for label, overrides in settings:
         result = shares(cfg.with_overrides(overrides), args.studio, args.epochs, args.batches)
         print(json.dumps({"loss": label, "studio": args.studio.name, "terms": result}))
 

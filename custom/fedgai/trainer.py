@@ -154,6 +154,14 @@ class StudioTrainer:
             photo_taps, real_taps = self.encoder(photo), self.encoder(sketch)
             return photo_taps, real_taps, [gram_matrix(t) for t in real_taps]
 
+    def generator_losses(self, photo: torch.Tensor, sketch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """G's unweighted loss terms on one batch, with their graphs: for analyses of what drives G (which
+        term carries how much of its gradient) without a training step."""
+        photo, sketch = photo.to(self.device), sketch.to(self.device)
+        photo_taps, real_taps, real_grams = self._real_features(photo, sketch)
+        fake = self.generator(photo_taps)
+        return self._generator_terms(fake, self.encoder(fake), sketch, real_taps, real_grams)
+
     def _generator_terms(self, fake: torch.Tensor, fake_taps: list[torch.Tensor], sketch: torch.Tensor,
                          real_taps: list[torch.Tensor], real_grams: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """G's loss terms for generated sketches against their real pairs (through the current D)."""

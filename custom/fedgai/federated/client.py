@@ -30,7 +30,7 @@ from torch import nn
 
 from fedgai.config import FedgaiConfig
 from fedgai.federated.fingerprint import FINGERPRINT_META_KEY, check_global_model, studio_feature_space
-from fedgai.federated.keys import CONFIG_META_KEY, DP_EPSILON_META_KEY, shared_keys, shared_state, split_key
+from fedgai.federated.keys import CONFIG_META_KEY, DP_EPSILON_META_KEY, load_shared, shared_state
 from fedgai.privacy import BUDGET_EXHAUSTED_KEY, LEDGER_FILE, PrivacyBudgetExceeded, budget_allows_next_round
 from fedgai.trainer import StudioTrainer
 
@@ -125,24 +125,9 @@ def releasable(result: FLModel, cfg: FedgaiConfig) -> FLModel:
 
 
 def load_global(trainer: StudioTrainer, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Load the received global entries into the local networks; returns them as the DIFF baseline.
-
-    Only the entries this studio shares in the configured mode are accepted (anything else from the
-    server is an error), so local BatchNorm statistics and spectral-norm u/v are never overwritten.
-    """
-    cfg = trainer.cfg
-    networks = studio_networks(trainer)
-    expected = set(shared_keys(networks, cfg.fed.mode, uses_groupnorm(cfg)))
-    if set(params) != expected:
-        extra, missing = sorted(set(params) - expected), sorted(expected - set(params))
-        raise ValueError(f"global model does not match mode {cfg.fed.mode}: unexpected {extra[:3]}, "
-                         f"missing {missing[:3]}")
-    per_net: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in params.items():
-        net, name = split_key(key)
-        per_net.setdefault(net, {})[name] = torch.as_tensor(value)
-    for net, state in per_net.items():
-        networks[net].load_state_dict(state, strict=False)
+    """Load the received global entries into the local networks (keys.load_shared: only what this studio
+    shares is accepted); returns them as the DIFF baseline."""
+    load_shared(studio_networks(trainer), params, trainer.cfg.fed.mode, uses_groupnorm(trainer.cfg))
     return {key: torch.as_tensor(value).detach().clone().cpu() for key, value in params.items()}
 
 

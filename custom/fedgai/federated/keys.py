@@ -133,3 +133,20 @@ def shared_state(networks: Mapping[str, nn.Module], mode: str, groupnorm_is_norm
         net, name = split_key(key)
         out[key] = states[net][name].detach().cpu().clone()
     return out
+
+
+def load_shared(networks: Mapping[str, nn.Module], params: Mapping[str, torch.Tensor], mode: str,
+                groupnorm_is_norm: bool = False) -> None:
+    """Load received global entries into a studio's networks. Exactly the entries the studio shares in
+    ``mode`` are accepted (anything else is an error), so local BatchNorm statistics and spectral-norm u/v
+    are never overwritten."""
+    expected = set(shared_keys(networks, mode, groupnorm_is_norm))
+    if set(params) != expected:
+        extra, missing = sorted(set(params) - expected), sorted(expected - set(params))
+        raise ValueError(f"global model does not match mode {mode}: unexpected {extra[:3]}, missing {missing[:3]}")
+    per_net: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in params.items():
+        net, name = split_key(key)
+        per_net.setdefault(net, {})[name] = torch.as_tensor(value)
+    for net, state in per_net.items():
+        networks[net].load_state_dict(state, strict=False)
