@@ -28,7 +28,6 @@ import os
 import resource
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from fedgai.data import make_demo
 from fedgai.federated.keys import shared_state
 from fedgai.federated.simulate import check_run, simulate
 from fedgai.models import build_gan
+from fedgai.polling import Poller
 
 MODES = ("fedgai", "fedavg_bn", "fedavg_full")
 RSS_POLL_S = 1.0
@@ -62,32 +62,22 @@ def cpu_seconds() -> float:
     return total
 
 
-class PeakRss:
+class PeakRss(Poller):
     """Peak resident memory of this process and all its descendants together (the studios' processes too)."""
 
     def __init__(self) -> None:
+        super().__init__(RSS_POLL_S)
         self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
 
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _watch(self) -> None:
+    def poll(self) -> None:
         me = psutil.Process()
-        while not self._stop.wait(RSS_POLL_S):
-            total = 0
-            for proc in [me, *me.children(recursive=True)]:
-                try:
-                    total += proc.memory_info().rss
-                except psutil.NoSuchProcess:  # a studio process that just ended
-                    continue
-            self.peak = max(self.peak, total)
+        total = 0
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                total += proc.memory_info().rss
+            except psutil.NoSuchProcess:  # a studio process that just ended
+                continue
+        self.peak = max(self.peak, total)
 
 
 def round_rows(summaries: list[dict], threads: int, cores: int) -> list[dict]:

@@ -16,7 +16,6 @@ import contextlib
 import json
 import logging
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from fedgai.environment import scoped_env
 from fedgai.federated.controller import OUTPUT_DIR, SummaryError, read_round_summaries
 from fedgai.federated.job import build_job
 from fedgai.federated.progress import RoundProgress
+from fedgai.polling import Poller
 
 SIM_JOB_DIR = "simulate_job"
 
@@ -98,33 +98,18 @@ def no_progress_bars() -> contextlib.AbstractContextManager[None]:
     return scoped_env("TQDM_DISABLE", "1")
 
 
-class ProgressPrinter:
+class ProgressPrinter(Poller):
     """Prints each round's progress line (progress.py) as its summary lands in ``out``, while the simulator runs.
 
     Summaries from an earlier run in the same workspace (started before this printer) are ignored.
     """
 
     def __init__(self, out: Path, poll_s: float = PROGRESS_POLL_S):
+        super().__init__(poll_s, name="fedgai-progress")
         self.out = out
-        self.poll_s = poll_s
         self.since = time.time()
         self.progress = RoundProgress()
         self.printed: set[str] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="fedgai-progress", daemon=True)
-
-    def __enter__(self) -> ProgressPrinter:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.poll()  # the last round's summary may have landed after the last poll
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            self.poll()
 
     def poll(self) -> None:
         for path in sorted(self.out.glob("round-*.json")):
