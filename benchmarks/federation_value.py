@@ -61,6 +61,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # A dense path from the shared D into each generator: L1 between D's features of generated and real sketch.
     "local_fm": {"fed.mode": "local", "loss.feature_matching": 10.0},
     "fedgai_fm": {"fed.mode": "fedgai", "loss.feature_matching": 10.0},
+    # What studios share is where lines go (fedavg_full's gain): a photo-conditioned PatchGAN critic in D that
+    # learns it from every studio's pairs, and reaches each generator densely through feature matching.
+    "local_structure": {"fed.mode": "local", "model.structure_critic": 32, "loss.feature_matching": 10.0},
+    "fedgai_structure": {"fed.mode": "fedgai", "model.structure_critic": 32, "loss.feature_matching": 10.0},
 }
 
 

@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from fedgai.config import ModelConfig
+from fedgai.federated.keys import shared_keys
 from fedgai.models import (
     VGG16_FILE,
     AdaINSD,
@@ -89,6 +90,18 @@ def test_discriminator_has_batchnorm_and_no_generator_weights(test_cfg):
     assert sum(isinstance(m, nn.BatchNorm2d) for m in d.modules()) == 2
     # BN sits inside nn.Sequential: its keys carry no "bn", which is why exclusion goes by module type.
     assert not any("bn" in k for k in d.state_dict())
+
+
+def test_structure_critic_scores_photo_sketch_pairs_and_its_batchnorm_stays_local(test_cfg):
+    d = build_discriminator(test_cfg.with_overrides({"model.structure_critic": 8}))
+    photo, sketch = torch.rand(2, 3, 64, 64), torch.rand(2, 1, 64, 64)
+    h = d.patch.features(photo, sketch)
+    assert h.shape == (2, 32, 16, 16) and d.patch.score(h).shape == (2,)
+    shared = set(shared_keys({"discriminator": d}, "fedgai"))
+    assert "discriminator.patch.head.weight_orig" in shared
+    patch_bn = [k for k in d.state_dict() if k.startswith("patch.body.3") or k.startswith("patch.body.6")]
+    assert patch_bn and not shared & {f"discriminator.{k}" for k in patch_bn}
+    assert build_discriminator(test_cfg).patch is None  # off by default: the paper's D, same keys
 
 
 def test_gram_matrix_is_normalised_channel_correlation():

@@ -39,6 +39,18 @@ def test_feature_matching_gives_the_generator_a_signal_shaped_by_the_critic(test
     assert "feature_matching" not in StudioTrainer(test_cfg, studio_dir, tmp_path / "paper").step(photo, sketch)
 
 
+def test_structure_critic_trains_with_d_and_drives_the_generator(test_cfg, studio_dir, tmp_path):
+    t = StudioTrainer(test_cfg.with_overrides({"model.image_size": 64, "model.structure_critic": 8}), studio_dir,
+                      tmp_path / "structure")
+    photo, sketch = next(iter(t.loader()))
+    t.generator.zero_grad()
+    t.generator_losses(photo, sketch)["structure"].backward()
+    assert sum(p.grad.abs().sum() for p in t.generator.parameters() if p.grad is not None) > 0
+    before = t.discriminator.patch.head.weight_orig.detach().clone()
+    assert "structure" in t.step(photo, sketch)
+    assert not torch.equal(before, t.discriminator.patch.head.weight_orig)  # D's optimiser trains it
+
+
 def test_metadata_records_encoder_and_clip(trainer):
     meta = json.loads((trainer.run_dir / "metadata.json").read_text())
     assert meta["encoder"] == "random" and meta["encoder_pretrained"] is False

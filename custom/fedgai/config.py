@@ -40,6 +40,9 @@ class ModelConfig:
     gram_rows: int = 64
     gram_cols: int = 196
     disc_width: int = 128
+    # Width of a photo-conditioned PatchGAN critic added to D (models.PatchCritic); 0 = the paper's Gram
+    # critic only. It is shared with D, so what studios learn about where lines go reaches every generator.
+    structure_critic: int = 0
 
     def validate(self) -> None:
         _choice("model.encoder", self.encoder, ENCODERS)
@@ -48,6 +51,8 @@ class ModelConfig:
             raise ConfigError(f"model.image_size must be a multiple of 32 and >= 32, got {self.image_size}")
         _positive("model.decoder_width", self.decoder_width)
         _positive("model.disc_width", self.disc_width)
+        if self.structure_critic < 0:
+            raise ConfigError(f"model.structure_critic must be >= 0 (0 = off), got {self.structure_critic}")
         if self.gram_cols != int(self.gram_cols**0.5) ** 2:
             raise ConfigError(f"model.gram_cols must be a square number, got {self.gram_cols}")
 
@@ -66,12 +71,15 @@ class LossConfig:
     # L1 between the critic's features of generated and real sketch (losses.feature_matching_loss): a path
     # from the shared D into each generator that is as dense as the Gram term. 0 = the paper's loss.
     feature_matching: float = 0.0
+    # The structure critic's hinge term for G (used when model.structure_critic > 0).
+    structure: float = 1.0
     clip_model: str = "ViT-B-16"
     # open_clip pretrained tag (e.g. "openai") or a local checkpoint path; "none" disables the term.
     clip_pretrained: str = "openai"
 
     def validate(self) -> None:
-        for name in ("gram", "adversarial", "clip", "content", "pixel_l1", "feddecorr", "feature_matching"):
+        weights = ("gram", "adversarial", "clip", "content", "pixel_l1", "feddecorr", "feature_matching", "structure")
+        for name in weights:
             if getattr(self, name) < 0:
                 raise ConfigError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -289,6 +297,9 @@ class FedgaiConfig:
     def validate(self) -> FedgaiConfig:
         for part in (self.model, self.loss, self.train, self.fed, self.privacy, self.edge, self.data):
             part.validate()
+        if self.model.structure_critic and self.privacy.dp == "record":
+            raise ConfigError("model.structure_critic is not available with privacy.dp = 'record' (its per-pair "
+                              "gradients are not implemented); set model.structure_critic to 0")
         return self
 
     def to_dict(self) -> dict[str, Any]:

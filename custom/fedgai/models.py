@@ -353,6 +353,35 @@ class SketchGenerator(CoarseToFineGenerator):
 
 
 # ----------------------------------------------------------------------------------------------- discriminator
+class PatchCritic(nn.Module):
+    """pix2pix's photo-conditioned PatchGAN: does each patch of a sketch fit the photo under it?
+
+    The Gram critic sees style statistics only, never where a line is. What studios have in common is where
+    lines go (seams, folds, outlines of a garment photo); this critic learns that from every studio's pairs
+    when D is shared, and keeps each studio's BatchNorm local like the rest of D.
+    """
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            sn_conv(nn.Conv2d(3 + 1, width, 4, stride=2, padding=1), False),
+            nn.LeakyReLU(0.2),
+            sn_conv(nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), False),
+            norm_layer(2 * width, False),
+            nn.LeakyReLU(0.2),
+            sn_conv(nn.Conv2d(2 * width, 4 * width, 3, padding=1), False),
+            norm_layer(4 * width, False),
+            nn.LeakyReLU(0.2),
+        )
+        self.head = sn_conv(nn.Conv2d(4 * width, 1, 3, padding=1), False)
+
+    def features(self, photo: torch.Tensor, sketch: torch.Tensor) -> torch.Tensor:
+        return self.body(torch.cat([photo, sketch], 1))
+
+    def score(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features).mean(dim=(1, 2, 3))
+
+
 class GramDiscriminator(nn.Module):
     """A style critic that judges Gram matrices, not images (HAIGEN's design).
 
@@ -361,8 +390,11 @@ class GramDiscriminator(nn.Module):
     FedDecorr decorrelates.
     """
 
-    def __init__(self, n_taps: int, rows: int, cols: int, width: int, per_sample: bool = False):
+    def __init__(self, n_taps: int, rows: int, cols: int, width: int, per_sample: bool = False,
+                 structure_width: int = 0):
         super().__init__()
+        # Optional photo-conditioned critic (model.structure_critic); part of D, so shared like D.
+        self.patch = PatchCritic(structure_width) if structure_width else None
         self.rows, self.cols, self.side = rows, cols, math.isqrt(cols)
         self.body = nn.Sequential(
             sn_conv(nn.Conv2d(n_taps * rows, width, 3, padding=1), per_sample),
@@ -416,7 +448,8 @@ def build_discriminator(cfg: FedgaiConfig, n_taps: int = 4) -> GramDiscriminator
     Studios and server build the same variant (per_sample_networks), so that the shared keys agree.
     """
     m = cfg.model
-    return GramDiscriminator(n_taps, m.gram_rows, m.gram_cols, m.disc_width, per_sample_networks(cfg))
+    return GramDiscriminator(n_taps, m.gram_rows, m.gram_cols, m.disc_width, per_sample_networks(cfg),
+                             m.structure_critic)
 
 
 def build_gan(cfg: FedgaiConfig) -> SketchGAN:

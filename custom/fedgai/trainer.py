@@ -160,23 +160,35 @@ class StudioTrainer:
         photo, sketch = photo.to(self.device), sketch.to(self.device)
         photo_taps, real_taps, real_grams = self._real_features(photo, sketch)
         fake = self.generator(photo_taps)
-        return self._generator_terms(fake, self.encoder(fake), sketch, real_taps, real_grams)
+        return self._generator_terms(fake, self.encoder(fake), sketch, real_taps, real_grams, photo)
 
     def _generator_terms(self, fake: torch.Tensor, fake_taps: list[torch.Tensor], sketch: torch.Tensor,
-                         real_taps: list[torch.Tensor], real_grams: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """G's loss terms for generated sketches against their real pairs (through the current D)."""
+                         real_taps: list[torch.Tensor], real_grams: list[torch.Tensor],
+                         photo: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """G's loss terms for generated sketches against their real pairs (through the current D).
+
+        ``photo`` is needed only by the structure critic (model.structure_critic).
+        """
+        d, fm = self.discriminator, self.cfg.loss.feature_matching > 0
         fake_grams = [gram_matrix(t) for t in fake_taps]
-        fake_critic = self.discriminator.features(fake_grams)
+        fake_critic = d.features(fake_grams)
         terms = {
             "gram": gram_loss(real_grams, fake_grams),
-            "adversarial": hinge_g_loss(self.discriminator.score(fake_critic)),
+            "adversarial": hinge_g_loss(d.score(fake_critic)),
             "content": content_loss(real_taps[-1], fake_taps[-1]),
             "pixel_l1": (fake - sketch).abs().mean(),
         }
-        if self.cfg.loss.feature_matching > 0:
+        if fm:
             with torch.no_grad():
-                real_critic = self.discriminator.features(real_grams)
+                real_critic = d.features(real_grams)
             terms["feature_matching"] = feature_matching_loss(real_critic, fake_critic)
+        if d.patch is not None:
+            fake_patch = d.patch.features(photo, fake)
+            terms["structure"] = hinge_g_loss(d.patch.score(fake_patch))
+            if fm:
+                with torch.no_grad():
+                    real_patch = d.patch.features(photo, sketch)
+                terms["feature_matching"] = terms["feature_matching"] + feature_matching_loss(real_patch, fake_patch)
         if self.clip is not None:
             terms["clip"] = self.clip(sketch, fake)
         return terms
@@ -193,13 +205,14 @@ class StudioTrainer:
             fake = self.generator(photo_taps)
             fake_taps = self.encoder(fake)
             fake_grams = [gram_matrix(t) for t in fake_taps]
-            loss_d, decorr = self._discriminator_loss(real_grams, [g.detach() for g in fake_grams])
+            loss_d, decorr = self._discriminator_loss(real_grams, [g.detach() for g in fake_grams], photo, sketch,
+                                                      fake.detach())
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
 
         with self._autocast():
-            terms = self._generator_terms(fake, fake_taps, sketch, real_taps, real_grams)
+            terms = self._generator_terms(fake, fake_taps, sketch, real_taps, real_grams, photo)
             loss_g = self._weighted(terms)
             self.opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
@@ -212,13 +225,19 @@ class StudioTrainer:
         """bf16 autocast for the forward passes on a GPU that has it (train.amp); a no-op otherwise."""
         return torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
 
-    def _discriminator_loss(self, real: list[torch.Tensor], fake: list[torch.Tensor]
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hinge + FedDecorr on the real features (real and fake share one BatchNorm batch)."""
+    def _discriminator_loss(self, real: list[torch.Tensor], fake: list[torch.Tensor], photo: torch.Tensor,
+                            sketch: torch.Tensor, fake_sketch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hinge + FedDecorr on the real features (real and fake share one BatchNorm batch), plus the structure
+        critic's hinge on (photo, sketch) pairs where it is on."""
         n = real[0].shape[0]
         logits, feats = self.discriminator([torch.cat([r, f]) for r, f in zip(real, fake, strict=True)])
         decorr = feddecorr_loss(feats[:n])
-        return hinge_d_loss(logits[:n], logits[n:]) + self.cfg.loss.feddecorr * decorr, decorr
+        loss = hinge_d_loss(logits[:n], logits[n:]) + self.cfg.loss.feddecorr * decorr
+        patch = self.discriminator.patch
+        if patch is not None:
+            scores = patch.score(patch.features(torch.cat([photo, photo]), torch.cat([sketch, fake_sketch])))
+            loss = loss + hinge_d_loss(scores[:n], scores[n:])
+        return loss, decorr
 
     def private_step(self) -> dict[str, float]:
         """Record-level DP: one D step, then one G step, each on its own Poisson sample of pairs.
