@@ -41,6 +41,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "local": {"fed.mode": "local"},
     "fedavg_full": {"fed.mode": "fedavg_full"},
     "fedavg_bn": {"fed.mode": "fedavg_bn"},
+    "fedbn": {"fed.mode": "fedbn"},  # G and D shared, every normalisation layer local (not FedGAI's guarantee)
     "fedgai": {"fed.mode": "fedgai", "loss.feddecorr": 0.0},
     "fedgai_feddecorr": {"fed.mode": "fedgai", "loss.feddecorr": 0.1},
     "fedgai_client_dp": {"fed.mode": "fedgai", "privacy.dp": "client", "privacy.noise_multiplier": 1.0,

@@ -105,6 +105,17 @@ def test_fedavg_full_shares_the_generator_but_never_its_sketch_statistics(test_c
     assert not [k for k in shared_keys(nets, "fedgai") if k.startswith("generator.")]
 
 
+def test_fedbn_shares_the_generator_but_keeps_every_normalisation_layer_local(test_cfg):
+    from fedgai.models import build_gan
+
+    gan = build_gan(test_cfg)
+    nets = {"generator": gan.generator, "discriminator": gan.discriminator}
+    keys = set(shared_keys(nets, "fedbn"))
+    norms = {f"{name}.{k}" for name, net in nets.items() for k in norm_keys(net)}
+    assert norms and not keys & norms
+    assert keys == set(shared_keys(nets, "fedavg_full")) - norms
+
+
 # ----------------------------------------------------------------------------------------------- screening
 def _reference() -> dict[str, np.ndarray]:
     return {"a": np.zeros((2, 3), np.float32), "b": np.zeros(4, np.float32)}

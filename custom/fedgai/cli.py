@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-from fedgai.config import PROFILES, ConfigError, FedgaiConfig, profile
+from fedgai.config import FED_MODES, PROFILES, ConfigError, FedgaiConfig, profile
 from fedgai.data import DEMO_STYLES, SKETCH_STYLES, StudioDataError
 from fedgai.models import EncoderUnavailable
 from fedgai.rundir import prepare_train_run, prepare_workspace, record_run, remove_if_empty, resume_hint
@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="quick", choices=sorted(PROFILES), help="settings profile")
     p.add_argument("--config", type=Path, help="JSON config file (e.g. with privacy.dp); replaces --profile")
     p.add_argument("--data", type=Path, help="folder of studio folders (default: generate demo studios)")
-    p.add_argument("--mode", choices=("fedgai", "local", "fedavg_full", "fedavg_bn"),
+    p.add_argument("--mode", choices=FED_MODES,
                    help="fedgai (D without BN, default) or a baseline")
     p.add_argument("--he", action="store_true", help="secure aggregation with CKKS (simulator keys)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --workspace")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 ENCODERS = ("auto", "vgg16", "efficientnet-lite0", "random")
-FED_MODES = ("fedgai", "local", "fedavg_full", "fedavg_bn")
+FED_MODES = ("fedgai", "local", "fedavg_full", "fedavg_bn", "fedbn")
 DP_MODES = ("none", "client", "record")
 
 
@@ -127,7 +127,7 @@ class TrainConfig:
 @dataclass
 class FedConfig:
     rounds: int = 11
-    mode: Literal["fedgai", "local", "fedavg_full", "fedavg_bn"] = "fedgai"
+    mode: Literal["fedgai", "local", "fedavg_full", "fedavg_bn", "fedbn"] = "fedgai"
     min_clients: int = 1
     # Seconds the server waits for a round's results before aggregating what arrived.
     round_timeout: int = 7200

@@ -70,8 +70,8 @@ def apply_update(global_params: Mapping[str, np.ndarray], diff: Mapping[str, np.
 def initial_global(cfg: FedgaiConfig) -> dict[str, np.ndarray]:
     """The mode's shared entries of freshly built networks, seeded so every run starts alike.
 
-    fedavg_full also federates the generator, so the server needs the studios' encoder (for its channel
-    counts) in that baseline only.
+    fedavg_full and fedbn also federate the generator, so the server needs the studios' encoder (for its
+    channel counts) in those baselines only.
     """
     torch.manual_seed(cfg.train.seed)
     if "generator" in MODE_NETWORKS[cfg.fed.mode]:

@@ -42,8 +42,13 @@ MODE_NETWORKS: dict[str, tuple[str, ...]] = {
     "fedgai": ("discriminator",),
     "fedavg_bn": ("discriminator",),
     "fedavg_full": ("generator", "discriminator"),
+    # FedBN (Li et al., ICLR 2021) on the whole GAN: a baseline that measures what sharing the generator would
+    # buy while each studio keeps its normalisation layers (where a style lives in G besides AdaIN_SD).
+    "fedbn": ("generator", "discriminator"),
     "local": (),
 }
+# Modes whose normalisation layers never leave a studio.
+NORM_LOCAL_MODES = ("fedgai", "fedbn")
 
 
 def _module_entries(module: nn.Module, prefix: str) -> list[str]:
@@ -102,7 +107,7 @@ def shared_keys(networks: Mapping[str, nn.Module], mode: str, groupnorm_is_norm:
 
     fedgai: discriminator without normalisation layers (the paper's BN-excluding FedAvg);
     fedavg_bn: the whole discriminator, BN affine parameters and running statistics included;
-    fedavg_full: generator and discriminator; local: nothing.
+    fedavg_full: generator and discriminator; fedbn: both without normalisation layers; local: nothing.
     """
     if mode not in MODE_NETWORKS:
         raise ValueError(f"unknown federation mode {mode!r}; choose one of {', '.join(MODE_NETWORKS)}")
@@ -112,7 +117,7 @@ def shared_keys(networks: Mapping[str, nn.Module], mode: str, groupnorm_is_norm:
         state = net.state_dict()
         never = spectral_state_keys(net) | private_stats_keys(net)
         never |= {k for k in state if k.endswith("num_batches_tracked")}
-        if mode == "fedgai":
+        if mode in NORM_LOCAL_MODES:
             never |= norm_keys(net, groupnorm_is_norm)
         keys += [f"{net_name}.{k}" for k in state if k not in never and state[k].is_floating_point()]
     return sorted(keys)
