@@ -29,7 +29,6 @@ def test_profiles_round_trip_through_json(tmp_path, name):
         ({"train": {"epoch": 3}}, "unknown setting(s) in train: epoch"),
         ({"extra": {}}, "unknown setting(s) in config: extra"),
         ({"model": {"structure_critic": -1}}, "model.structure_critic must be >= 0"),
-        ({"model": {"structure_critic": 16}, "privacy": {"dp": "record"}}, "not available with privacy.dp = 'record'"),
     ],
 )
 def test_bad_settings_are_named(data, message):

@@ -123,3 +123,15 @@ def test_record_level_dpsgd_reports_epsilon_and_enforces_the_budget(test_cfg, st
     assert again.dp_epsilon() == pytest.approx(out["dp_epsilon"])
     with pytest.raises(PrivacyBudgetExceeded):
         again.train_epochs(1)
+
+
+def test_record_level_dp_trains_the_structure_critic_per_pair(test_cfg, studio_dir, tmp_path):
+    cfg = test_cfg.with_overrides({"model.image_size": 64, "model.structure_critic": 8, "loss.feature_matching": 1.0,
+                                   "privacy.dp": "record", "privacy.noise_multiplier": 1.0})
+    trainer = StudioTrainer(cfg, studio_dir, tmp_path / "dp")
+    patch = trainer.discriminator.patch
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in patch.modules())  # GroupNorm: per-pair safe
+    before = patch.head.weight.detach().clone()
+    out = trainer.train_epochs(1)
+    assert {"structure", "feature_matching"} <= set(out) and out["dp_epsilon"] > 0
+    assert not torch.equal(before, patch.head.weight)

@@ -361,25 +361,28 @@ class PatchCritic(nn.Module):
     when D is shared, and keeps each studio's BatchNorm local like the rest of D.
     """
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, per_sample: bool = False):
         super().__init__()
         self.body = nn.Sequential(
-            sn_conv(nn.Conv2d(3 + 1, width, 4, stride=2, padding=1), False),
+            sn_conv(nn.Conv2d(3 + 1, width, 4, stride=2, padding=1), per_sample),
             nn.LeakyReLU(0.2),
-            sn_conv(nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), False),
-            norm_layer(2 * width, False),
+            sn_conv(nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), per_sample),
+            norm_layer(2 * width, per_sample),
             nn.LeakyReLU(0.2),
-            sn_conv(nn.Conv2d(2 * width, 4 * width, 3, padding=1), False),
-            norm_layer(4 * width, False),
+            sn_conv(nn.Conv2d(2 * width, 4 * width, 3, padding=1), per_sample),
+            norm_layer(4 * width, per_sample),
             nn.LeakyReLU(0.2),
         )
-        self.head = sn_conv(nn.Conv2d(4 * width, 1, 3, padding=1), False)
+        self.head = sn_conv(nn.Conv2d(4 * width, 1, 3, padding=1), per_sample)
 
     def features(self, photo: torch.Tensor, sketch: torch.Tensor) -> torch.Tensor:
         return self.body(torch.cat([photo, sketch], 1))
 
     def score(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features).mean(dim=(1, 2, 3))
+
+    def forward(self, photo: torch.Tensor, sketch: torch.Tensor) -> torch.Tensor:
+        return self.score(self.features(photo, sketch))
 
 
 class GramDiscriminator(nn.Module):
@@ -394,7 +397,7 @@ class GramDiscriminator(nn.Module):
                  structure_width: int = 0):
         super().__init__()
         # Optional photo-conditioned critic (model.structure_critic); part of D, so shared like D.
-        self.patch = PatchCritic(structure_width) if structure_width else None
+        self.patch = PatchCritic(structure_width, per_sample) if structure_width else None
         self.rows, self.cols, self.side = rows, cols, math.isqrt(cols)
         self.body = nn.Sequential(
             sn_conv(nn.Conv2d(n_taps * rows, width, 3, padding=1), per_sample),

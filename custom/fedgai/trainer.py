@@ -164,11 +164,9 @@ class StudioTrainer:
 
     def _generator_terms(self, fake: torch.Tensor, fake_taps: list[torch.Tensor], sketch: torch.Tensor,
                          real_taps: list[torch.Tensor], real_grams: list[torch.Tensor],
-                         photo: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """G's loss terms for generated sketches against their real pairs (through the current D).
-
-        ``photo`` is needed only by the structure critic (model.structure_critic).
-        """
+                         photo: torch.Tensor) -> dict[str, torch.Tensor]:
+        """G's loss terms for generated sketches against their real pairs (through the current D; the
+        structure critic, where it is on, also sees the photos)."""
         d, fm = self.discriminator, self.cfg.loss.feature_matching > 0
         fake_grams = [gram_matrix(t) for t in fake_taps]
         fake_critic = d.features(fake_grams)
@@ -249,26 +247,31 @@ class StudioTrainer:
         batch = self._pairs(dp.sample())
         d_inputs = None
         if batch is not None:
-            photo_taps, _, real_grams = self._real_features(*batch)
+            photo, sketch = batch
+            photo_taps, _, real_grams = self._real_features(photo, sketch)
             with torch.no_grad():
-                fake_grams = [gram_matrix(t) for t in self.encoder(self.generator(photo_taps))]
-            d_inputs = [real_grams, fake_grams]
+                fake = self.generator(photo_taps)
+                fake_grams = [gram_matrix(t) for t in self.encoder(fake)]
+            d_inputs = [real_grams, fake_grams, photo, sketch, fake]
         out = dp.step(self.discriminator, self.opt_d, self._discriminator_pair_loss, d_inputs)
         batch = self._pairs(dp.sample())
-        g_inputs = None if batch is None else [*self._real_features(*batch), batch[1]]
+        g_inputs = None if batch is None else [*self._real_features(*batch), batch[1], batch[0]]
         return out | dp.step(self.generator, self.opt_g, self._generator_pair_loss, g_inputs)
 
-    @staticmethod
-    def _discriminator_pair_loss(critic, real_grams: list[torch.Tensor], fake_grams: list[torch.Tensor]
+    def _discriminator_pair_loss(self, critic, real_grams: list[torch.Tensor], fake_grams: list[torch.Tensor],
+                                 photo: torch.Tensor, sketch: torch.Tensor, fake: torch.Tensor
                                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss = hinge_d_loss(critic(real_grams)[0], critic(fake_grams)[0])
+        if self.discriminator.patch is not None:
+            loss = loss + hinge_d_loss(critic(photo, sketch, submodule="patch"),
+                                       critic(photo, fake, submodule="patch"))
         return loss, {"loss_d": loss}
 
     def _generator_pair_loss(self, generate, photo_taps: list[torch.Tensor], real_taps: list[torch.Tensor],
-                             real_grams: list[torch.Tensor], sketch: torch.Tensor
+                             real_grams: list[torch.Tensor], sketch: torch.Tensor, photo: torch.Tensor
                              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         fake = generate(photo_taps)
-        terms = self._generator_terms(fake, self.encoder(fake), sketch, real_taps, real_grams)
+        terms = self._generator_terms(fake, self.encoder(fake), sketch, real_taps, real_grams, photo)
         loss = self._weighted(terms)
         return loss, {**terms, "loss_g": loss}
 

@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 STATISTICS_SAMPLE_RATE = 1.0  # every sketch enters the statistics: no subsampling
 
 # A per-pair loss: (the network as a function of its inputs, one pair's inputs with a batch dim of 1)
-# -> (scalar loss, {name: scalar} for the local log).
+# -> (scalar loss, {name: scalar} for the local log). The function's keyword ``submodule`` calls a part of the
+# network instead (e.g. D's structure critic), with the same per-pair parameters.
 PairLoss = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
@@ -69,8 +70,12 @@ def per_pair_gradients(module: nn.Module, loss: PairLoss, batch: Sequence) -> tu
     buffers = dict(module.named_buffers())
 
     def one_pair(theta: dict[str, torch.Tensor], *pair):
-        def call(*inputs):
-            return functional_call(module, (theta, buffers), inputs)
+        def call(*inputs, submodule: str = ""):
+            if not submodule:
+                return functional_call(module, (theta, buffers), inputs)
+            prefix = submodule + "."
+            state = {k[len(prefix):]: v for k, v in {**theta, **buffers}.items() if k.startswith(prefix)}
+            return functional_call(module.get_submodule(submodule), state, inputs)
 
         return loss(call, *tree_map(lambda t: t.unsqueeze(0), list(pair)))
 
