@@ -46,7 +46,7 @@ from torch.nn.utils.spectral_norm import SpectralNorm
 from fedgai.config import FedgaiConfig, profile
 from fedgai.data import SketchPairDataset, Studio, load_studio, make_demo
 from fedgai.data.demo import studio_sizes
-from fedgai.evaluation import discriminator_scores, membership_auc, roc_auc
+from fedgai.evaluation import discriminator_scores, roc_auc
 from fedgai.federated.keys import shared_keys, split_key
 from fedgai.losses import gram_loss
 from fedgai.models import gram_matrix
@@ -123,6 +123,7 @@ def build_config(args: argparse.Namespace, dp: str, sigma: float) -> FedgaiConfi
         "train.val_fraction": 0.0, "train.test_fraction": 0.0, "data.follow_symlinks": True,
         "model.encoder": args.encoder, "model.image_size": args.size, "model.disc_width": args.disc_width,
         "model.gram_rows": args.gram[0], "model.gram_cols": args.gram[1],
+        "model.structure_critic": args.structure_critic,
         "train.max_pairs": args.members, "train.batch_size": args.batch, "train.seed": args.seed,
         "train.num_threads": args.threads, "train.epochs": args.epochs,
         "privacy.dp": dp, "privacy.noise_multiplier": sigma, "privacy.clip_norm": args.record_clip,
@@ -207,10 +208,10 @@ def hinge_membership_score(scores: np.ndarray) -> np.ndarray:
 def attack(disc: nn.Module, trainer: StudioTrainer, split: Split, reps: int, seed: int) -> dict:
     """Membership AUC of D on member vs held-out sketches (score threshold), with its uncertainty, and the
     hinge-loss threshold variant (low loss = member)."""
-    members, nonmembers = split.members[1], split.nonmembers[1]
-    s_m = discriminator_scores(disc, trainer.encoder, members)
-    s_n = discriminator_scores(disc, trainer.encoder, nonmembers)
-    auc = membership_auc(disc, trainer.encoder, members, nonmembers)
+    (member_photos, members), (nonmember_photos, nonmembers) = split.members, split.nonmembers
+    s_m = discriminator_scores(disc, trainer.encoder, members, member_photos)
+    s_n = discriminator_scores(disc, trainer.encoder, nonmembers, nonmember_photos)
+    auc = roc_auc(s_m, s_n)
     low, high = bootstrap_ci(s_m, s_n, reps, seed)
     return {
         "mia_auc": auc,
@@ -236,8 +237,8 @@ def utility(disc: nn.Module, trainer: StudioTrainer, split: Split) -> dict[str, 
         "heldout_l1": float(heldout_l1.mean()),
         "heldout_ink_iou": ink_iou(fake, sketches),
         "heldout_gram": float(gram_loss(real_g, fake_g)),
-        "d_real_vs_fake_auc": roc_auc(discriminator_scores(disc, trainer.encoder, sketches),
-                                      discriminator_scores(disc, trainer.encoder, fake)),
+        "d_real_vs_fake_auc": roc_auc(discriminator_scores(disc, trainer.encoder, sketches, photos),
+                                      discriminator_scores(disc, trainer.encoder, fake, photos)),
         "g_l1_mia_auc": roc_auc(-member_l1.numpy(), -heldout_l1.numpy()),
     }
 
@@ -417,6 +418,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", default="test", help="config profile the audit starts from")
     parser.add_argument("--encoder", default="efficientnet-lite0")
     parser.add_argument("--disc-width", type=int, default=128, help="D width (paper size: 128)")
+    parser.add_argument("--structure-critic", type=int, default=0,
+                        help="width of D's structure critic (0 = the paper's Gram critic only; the quick profile: 32)")
     parser.add_argument("--gram", type=int, nargs=2, default=[64, 196], metavar=("ROWS", "COLS"),
                         help="pooled Gram size D sees (COLS a square number; paper size: 64 196)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],

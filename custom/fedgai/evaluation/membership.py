@@ -24,20 +24,32 @@ def roc_auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> float:
 
 @torch.no_grad()
 def discriminator_scores(discriminator: GramDiscriminator, encoder: Encoder, sketches: torch.Tensor,
-                         batch: int = 16) -> np.ndarray:
-    """D's realness score for each sketch (eval mode, so BN uses running statistics)."""
+                         photos: torch.Tensor | None = None, batch: int = 16) -> np.ndarray:
+    """D's realness score for each sketch (eval mode, so BN uses running statistics).
+
+    With a structure critic, the shared D also scores (photo, sketch) pairs, and an attacker holding D uses
+    both: the scores are then the sum of the two critics', and the photos are required (an audit of the
+    Gram critic alone would understate what the shared D gives away).
+    """
+    if discriminator.patch is not None and photos is None:
+        raise ValueError("this D has a structure critic: pass the sketches' photos so that it is audited too")
     was_training = discriminator.training
     discriminator.eval()
     scores = []
     for i in range(0, len(sketches), batch):
-        grams = [gram_matrix(t) for t in encoder(sketches[i : i + batch])]
-        scores.append(discriminator(grams)[0])
+        chunk = sketches[i : i + batch]
+        score = discriminator([gram_matrix(t) for t in encoder(chunk)])[0]
+        if discriminator.patch is not None:
+            score = score + discriminator.patch(photos[i : i + batch], chunk)
+        scores.append(score)
     discriminator.train(was_training)
     return torch.cat(scores).numpy()
 
 
 def membership_auc(discriminator: GramDiscriminator, encoder: Encoder, members: torch.Tensor,
-                   nonmembers: torch.Tensor) -> float:
-    """Score-threshold membership-inference AUC of D on member vs held-out sketches of the same studio."""
-    return roc_auc(discriminator_scores(discriminator, encoder, members),
-                   discriminator_scores(discriminator, encoder, nonmembers))
+                   nonmembers: torch.Tensor, member_photos: torch.Tensor | None = None,
+                   nonmember_photos: torch.Tensor | None = None) -> float:
+    """Score-threshold membership-inference AUC of D on member vs held-out sketches of the same studio
+    (their photos too where D has a structure critic)."""
+    return roc_auc(discriminator_scores(discriminator, encoder, members, member_photos),
+                   discriminator_scores(discriminator, encoder, nonmembers, nonmember_photos))
