@@ -358,6 +358,19 @@ def test_studio_round_sends_a_diff_of_the_mode_keys(studio_dir, tmp_path, mode):
         assert not any(torch.all(after[k] == 0.5) for k in received)
 
 
+@pytest.mark.parametrize("dp", ["none", "record"])
+def test_structure_critic_travels_with_d_and_its_norm_layers_stay_local(studio_dir, tmp_path, dp):
+    cfg = profile("test").with_overrides({"model.structure_critic": 4, "loss.feature_matching": 1.0,
+                                          "privacy.dp": dp})
+    received = {k: torch.from_numpy(v) for k, v in initial_global(cfg).items()}  # what the server builds
+    assert any(k.startswith("discriminator.patch.") for k in received)
+    studio = StudioTrainer(cfg, studio_dir, tmp_path)
+    result = local_round(studio, FLModel(params=received, current_round=0))
+    assert sorted(result.params) == sorted(received)
+    patch_norms = {f"discriminator.patch.{k}" for k in norm_keys(studio.discriminator.patch, dp == "record")}
+    assert patch_norms and not patch_norms & set(result.params)
+
+
 def test_dp_sgd_studio_reports_epsilon_and_keeps_groupnorm_local(studio_dir, tmp_path):
     cfg = profile("test").with_overrides({"privacy.dp": "record"})
     studio = StudioTrainer(cfg, studio_dir, tmp_path)
