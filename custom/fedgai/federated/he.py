@@ -337,8 +337,7 @@ class CiphertextOnlyGuard(Filter):
             self._expected = {key: value.size for key, value in initial_global(self._cfg).items()}
         federation = federation_of(fl_ctx)
         dxo = from_shareable(shareable)
-        site = str(shareable.get_peer_prop(ReservedKey.IDENTITY_NAME, "unknown"))
-        rnd = int(shareable.get_cookie(AppConstants.CONTRIBUTION_ROUND, 0))
+        site, rnd = site_of(shareable), round_of(shareable)
         count, count_problem = sample_count(dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND))
         epsilon, epsilon_problem = clean_epsilon(dxo.get_meta_prop(DP_EPSILON_META_KEY))
         space, space_problem = fp.parse(dxo.get_meta_prop(fp.FINGERPRINT_META_KEY))
@@ -418,8 +417,7 @@ class FeatureSpaceHEAggregator(HEInTimeAccumulateWeightedAggregator):
         for shareable in self._pending:
             problem = fp.update_problem(spaces[site_of(shareable)], federation.feature_space)
             if problem:
-                drop_record(fl_ctx, site_of(shareable), int(shareable.get_cookie(AppConstants.CONTRIBUTION_ROUND, 0)),
-                            problem)
+                drop_record(fl_ctx, site_of(shareable), round_of(shareable), problem)
                 self.log_warning(fl_ctx, f"dropping the update of {site_of(shareable)}: {problem}")
             else:
                 super().accept(shareable, fl_ctx)
@@ -444,6 +442,11 @@ class ResumableScatterAndGather(ScatterAndGather):
 
 def site_of(shareable: Shareable) -> str:
     return str(shareable.get_peer_prop(ReservedKey.IDENTITY_NAME, "unknown"))
+
+
+def round_of(shareable: Shareable) -> int:
+    """The round a contribution answers (ScatterAndGather's cookie)."""
+    return int(shareable.get_cookie(AppConstants.CONTRIBUTION_ROUND, 0))
 
 
 def record_path(fl_ctx: FLContext, rnd: int, site: str) -> Path:
