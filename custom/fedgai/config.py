@@ -17,9 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-ENCODERS = ("auto", "vgg16", "efficientnet-lite0", "random")
-FED_MODES = ("fedgai", "local", "fedavg_full", "fedavg_bn", "fedbn")
-DP_MODES = ("none", "client", "record")
+# Each choice list is written once, as the field's type; the tuples (for CLIs and messages) derive from it.
+EncoderName = Literal["auto", "vgg16", "efficientnet-lite0", "random"]
+FedMode = Literal["fedgai", "local", "fedavg_full", "fedavg_bn", "fedbn"]
+DpMode = Literal["none", "client", "record"]
+ENCODERS: tuple[str, ...] = typing.get_args(EncoderName)
+FED_MODES: tuple[str, ...] = typing.get_args(FedMode)
+DP_MODES: tuple[str, ...] = typing.get_args(DpMode)
 
 
 class ConfigError(ValueError):
@@ -28,7 +32,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    encoder: Literal["auto", "vgg16", "efficientnet-lite0", "random"] = "auto"
+    encoder: EncoderName = "auto"
     # Local VGG-16 ImageNet weights (torchvision's vgg16-397923af.pth). None = torch hub cache only.
     vgg_weights: str | None = None
     image_size: int = 256
@@ -127,7 +131,7 @@ class TrainConfig:
 @dataclass
 class FedConfig:
     rounds: int = 11
-    mode: Literal["fedgai", "local", "fedavg_full", "fedavg_bn", "fedbn"] = "fedgai"
+    mode: FedMode = "fedgai"
     min_clients: int = 1
     # Seconds the server waits for a round's results before aggregating what arrived.
     round_timeout: int = 7200
@@ -173,7 +177,7 @@ class FedConfig:
 
 @dataclass
 class PrivacyConfig:
-    dp: Literal["none", "client", "record"] = "none"
+    dp: DpMode = "none"
     noise_multiplier: float = 1.0
     clip_norm: float = 1.0
     delta: float = 1e-5
