@@ -31,7 +31,6 @@ import torch
 from PIL import Image
 
 from fedgai.config import FedgaiConfig, profile
-from fedgai.federated.keys import load_shared, shared_state
 
 SMALL_STUDIO = 60  # pairs in the studio folder: the issue's "small studio" bound
 DEMO_SEED = 15  # 8 studios of 44-215 pairs (985 in all, like the paper's ~1000): three hold <= 60 pairs
@@ -74,19 +73,8 @@ def studio_dirs(data: Path, count: int) -> list[Path]:
     return sorted(p for p in data.iterdir() if (p / "photos").is_dir())[:count]
 
 
-def networks(trainer) -> dict[str, torch.nn.Module]:
-    return {"generator": trainer.generator, "discriminator": trainer.discriminator}
-
-
-def load_into(trainer, params: Mapping[str, np.ndarray]) -> None:
-    """Load global entries into a studio's networks (what the studio does with a received model)."""
-    cfg = trainer.cfg
-    load_shared(networks(trainer), params, cfg.fed.mode, cfg.privacy.dp == "record")
-
-
-def studio_state(trainer, cfg: FedgaiConfig) -> dict[str, np.ndarray]:
-    state = shared_state(networks(trainer), cfg.fed.mode, cfg.privacy.dp == "record")
-    return {k: v.detach().float().cpu().numpy() for k, v in state.items()}
+def studio_state(trainer) -> dict[str, np.ndarray]:
+    return {k: v.float().numpy() for k, v in trainer.shared_state().items()}
 
 
 def he_mean(updates: Mapping[str, Mapping[str, np.ndarray]], weights: Mapping[str, float]) -> dict[str, np.ndarray]:
@@ -154,7 +142,7 @@ def run_federation(variant: str, seed: int, base: dict[str, Any], studios: list[
     started = time.perf_counter()
     trainers = {s.name: StudioTrainer(cfg, s, scratch / name / s.name, device=device) for s in studios}
     federated = cfg.fed.mode != "local"
-    global_params = studio_state(next(iter(trainers.values())), cfg) if federated else {}
+    global_params = studio_state(next(iter(trainers.values()))) if federated else {}
     # Under DP a studio's true count stays at the studio: equal weights.
     claims = {site: 1 if cfg.privacy.dp != "none" else t.num_samples for site, t in trainers.items()}
     rounds, bytes_up = [], 0
@@ -162,17 +150,17 @@ def run_federation(variant: str, seed: int, base: dict[str, Any], studios: list[
         diffs = {}
         for site, trainer in trainers.items():
             if federated:
-                load_into(trainer, global_params)
+                trainer.load_shared(global_params)
             trainer.train_epochs(cfg.train.epochs, tag=f" {name} r{rnd}")
             if federated:
-                diff = {k: v - global_params[k] for k, v in studio_state(trainer, cfg).items()}
+                diff = {k: v - global_params[k] for k, v in studio_state(trainer).items()}
                 diffs[site] = client_release(diff, cfg) if transport == "client_dp" else diff
                 bytes_up += sum(v.nbytes for v in diff.values())
         if federated:
             step = server_step(cfg, transport, diffs, claims, claims)
             global_params = {k: (v + step[k]).astype(v.dtype) for k, v in global_params.items()}
             for trainer in trainers.values():  # the studios' networks after the final round's receive
-                load_into(trainer, global_params)
+                trainer.load_shared(global_params)
         rounds.append({site: t.quality() for site, t in trainers.items()})
     (out / name).mkdir(parents=True, exist_ok=True)
     for site, trainer in trainers.items():

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import random
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from fedgai.data import SketchPairDataset, load_studio
 from fedgai.device import amp_dtype, resolve_device
 from fedgai.evaluation.ink import ink_iou
 from fedgai.evaluation.split import run_split
+from fedgai.federated.keys import load_shared, shared_state
 from fedgai.losses import (
     content_loss,
     feature_matching_loss,
@@ -31,7 +33,7 @@ from fedgai.losses import (
     hinge_g_loss,
     load_clip,
 )
-from fedgai.models import build_gan, gram_matrix
+from fedgai.models import build_gan, gram_matrix, per_sample_networks
 from fedgai.privacy.record import RecordLevelDP
 
 log = logging.getLogger(__name__)
@@ -375,6 +377,18 @@ class StudioTrainer:
         self.opt_d.load_state_dict(state["opt_d"])
         self.epoch = state["epoch"]
         torch.set_rng_state(state["torch_rng"])
+
+    # ------------------------------------------------------------------ what crosses the wire (federated.keys)
+    def shared_state(self) -> dict[str, torch.Tensor]:
+        """Detached CPU copies of the entries this studio shares in its federation mode."""
+        return shared_state(self._networks(), self.cfg.fed.mode, per_sample_networks(self.cfg))
+
+    def load_shared(self, params: Mapping[str, torch.Tensor | np.ndarray]) -> None:
+        """Load received global entries; exactly the entries this studio shares are accepted."""
+        load_shared(self._networks(), params, self.cfg.fed.mode, per_sample_networks(self.cfg))
+
+    def _networks(self) -> dict[str, torch.nn.Module]:
+        return {"generator": self.generator, "discriminator": self.discriminator}
 
     def close(self) -> None:
         if self._writer is not None:

@@ -26,11 +26,10 @@ import torch
 from nvflare.apis.fl_constant import FLMetaKey
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.client.tracking import SummaryWriter
-from torch import nn
 
 from fedgai.config import FedgaiConfig
 from fedgai.federated.fingerprint import FINGERPRINT_META_KEY, check_global_model, studio_feature_space
-from fedgai.federated.keys import CONFIG_META_KEY, DP_EPSILON_META_KEY, load_shared, shared_state
+from fedgai.federated.keys import CONFIG_META_KEY, DP_EPSILON_META_KEY
 from fedgai.privacy import BUDGET_EXHAUSTED_KEY, LEDGER_FILE, PrivacyBudgetExceeded, budget_allows_next_round
 from fedgai.trainer import StudioTrainer
 
@@ -84,15 +83,6 @@ def resolve_studio(site: str, studios: Mapping[str, Path], data_root: Path | Non
     return matches[0]
 
 
-def studio_networks(trainer: StudioTrainer) -> dict[str, nn.Module]:
-    return {"generator": trainer.generator, "discriminator": trainer.discriminator}
-
-
-def uses_groupnorm(cfg: FedgaiConfig) -> bool:
-    """Record-level DP trains GroupNorm in place of BatchNorm; it stays local the same way."""
-    return cfg.privacy.dp == "record"
-
-
 def dp_enabled(cfg: FedgaiConfig) -> bool:
     return cfg.privacy.dp != "none"
 
@@ -125,9 +115,9 @@ def releasable(result: FLModel, cfg: FedgaiConfig) -> FLModel:
 
 
 def load_global(trainer: StudioTrainer, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Load the received global entries into the local networks (keys.load_shared: only what this studio
-    shares is accepted); returns them as the DIFF baseline."""
-    load_shared(studio_networks(trainer), params, trainer.cfg.fed.mode, uses_groupnorm(trainer.cfg))
+    """Load the received global entries into the local networks (only what this studio shares is accepted);
+    returns them as the DIFF baseline."""
+    trainer.load_shared(params)
     return {key: torch.as_tensor(value).detach().clone().cpu() for key, value in params.items()}
 
 
@@ -152,7 +142,7 @@ def local_round(trainer: StudioTrainer, received: FLModel, ledger_path: Path | N
         return budget_exhausted_notice(trainer, str(err))
     # train_seconds lets the server tell its own orchestration overhead from the studios' compute.
     metrics = {**losses, **trainer.quality(), "train_seconds": time.perf_counter() - started}
-    after = shared_state(studio_networks(trainer), cfg.fed.mode, uses_groupnorm(cfg)) if federated else {}
+    after = trainer.shared_state() if federated else {}
     diff = {key: after[key] - baseline[key] for key in baseline}
     meta = {FLMetaKey.NUM_STEPS_CURRENT_ROUND: trainer.num_samples, FINGERPRINT_META_KEY: own_space}
     epsilon = trainer.dp_epsilon()  # record-level DP-SGD; client-level DP adds its own in the filter

@@ -49,7 +49,7 @@ from fedgai.federated.validation import (
     sample_count,
     update_norm_bound,
 )
-from fedgai.models import build_discriminator, build_gan
+from fedgai.models import build_discriminator, build_gan, per_sample_networks
 
 OUTPUT_DIR = "fedgai"
 STATE_FILE = "server_state.pt"
@@ -80,8 +80,7 @@ def initial_global(cfg: FedgaiConfig) -> dict[str, np.ndarray]:
     else:
         networks = {"discriminator": build_discriminator(cfg)}
     # Under DP-SGD build_discriminator already swaps BatchNorm for GroupNorm, which then stays local too.
-    groupnorm = cfg.privacy.dp == "record"
-    return {k: v.numpy() for k, v in shared_state(networks, cfg.fed.mode, groupnorm).items()}
+    return {k: v.numpy() for k, v in shared_state(networks, cfg.fed.mode, per_sample_networks(cfg)).items()}
 
 
 # ----------------------------------------------------------------------------------------------- summaries
