@@ -53,7 +53,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "local_no_gram": {"fed.mode": "local", "loss.gram": 0.0},
     "fedgai_no_gram": {"fed.mode": "fedgai", "loss.gram": 0.0},
     "local_no_mrfm": {"fed.mode": "local", "model.decoder": "plain"},
-    # D's only way into a studio's generator is the adversarial term (benchmarks/gradient_share.py): give it a
+    # Without feature matching, D's only way into a generator is the adversarial term (gradient_share.py): give it a
     # large share of G's gradient, and D a faster optimiser.
     "local_strong_adv": {"fed.mode": "local", "loss.adversarial": 16.0, "train.lr_d": 1e-3},
     "fedgai_strong_adv": {"fed.mode": "fedgai", "loss.adversarial": 16.0, "train.lr_d": 1e-3},

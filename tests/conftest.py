@@ -34,4 +34,3 @@ def demo_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def studio_dir(demo_root) -> Path:
     return sorted(p for p in demo_root.iterdir() if p.is_dir())[0]
-

@@ -267,14 +267,20 @@ PLAIN_SUMMARY_FIELDS = {"round", "total_rounds", "mode", "aggregator", "started_
                         "wall_time_s", "unusable"}
 
 
-def test_he_round_summary_has_the_plain_format_and_is_read_by_the_one_checker(contexts, global_d, tmp_path):
-    _, client_ctx = contexts
-    encryptor = client_encryptor(client_ctx)
+def three_studio_round(tmp_path: Path) -> tuple[dict, DiscriminatorPersistor, FLContext]:
+    """The test profile's HE server state with round 0 started for studios a, b and c."""
     config = profile("test").to_dict()
     persistor = DiscriminatorPersistor(config)
     ctx = fl_ctx(run_root=tmp_path, persistor=persistor, clients=("studio-a", "studio-b", "studio-c"))
-    guard = CiphertextOnlyGuard(config)
     persistor.handle_event(AppEventType.ROUND_STARTED, ctx)
+    return config, persistor, ctx
+
+
+def test_he_round_summary_has_the_plain_format_and_is_read_by_the_one_checker(contexts, global_d, tmp_path):
+    _, client_ctx = contexts
+    encryptor = client_encryptor(client_ctx)
+    config, persistor, ctx = three_studio_round(tmp_path)
+    guard = CiphertextOnlyGuard(config)
     guard.process(encrypted_update(encryptor, random_diffs(global_d, 8), 8, "studio-a", epsilon=1.5), ctx)
     with pytest.raises(PlaintextUpdate):
         guard.process(encrypted_update(encryptor, random_diffs(global_d, 9), -3, "studio-b"), ctx)
@@ -295,12 +301,9 @@ def test_he_round_summary_has_the_plain_format_and_is_read_by_the_one_checker(co
 def test_round_zero_majority_feature_space_is_adopted_sent_and_enforced(contexts, global_d, tmp_path):
     server_ctx, client_ctx = contexts
     encryptor = client_encryptor(client_ctx)
-    config = profile("test").to_dict()
-    persistor = DiscriminatorPersistor(config)
-    ctx = fl_ctx(run_root=tmp_path, persistor=persistor, clients=("studio-a", "studio-b", "studio-c"))
+    config, persistor, ctx = three_studio_round(tmp_path)
     guard, aggregator = CiphertextOnlyGuard(config), FeatureSpaceHEAggregator()
     aggregator.handle_event(EventType.START_RUN, ctx)
-    persistor.handle_event(AppEventType.ROUND_STARTED, ctx)
     diffs = {site: random_diffs(global_d, seed) for seed, site in enumerate(("studio-a", "studio-b", "studio-c"))}
     spaces = {"studio-a": studio_space("w1"), "studio-b": studio_space("w1"), "studio-c": studio_space("w2")}
     for site, diff in diffs.items():
