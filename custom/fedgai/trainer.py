@@ -94,6 +94,7 @@ class StudioTrainer:
                                        self.studio.name) if cfg.privacy.dp == "record" else None
         self.metadata = {
             "studio": self.studio.name,
+            "studio_dir": str(Path(studio_dir).resolve()),
             "num_samples": self.num_samples,
             "encoder": self.encoder.name,
             "encoder_pretrained": self.encoder.pretrained,
