@@ -35,7 +35,9 @@ from nvflare.fuel.utils import fobs
 
 from fedgai.config import profile
 from fedgai.federated.controller import initial_global
-from fedgai.federated.he import HE_PARAMS, FedgaiHEShareableGenerator, ShapedHEModelDecryptor, make_contexts
+from fedgai.federated.he_keys import HE_PARAMS, make_contexts
+from fedgai.federated.he_server import FedgaiHEShareableGenerator
+from fedgai.federated.he_studio import ShapedHEModelDecryptor
 
 RESULTS = Path(__file__).resolve().parent / "results" / "he_cost.json"
 

@@ -29,15 +29,23 @@ from fedgai.config import profile
 from fedgai.federated import fingerprint as fp
 from fedgai.federated.audit import AUDIT_DIR, LOG_FILE
 from fedgai.federated.controller import initial_global, read_round_summaries
-from fedgai.federated.he import (
+from fedgai.federated.he_job import HE_JOB_NAME, build_he_job, export_he
+from fedgai.federated.he_keys import (
     CLIENT_CONTEXT,
-    HE_OUTPUT_DIR,
-    HE_STATE_FILE,
     LAYOUT_META_KEY,
-    PERSISTOR_ID,
-    RECEIVED_DIR,
     SERVER_CONTEXT,
     SIMULATOR_MARKER,
+    SecretKeyFound,
+    check_no_secret_key,
+    layout_of,
+    make_contexts,
+    prepare_simulator_he,
+)
+from fedgai.federated.he_server import (
+    HE_OUTPUT_DIR,
+    HE_STATE_FILE,
+    PERSISTOR_ID,
+    RECEIVED_DIR,
     CiphertextOnlyGuard,
     DiscriminatorPersistor,
     FeatureSpaceHEAggregator,
@@ -45,17 +53,10 @@ from fedgai.federated.he import (
     PlaintextUpdate,
     ResumableScatterAndGather,
     ResumeRefused,
-    SecretKeyFound,
-    ShapedHEModelDecryptor,
-    check_no_secret_key,
     ciphertext_problem,
-    layout_of,
-    load_encrypted_global,
-    make_contexts,
-    prepare_simulator_he,
     received_records,
 )
-from fedgai.federated.he_job import HE_JOB_NAME, build_he_job, export_he
+from fedgai.federated.he_studio import ShapedHEModelDecryptor, load_encrypted_global
 from fedgai.federated.keys import CONFIG_META_KEY, DP_EPSILON_META_KEY
 from fedgai.federated.progress import RoundProgress
 

@@ -18,14 +18,8 @@ from scripts import load_script
 
 from fedgai.config import profile
 from fedgai.federated.controller import OUTPUT_DIR
-from fedgai.federated.he import (
-    CLIENT_CONTEXT,
-    HE_PARAMS,
-    SERVER_CONTEXT,
-    SecretKeyFound,
-    check_no_secret_key,
-    received_records,
-)
+from fedgai.federated.he_keys import CLIENT_CONTEXT, HE_PARAMS, SERVER_CONTEXT, SecretKeyFound, check_no_secret_key
+from fedgai.federated.he_server import received_records
 
 REPO = Path(__file__).resolve().parent.parent
 ADMIN = "admin@fedgai.example"

@@ -2,9 +2,9 @@
 
     fedgai job export --out jobs [--profile paper]    (writes jobs/fedgai, jobs/fedgai_dp and jobs/fedgai_he)
 
-Builds the HE job from the components in he.py and the shared job parts in job.py. It is a module of its
-own so that the imports go one way: he_job -> (he, job), never job -> he -> job. For the same reason
-``export_jobs`` (the whole job set) lives here, above both.
+Builds the HE job from the components in he_server.py, he_studio.py and he_keys.py and the shared job parts
+in job.py. It is a module of its own so that the imports go one way: he_job -> (he_*, job), never
+job -> he_* -> job. For the same reason ``export_jobs`` (the whole job set) lives here, above both.
 """
 
 from __future__ import annotations
@@ -21,17 +21,16 @@ from nvflare.job_config.defs import FilterType
 
 from fedgai.config import FedgaiConfig, profile
 from fedgai.federated.audit import OutboundAudit
-from fedgai.federated.he import (
-    CLIENT_CONTEXT,
+from fedgai.federated.he_keys import CLIENT_CONTEXT, SERVER_CONTEXT
+from fedgai.federated.he_server import (
     PERSISTOR_ID,
-    SERVER_CONTEXT,
     CiphertextOnlyGuard,
     DiscriminatorPersistor,
     FeatureSpaceHEAggregator,
     FedgaiHEShareableGenerator,
     ResumableScatterAndGather,
-    ShapedHEModelDecryptor,
 )
+from fedgai.federated.he_studio import ShapedHEModelDecryptor
 from fedgai.federated.job import TASK, add_dp_filter, add_studio_trainer, export, new_job
 
 HE_JOB_NAME = "fedgai_he"

@@ -164,8 +164,9 @@ def simulate(
     sites = studio_folders(Path(data_dir), studios)
     sim_workspace = workspace / "nvflare"
     if cfg.privacy.he:
-        from fedgai.federated.he import HE_OUTPUT_DIR, prepare_simulator_he
         from fedgai.federated.he_job import build_he_job
+        from fedgai.federated.he_keys import prepare_simulator_he
+        from fedgai.federated.he_server import HE_OUTPUT_DIR
 
         job = build_he_job(cfg, sites, output_root=workspace / "studios",
                            checkpoint_dir=str(workspace / "server_state"), save_outbound_arrays=save_outbound_arrays)

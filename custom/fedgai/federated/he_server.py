@@ -1,17 +1,15 @@
-"""The parts of the FedGAI job with homomorphic encryption (CKKS via TenSEAL): the cloud aggregates ciphertexts
-only. he_job.py assembles them into the ``fedgai_he`` job. Per round: studios decrypt the global discriminator
-entries (round 0 is the plaintext seeded initial D), train, send their D DIFF encrypted and pre-multiplied by
-their pair count; the server sums the ciphertexts, multiplies by 1/total pairs and adds the result to the
-(encrypted) global entries. The server's context has no secret key, so it can neither read an update nor the
-global model.
+"""The cloud side of the FedGAI job with homomorphic encryption (CKKS via TenSEAL): the server aggregates
+ciphertexts only. he_job.py assembles these parts, he_studio.py's and he_keys.py's into the ``fedgai_he`` job.
+Per round: studios decrypt the global discriminator entries (round 0 is the plaintext seeded initial D), train,
+send their D DIFF encrypted and pre-multiplied by their pair count; the server sums the ciphertexts, multiplies
+by 1/total pairs and adds the result to the (encrypted) global entries. The server's context has no secret
+key, so it can neither read an update nor the global model.
 
 Workflow: nvflare's ScatterAndGather, because HE ciphertexts (CKKSVector) cannot pass through
 ModelController/FedAvg (those aggregate plaintext FLModel params). NVFlare HE parts used as they are:
 HEModelEncryptor, HEModelSerializeFilter; subclassed or our own:
 - ``FedgaiHEShareableGenerator``: also sends the job config and each entry's shape/dtype to the studios
   (the client script needs the config; ciphertexts are flat, so shapes must travel beside them);
-- ``ShapedHEModelDecryptor``: restores shape and dtype and tolerates entries the server did not encrypt
-  (the stock decryptor returns flat lists and raises KeyError on partial models);
 - ``DiscriminatorPersistor``: the seeded initial D (same as FilteredFedAvg's), the encrypted global per round,
   the federation's state (first-seen counts, feature space), the resume state (FilteredFedAvg's keying rules)
   and the round summaries (FilteredFedAvg's format, read by ``read_round_summaries``);
@@ -21,15 +19,11 @@ HEModelEncryptor, HEModelSerializeFilter; subclassed or our own:
 - ``FeatureSpaceHEAggregator``: holds round 0's contributions until all are in, adopts their majority
   feature space and aggregates only those that fit it (later rounds: the guard refuses the others);
 - ``ResumableScatterAndGather``: starts at the round after the one the persistor resumed.
-
-Keys: in production the TenSEAL contexts come from provisioning (``HEBuilder``) inside each startup kit; for
-the simulator ``prepare_simulator_he`` writes throw-away contexts - NOT FOR PRODUCTION.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -49,12 +43,8 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
 from nvflare.app_opt.he.constant import HE_ALGORITHM_CKKS
-from nvflare.app_opt.he.homomorphic_encrypt import deserialize_nested_dict
 from nvflare.app_opt.he.intime_accumulate_model_aggregator import HEInTimeAccumulateWeightedAggregator
-from nvflare.app_opt.he.model_decryptor import HEModelDecryptor
 from nvflare.app_opt.he.model_shareable_generator import HEModelShareableGenerator
-from nvflare.lighter.constants import ProvFileName
-from nvflare.lighter.impl.he import HEBuilder
 
 from fedgai.config import FedgaiConfig
 from fedgai.federated import fingerprint as fp
@@ -70,28 +60,16 @@ from fedgai.federated.controller import (
     unusable_reasons,
     write_round_summary,
 )
+from fedgai.federated.he_keys import LAYOUT_META_KEY, SERVER_CONTEXT, layout_of
 from fedgai.federated.keys import CONFIG_META_KEY, DP_EPSILON_META_KEY
 from fedgai.federated.validation import clean_epsilon, clean_metrics, sample_count
 
 # Server run-folder subfolder: encrypted global per round + one record per received contribution.
 HE_OUTPUT_DIR = "fedgai_he"
 RECEIVED_DIR = "received"
-# DXO meta key (server -> studio): {wire key: {"shape": [...], "dtype": "float32"}} of the global entries.
-LAYOUT_META_KEY = "fedgai_layout"
-SERVER_CONTEXT = ProvFileName.SERVER_CONTEXT_TENSEAL
-CLIENT_CONTEXT = ProvFileName.CLIENT_CONTEXT_TENSEAL
-# nvflare's HEBuilder defaults, written out so provisioning (project.yml) and the simulator use the same.
-HE_PARAMS: dict[str, Any] = {"poly_modulus_degree": 8192, "coeff_mod_bit_sizes": [60, 40, 40], "scale_bits": 40}
-SIMULATOR_MARKER = "NOT_FOR_PRODUCTION.txt"
 # Component id of the persistor, which holds the federation's state the guard and the aggregator share.
 PERSISTOR_ID = "persistor"
 HE_STATE_FILE = "he_server_state.pt"
-
-logger = logging.getLogger(__name__)
-
-
-class SecretKeyFound(ValueError):
-    """A TenSEAL context that must be public (the server's) holds a secret key."""
 
 
 class PlaintextUpdate(ValueError):
@@ -102,62 +80,6 @@ class ResumeRefused(RuntimeError):
     """An unfinished saved HE state belongs to another job (or configuration) than the one starting."""
 
 
-# ----------------------------------------------------------------------------------------------- keys
-def check_no_secret_key(context_file: str | Path) -> None:
-    """Raise SecretKeyFound if the context file could decrypt; the server's must not be able to."""
-    context = ts.context_from(Path(context_file).read_bytes())
-    if context.is_private() or context.has_secret_key():
-        raise SecretKeyFound(f"{context_file} holds a TenSEAL secret key; a server context must be public")
-
-
-def make_contexts() -> tuple[bytes, bytes]:
-    """(server context, client context) made exactly as provisioning makes them (nvflare's HEBuilder)."""
-    builder = HEBuilder(**HE_PARAMS)
-    # HEBuilder.initialize only creates the TenSEAL context; it reads neither the project nor the provision ctx.
-    builder.initialize(None, None)
-    return builder.get_serialized_context(is_client=False), builder.get_serialized_context(is_client=True)
-
-
-def prepare_simulator_he(workspace: Path) -> None:
-    """Write throw-away HE contexts into ``<workspace>/startup/`` for NVFlare's simulator. NOT FOR PRODUCTION.
-
-    The simulator copies that folder to every site, so every simulated site (the server too) can read the
-    client context with its secret key; only provisioned startup kits keep it away from the server.
-    """
-    startup = Path(workspace) / "startup"
-    startup.mkdir(parents=True, exist_ok=True)
-    server, client = make_contexts()
-    (startup / SERVER_CONTEXT).write_bytes(server)
-    (startup / CLIENT_CONTEXT).write_bytes(client)
-    (startup / SIMULATOR_MARKER).write_text(
-        "NOT FOR PRODUCTION: throw-away TenSEAL contexts for NVFlare's simulator, written by\n"
-        "fedgai.federated.he.prepare_simulator_he. In the simulator every site sees the secret key.\n"
-        "Real deployments get their contexts from `nvflare provision` (HEBuilder), see docs/deployment.md.\n"
-    )
-    check_no_secret_key(startup / SERVER_CONTEXT)
-    logger.warning("HE contexts for the simulator written to %s - NOT FOR PRODUCTION", startup)
-
-
-# ----------------------------------------------------------------------------------------------- layout
-def layout_of(params: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
-    """{key: {"shape", "dtype"}}: what a studio needs to turn a flat decrypted vector back into the entry."""
-    return {key: {"shape": list(value.shape), "dtype": str(value.dtype)} for key, value in params.items()}
-
-
-def restore_layout(params: Mapping[str, Any], layout: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Reshape and cast decrypted entries to their layout; entries without a layout must already be arrays."""
-    out = {}
-    for key, value in params.items():
-        if key in layout:
-            out[key] = np.asarray(value, dtype=layout[key]["dtype"]).reshape(layout[key]["shape"])
-        elif isinstance(value, np.ndarray):
-            out[key] = value
-        else:
-            raise ValueError(f"{key}: decrypted to {type(value).__name__} but the server sent no shape for it")
-    return out
-
-
-# ----------------------------------------------------------------------------------------------- server
 def federation_of(fl_ctx: FLContext) -> Federation:
     """The federation's state, kept (and saved for resume) by the persistor component."""
     return fl_ctx.get_engine().get_component(PERSISTOR_ID).federation
@@ -491,43 +413,3 @@ def he_output_dir(fl_ctx: FLContext) -> Path:
     out = run_dir / HE_OUTPUT_DIR
     out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-# ----------------------------------------------------------------------------------------------- studio
-class ShapedHEModelDecryptor(HEModelDecryptor):
-    """HEModelDecryptor that gives the client script arrays of the right shape and dtype.
-
-    Why a subclass: the stock filter returns flat Python lists (ciphertexts are flat vectors) and looks every
-    key of the global model up in PROCESSED_KEYS, which raises KeyError when only some entries were
-    aggregated. Here entries not marked encrypted pass unchanged and the layout sent by
-    ``FedgaiHEShareableGenerator`` restores each entry.
-    """
-
-    def decryption(self, params: dict, encrypted_layers: dict, fl_ctx: FLContext) -> dict:
-        deserialize_nested_dict(params, context=self.tenseal_context)
-        for key, value in params.items():
-            if isinstance(value, ts.CKKSVector):
-                params[key] = np.asarray(value.decrypt(secret_key=self.tenseal_context.secret_key()))
-            elif encrypted_layers.get(key, False):
-                raise ValueError(f"{key} is marked encrypted but arrived as {type(value).__name__}")
-        self.log_info(fl_ctx, f"decrypted {sum(map(bool, encrypted_layers.values()))} of {len(params)} entries")
-        return params
-
-    def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> DXO | None:
-        layout = dxo.get_meta_prop(LAYOUT_META_KEY) or {}
-        result = super().process_dxo(dxo, shareable, fl_ctx)
-        if result is None:
-            return None
-        result.data = restore_layout(result.data, layout)
-        result.update_shareable(shareable)
-        return result
-
-
-def load_encrypted_global(npz_file: str | Path, client_context: str | Path, cfg: FedgaiConfig
-                          ) -> dict[str, np.ndarray]:
-    """Decrypt a ``global-round-NNN.npz`` written by DiscriminatorPersistor (needs a studio's context)."""
-    context = ts.context_from(Path(client_context).read_bytes())
-    layout = layout_of(initial_global(cfg))
-    with np.load(npz_file) as stored:
-        vectors = {key: ts.ckks_vector_from(context, stored[key].tobytes()) for key in stored.files}
-    return restore_layout({key: vector.decrypt() for key, vector in vectors.items()}, layout)
