@@ -219,7 +219,7 @@ def evaluate_runs(out: Path, data: Path, image_size: int, device: str) -> list[d
     studios' real training sketches."""
     from fedgai.data import SketchPairDataset, load_studio
     from fedgai.evaluation.metrics import MetricSuite
-    from fedgai.evaluation.split import StudioSplit
+    from fedgai.data.split import StudioSplit
     from fedgai.evaluation.style import StyleClassifier
 
     runs = sorted(p for p in out.iterdir() if (p / "run.json").is_file())
@@ -371,7 +371,7 @@ def demo_studios(args: argparse.Namespace) -> list[Path]:
 
 def save_splits(cfg: FedgaiConfig, studios: list[Path], folder: Path) -> None:
     from fedgai.data import load_studio
-    from fedgai.evaluation.split import split_studio
+    from fedgai.data.split import split_studio
 
     folder.mkdir(parents=True, exist_ok=True)
     t = cfg.train

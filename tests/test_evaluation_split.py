@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fedgai.data import load_studio
-from fedgai.evaluation.split import SplitError, StudioSplit, run_split, split_counts, split_studio
+from fedgai.data.split import SplitError, StudioSplit, run_split, split_counts, split_studio
 from fedgai.trainer import StudioTrainer
 
 
@@ -52,7 +52,7 @@ def test_stored_split_round_trips_and_refuses_another_setting(studio_dir, tmp_pa
 
 def test_trainer_never_sees_test_pairs(test_cfg, studio_dir, tmp_path):
     trainer = StudioTrainer(test_cfg, studio_dir, tmp_path / "run")
-    trained = {Path(p).stem for p, _ in trainer.dataset.pairs} | {Path(p).stem for p, _ in trainer.plain.pairs}
+    trained = {Path(p).stem for p, _ in trainer.dataset.pairs}
     assert trained <= set(trainer.split.train) and len(trained) == test_cfg.train.max_pairs
     assert not trained & set(trainer.split.test) and not trained & set(trainer.split.val)
     assert {Path(p).stem for p, _ in trainer.val.pairs} == set(trainer.split.val)

@@ -59,7 +59,7 @@ def test_metadata_records_encoder_and_clip(trainer):
 
 
 def test_sketch_statistics_come_from_the_studio_sketches(trainer):
-    sketches = torch.stack([trainer.plain[i][1] for i in range(trainer.num_samples)])
+    sketches = torch.stack([trainer.dataset[i][1] for i in range(trainer.num_samples)])
     taps = trainer.encoder(sketches)
     torch.testing.assert_close(trainer.generator.adain.mean0.flatten(), taps[0].mean(dim=(0, 2, 3)),
                                atol=1e-5, rtol=1e-4)

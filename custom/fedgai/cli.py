@@ -12,7 +12,16 @@ from pathlib import Path
 from fedgai.config import FED_MODES, PROFILES, ConfigError, FedgaiConfig, profile
 from fedgai.data import DEMO_STYLES, SKETCH_STYLES, StudioDataError
 from fedgai.models import EncoderUnavailable
-from fedgai.rundir import prepare_train_run, prepare_workspace, record_run, remove_if_empty, resume_hint
+from fedgai.rundir import (
+    CHECKPOINT,
+    CONFIG,
+    EPOCH_RECORDS,
+    prepare_train_run,
+    prepare_workspace,
+    record_run,
+    remove_if_empty,
+    resume_hint,
+)
 
 # Errors a user can fix; they are printed as one clear message instead of a stack trace (-v shows it).
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -94,22 +103,20 @@ def cmd_train_local(args: argparse.Namespace) -> None:
     load_studio(args.studio, follow_symlinks=cfg.data.follow_symlinks, max_pixels=cfg.data.max_pixels)
     prepare_train_run(args.out, args.studio, cfg, resume=args.resume, overwrite=args.overwrite)
     trainer = StudioTrainer(cfg, args.studio, args.out)
-    last = trainer.run_dir / "checkpoints" / "last.pt"
+    last = trainer.folder.checkpoint
     if args.resume:
-        trainer.load_checkpoint(last)
+        trainer.load_checkpoint()
         print(f"resumed from {last} at epoch {trainer.epoch}")
-    cfg.save(trainer.run_dir / "config.json")
+    cfg.save(trainer.run_dir / CONFIG)
     record_run(trainer.run_dir, args.studio)
     print(f"device {trainer.device}" + (", bf16 autocast" if trainer.amp else ""))
     print(f"studio {trainer.studio.name}: {trainer.num_samples} pairs, encoder {trainer.encoder.name}, "
           f"CLIP {'on' if trainer.metadata['clip_enabled'] else 'off: ' + trainer.metadata['clip_status']}")
-    history_path = trainer.run_dir / "history.jsonl"
     while trainer.epoch < args.epochs:
         losses = trainer.train_epochs(1)
         record = {"epoch": trainer.epoch, **losses, **trainer.quality()}
-        with history_path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        trainer.save_grid(trainer.run_dir / "grids" / f"epoch_{trainer.epoch:03d}.png")
+        trainer.folder.append_record(EPOCH_RECORDS, record)
+        trainer.save_grid(trainer.folder.grid(f"epoch_{trainer.epoch:03d}"))
         trainer.save_checkpoint()
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
     trainer.close()
@@ -248,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_arg(p)
     add_config_args(p)
     p.set_defaults(func=cmd_train_local,
-                   resumable=lambda args: (args.out / "checkpoints" / "last.pt").is_file())
+                   resumable=lambda args: (args.out / CHECKPOINT).is_file())
 
     p = sub.add_parser("sketch", help="turn photos into sketches with a trained studio generator",
                        description="Whole photos, never cropped: each sketch keeps its photo's aspect ratio.")

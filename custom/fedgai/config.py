@@ -98,7 +98,7 @@ class TrainConfig:
     seed: int = 0
     # Cap on training pairs used per studio (None = all); lets the quick profile fit a CPU.
     max_pairs: int | None = None
-    # Held-out pairs per studio (evaluation.split): test pairs are never trained on, val pairs give the
+    # Held-out pairs per studio (data.split): test pairs are never trained on, val pairs give the
     # per-round held-out metric. The split depends only on split_seed and the file stems.
     val_fraction: float = 0.1
     test_fraction: float = 0.2

@@ -1,4 +1,8 @@
-"""Run folders the CLI writes: never inside a studio, never silently over an earlier run.
+"""A studio's run folder: its layout (one place for every file name), the one writer of its outputs, and
+the rules for the folders the CLI writes: never inside a studio, never silently over an earlier run.
+
+`fedgai train-local` (one record per epoch, history.jsonl) and a federated studio (one per round,
+metrics.jsonl) write through the same ``RunFolder``.
 
 A rerun either continues (``--resume``: same studio, same model settings, a checkpoint to continue from)
 or starts over (``--overwrite``: the earlier run's files are removed first); anything else is refused, so
@@ -10,23 +14,80 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from fedgai.config import FedgaiConfig
+from fedgai.data.split import SPLIT_FILE
 
 RUN_RECORD = "run.json"
 DP_LEDGER = "dp_ledger.json"
+CHECKPOINT = Path("checkpoints") / "last.pt"
+GRIDS = "grids"
+TENSORBOARD = "tensorboard"
+METADATA = "metadata.json"
+CONFIG = "config.json"
+EPOCH_RECORDS = "history.jsonl"  # train-local: one line per epoch
+ROUND_RECORDS = "metrics.jsonl"  # a federated studio: one line per round
 # What `fedgai train-local` writes into a run folder. The DP ledger is not listed: privacy spent on a
 # studio's data is not undone by starting over.
-TRAIN_FILES = ("checkpoints", "grids", "tensorboard", "history.jsonl", "metadata.json", "config.json",
-               RUN_RECORD, "split.json")
+TRAIN_FILES = (CHECKPOINT.parts[0], GRIDS, TENSORBOARD, EPOCH_RECORDS, METADATA, CONFIG, RUN_RECORD, SPLIT_FILE)
 # What `fedgai simulate` writes into a workspace besides data/ (generated demo studios, kept for reuse).
 SIMULATE_FILES = ("nvflare", "studios", "server_state")
 
 
 class RunFolderError(ValueError):
     """An output folder that cannot be written as asked."""
+
+
+class RunFolder:
+    """The files of one studio run; every write is whole (a crash never leaves a torn file)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / CHECKPOINT
+
+    @property
+    def dp_ledger(self) -> Path:
+        return self.root / DP_LEDGER
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / TENSORBOARD
+
+    def grid(self, label: str) -> Path:
+        """``grids/<label>.png`` (label: ``epoch_NNN`` for train-local, ``round-NNN`` for a federated studio)."""
+        return self.root / GRIDS / f"{label}.png"
+
+    def write_json(self, name: str, data: Mapping[str, Any]) -> Path:
+        path = self.root / name
+        _replace(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+        return path
+
+    def append_record(self, name: str, record: Mapping[str, Any]) -> None:
+        """One JSON line in ``name`` (EPOCH_RECORDS or ROUND_RECORDS)."""
+        with (self.root / name).open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def save_checkpoint(self, state: Mapping[str, Any], path: Path | None = None) -> Path:
+        import torch
+
+        path = path or self.checkpoint
+        _replace(path, lambda tmp: torch.save(dict(state), tmp))
+        return path
+
+
+def _replace(path: Path, write) -> None:
+    """Write to a temporary file beside ``path``, then rename it over ``path`` (atomic on one file system)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    write(tmp)
+    tmp.replace(path)
 
 
 def refuse_inside_studio(out: Path, studio: Path) -> None:
@@ -58,7 +119,7 @@ def check_resume(out: Path, studio: Path, cfg: FedgaiConfig) -> None:
     """--resume needs a checkpoint trained on this studio with these model settings."""
     import torch
 
-    last = out / "checkpoints" / "last.pt"
+    last = out / CHECKPOINT
     if not last.is_file():
         raise RunFolderError(f"--resume: no checkpoint at {last}; drop --resume to start a new run")
     state = torch.load(last, map_location="cpu", weights_only=True)

@@ -4,42 +4,32 @@ an NVFlare client site, which only swaps the discriminator weights between round
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import save_image
 from tqdm import tqdm
 
 from fedgai.config import FedgaiConfig
 from fedgai.data import SketchPairDataset, load_studio
+from fedgai.data.split import run_split
 from fedgai.device import amp_dtype, resolve_device
 from fedgai.evaluation.ink import ink_iou
-from fedgai.evaluation.split import run_split
 from fedgai.federated.keys import load_shared, shared_state
-from fedgai.losses import (
-    content_loss,
-    feature_matching_loss,
-    feddecorr_loss,
-    gram_loss,
-    hinge_d_loss,
-    hinge_g_loss,
-    load_clip,
-)
+from fedgai.losses import gram_loss, load_clip
 from fedgai.models import build_gan, gram_matrix, per_sample_networks
+from fedgai.objective import Objective, RealFeatures
+from fedgai.pair_features import PairFeatureCache
 from fedgai.privacy.record import RecordLevelDP
+from fedgai.rundir import METADATA, RunFolder
 
 log = logging.getLogger(__name__)
-
-
-LOSS_TERMS = ("loss_g", "loss_d", "gram", "adversarial", "clip", "content", "pixel_l1", "feddecorr")
 
 
 def set_determinism(seed: int, num_threads: int | None) -> None:
@@ -57,7 +47,8 @@ def make_optimizer(cfg: FedgaiConfig, params, lr: float) -> torch.optim.Optimize
 
 
 class StudioTrainer:
-    """Trains one studio's generator and discriminator; owns its checkpoints, grids and TensorBoard log."""
+    """Trains one studio's generator and discriminator: data, networks, optimisers and the loop. The loss
+    composition is objective.Objective's; the run folder's files are written through rundir.RunFolder."""
 
     def __init__(self, cfg: FedgaiConfig, studio_dir: str | Path, run_dir: str | Path, device: str | None = None):
         """``device`` overrides cfg.train.device (None = the config's setting, "auto" by default)."""
@@ -68,16 +59,16 @@ class StudioTrainer:
         set_determinism(cfg.train.seed, cfg.train.num_threads)
         self.studio = load_studio(studio_dir, follow_symlinks=cfg.data.follow_symlinks,
                                   max_pixels=cfg.data.max_pixels)
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.folder = RunFolder(run_dir)
+        self.run_dir = self.folder.root
         t = cfg.train
         self.split = run_split(self.studio, self.run_dir, t.split_seed, t.val_fraction, t.test_fraction)
         size = cfg.model.image_size
-        self.dataset = SketchPairDataset(self.studio, size, t.max_pairs, augment=True, stems=self.split.train)
-        # The same pairs without augmentation: for the sketch statistics.
-        self.plain = SketchPairDataset(self.studio, size, t.max_pairs, stems=self.split.train)
+        # The training pairs, unaugmented: the loop draws each batch's flips itself, so that the encoder's
+        # view of every (pair, flip) can be cached.
+        self.dataset = SketchPairDataset(self.studio, size, t.max_pairs, stems=self.split.train)
         # Held-out pairs for grids and the per-round quality score (the test side is never touched here).
-        self.val = SketchPairDataset(self.studio, size, stems=self.split.val) if self.split.val else self.plain
+        self.val = SketchPairDataset(self.studio, size, stems=self.split.val) if self.split.val else self.dataset
         self.num_samples = len(self.dataset)
         gan = build_gan(cfg)
         self.encoder = gan.encoder.to(self.device)
@@ -86,11 +77,13 @@ class StudioTrainer:
         self.clip, clip_status = load_clip(cfg.loss)
         if self.clip is not None:
             self.clip = self.clip.to(self.device)
+        self.objective = Objective(cfg.loss, self.encoder, self.discriminator, self.clip)
+        self.features = PairFeatureCache(self.dataset, self.objective.real_features, self.device, self._autocast)
         self.opt_g = make_optimizer(cfg, self.generator.parameters(), cfg.train.lr_g)
         self.opt_d = make_optimizer(cfg, self.discriminator.parameters(), cfg.train.lr_d)
         self.epoch = 0
         # Record-level DP: every pair-dependent update of G and D (and AdaIN_SD's statistics) is private.
-        self.record_dp = RecordLevelDP(cfg.privacy, self.num_samples, t.batch_size, self.run_dir / "dp_ledger.json",
+        self.record_dp = RecordLevelDP(cfg.privacy, self.num_samples, t.batch_size, self.folder.dp_ledger,
                                        self.studio.name) if cfg.privacy.dp == "record" else None
         self.metadata = {
             "studio": self.studio.name,
@@ -108,19 +101,26 @@ class StudioTrainer:
         self._writer: SummaryWriter | None = None
         self._fixed = self._fixed_batch()
         self.fit_sketch_statistics()
-        (self.run_dir / "metadata.json").write_text(json.dumps(self.metadata, indent=2) + "\n")
+        self.folder.write_json(METADATA, self.metadata)
 
     def dp_epsilon(self) -> float | None:
         """epsilon spent so far under record-level DP (None when it is off)."""
         return None if self.record_dp is None else self.record_dp.epsilon()
 
     # ------------------------------------------------------------------ data
-    def loader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.cfg.train.seed * 1000 + self.epoch)
-        return DataLoader(
-            self.dataset, batch_size=self.cfg.train.batch_size, shuffle=True, drop_last=len(self.dataset) >
-            self.cfg.train.batch_size, generator=generator,
-        )
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of (pair indices, flips): shuffled by (seed, epoch); each pair flipped with probability 1/2."""
+        n, b = self.num_samples, self.cfg.train.batch_size
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.train.seed * 1000 + self.epoch))
+        stop = n - n % b if n > b else n  # drop the last short batch (BatchNorm needs more than one pair)
+        for i in range(0, stop, b):
+            indices = order[i : i + b]
+            yield indices, torch.rand(len(indices)) < 0.5
+
+    def loader(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of augmented (photo, sketch) batches, as the training loop sees them."""
+        for indices, flips in self.batches():
+            yield self.features.images(indices, flips)
 
     def _fixed_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The first held-out (val) pairs: what grids show."""
@@ -132,7 +132,7 @@ class StudioTrainer:
     def fit_sketch_statistics(self) -> None:
         """AdaIN_SD's per-tap statistics over this studio's whole sketch set (they never leave the site);
         under record-level DP, released to G through the Gaussian mechanism of RecordLevelDP."""
-        sketches = [self.plain[i][1] for i in range(self.num_samples)]
+        sketches = [self.dataset[i][1] for i in range(self.num_samples)]
         taps = [self.encoder(torch.stack(sketches[i : i + 32]).to(self.device))
                 for i in range(0, len(sketches), 32)]
         if self.record_dp is None:
@@ -141,80 +141,39 @@ class StudioTrainer:
             blank = self.encoder(torch.ones_like(sketches[0]).unsqueeze(0).to(self.device))  # white paper
             self.record_dp.fit_adain(self.generator.adain, taps, blank)
 
-    def _pairs(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The (augmented) training pairs at ``indices`` on the device; None for an empty sample."""
-        if len(indices) == 0:
-            return None
-        items = [self.dataset[int(i)] for i in indices]
-        return (torch.stack([p for p, _ in items]).to(self.device),
-                torch.stack([s for _, s in items]).to(self.device))
-
-    @torch.no_grad()
-    def _real_features(self, photo: torch.Tensor, sketch: torch.Tensor
-                       ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-        """Encoder taps of the photos and sketches, and the sketches' Gram matrices (no gradient needed)."""
+    def _real_features(self, photo: torch.Tensor, sketch: torch.Tensor) -> RealFeatures:
         with self._autocast():
-            photo_taps, real_taps = self.encoder(photo), self.encoder(sketch)
-            return photo_taps, real_taps, [gram_matrix(t) for t in real_taps]
+            return self.objective.real_features(photo, sketch)
 
     def generator_losses(self, photo: torch.Tensor, sketch: torch.Tensor) -> dict[str, torch.Tensor]:
         """G's unweighted loss terms on one batch, with their graphs: for analyses of what drives G (which
         term carries how much of its gradient) without a training step."""
         photo, sketch = photo.to(self.device), sketch.to(self.device)
-        photo_taps, real_taps, real_grams = self._real_features(photo, sketch)
-        fake = self.generator(photo_taps)
-        return self._generator_terms(fake, self.encoder(fake), sketch, real_taps, real_grams, photo)
-
-    def _generator_terms(self, fake: torch.Tensor, fake_taps: list[torch.Tensor], sketch: torch.Tensor,
-                         real_taps: list[torch.Tensor], real_grams: list[torch.Tensor],
-                         photo: torch.Tensor) -> dict[str, torch.Tensor]:
-        """G's loss terms for generated sketches against their real pairs (through the current D; the
-        structure critic, where it is on, also sees the photos)."""
-        d, fm = self.discriminator, self.cfg.loss.feature_matching > 0
-        fake_grams = [gram_matrix(t) for t in fake_taps]
-        fake_critic = d.features(fake_grams)
-        terms = {
-            "gram": gram_loss(real_grams, fake_grams),
-            "adversarial": hinge_g_loss(d.score(fake_critic)),
-            "content": content_loss(real_taps[-1], fake_taps[-1]),
-            "pixel_l1": (fake - sketch).abs().mean(),
-        }
-        if fm:
-            with torch.no_grad():
-                real_critic = d.features(real_grams)
-            terms["feature_matching"] = feature_matching_loss(real_critic, fake_critic)
-        if d.patch is not None:
-            fake_patch = d.patch.features(photo, fake)
-            terms["structure"] = hinge_g_loss(d.patch.score(fake_patch))
-            if fm:
-                with torch.no_grad():
-                    real_patch = d.patch.features(photo, sketch)
-                terms["feature_matching"] = terms["feature_matching"] + feature_matching_loss(real_patch, fake_patch)
-        if self.clip is not None:
-            terms["clip"] = self.clip(sketch, fake)
-        return terms
-
-    def _weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(getattr(self.cfg.loss, name) * value for name, value in terms.items())
+        real = self._real_features(photo, sketch)
+        fake = self.generator(real.photo_taps)
+        return self.objective.generator_terms(fake, self.encoder(fake), sketch, real.sketch_deep, real.sketch_grams,
+                                              photo)
 
     # ------------------------------------------------------------------ training
-    def step(self, photo: torch.Tensor, sketch: torch.Tensor) -> dict[str, float]:
-        """One discriminator update then one generator update on a batch (moved to the trainer's device)."""
+    def step(self, photo: torch.Tensor, sketch: torch.Tensor, real: RealFeatures | None = None) -> dict[str, float]:
+        """One discriminator update then one generator update on a batch (moved to the trainer's device).
+        ``real``: the batch's encoder features when the caller has them (the cache); computed otherwise."""
         photo, sketch = photo.to(self.device), sketch.to(self.device)
-        photo_taps, real_taps, real_grams = self._real_features(photo, sketch)
+        real = real or self._real_features(photo, sketch)
         with self._autocast():
-            fake = self.generator(photo_taps)
+            fake = self.generator(real.photo_taps)
             fake_taps = self.encoder(fake)
             fake_grams = [gram_matrix(t) for t in fake_taps]
-            loss_d, decorr = self._discriminator_loss(real_grams, [g.detach() for g in fake_grams], photo, sketch,
-                                                      fake.detach())
+            loss_d, decorr = self.objective.discriminator_loss(real.sketch_grams, [g.detach() for g in fake_grams],
+                                                               photo, sketch, fake.detach())
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
 
         with self._autocast():
-            terms = self._generator_terms(fake, fake_taps, sketch, real_taps, real_grams, photo)
-            loss_g = self._weighted(terms)
+            terms = self.objective.generator_terms(fake, fake_taps, sketch, real.sketch_deep, real.sketch_grams,
+                                                   photo)
+            loss_g = self.objective.weighted(terms)
             self.opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
         self.opt_g.step()
@@ -226,57 +185,28 @@ class StudioTrainer:
         """bf16 autocast for the forward passes on a GPU that has it (train.amp); a no-op otherwise."""
         return torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
 
-    def _discriminator_loss(self, real: list[torch.Tensor], fake: list[torch.Tensor], photo: torch.Tensor,
-                            sketch: torch.Tensor, fake_sketch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hinge + FedDecorr on the real features (real and fake share one BatchNorm batch), plus the structure
-        critic's hinge on (photo, sketch) pairs where it is on."""
-        n = real[0].shape[0]
-        logits, feats = self.discriminator([torch.cat([r, f]) for r, f in zip(real, fake, strict=True)])
-        decorr = feddecorr_loss(feats[:n])
-        loss = hinge_d_loss(logits[:n], logits[n:]) + self.cfg.loss.feddecorr * decorr
-        patch = self.discriminator.patch
-        if patch is not None:
-            scores = patch.score(patch.features(torch.cat([photo, photo]), torch.cat([sketch, fake_sketch])))
-            loss = loss + hinge_d_loss(scores[:n], scores[n:])
-        return loss, decorr
-
     def private_step(self) -> dict[str, float]:
-        """Record-level DP: one D step, then one G step, each on its own Poisson sample of pairs.
-
-        D's per-pair loss is hinge(D(real_i)) + hinge(D(G(photo_i))): the pair is the unit, one clipped
-        gradient. FedDecorr couples the pairs of a batch, so it has no place here.
-        """
+        """Record-level DP: one D step, then one G step, each on its own Poisson sample of pairs (the pair is
+        the unit: one clipped gradient each; see Objective's per-pair losses)."""
         dp = self.record_dp
-        batch = self._pairs(dp.sample())
         d_inputs = None
+        batch = self._sampled(dp.sample())
         if batch is not None:
-            photo, sketch = batch
-            photo_taps, _, real_grams = self._real_features(photo, sketch)
+            photo, sketch, real = batch
             with torch.no_grad():
-                fake = self.generator(photo_taps)
+                fake = self.generator(real.photo_taps)
                 fake_grams = [gram_matrix(t) for t in self.encoder(fake)]
-            d_inputs = [real_grams, fake_grams, photo, sketch, fake]
-        out = dp.step(self.discriminator, self.opt_d, self._discriminator_pair_loss, d_inputs)
-        batch = self._pairs(dp.sample())
-        g_inputs = None if batch is None else [*self._real_features(*batch), batch[1], batch[0]]
-        return out | dp.step(self.generator, self.opt_g, self._generator_pair_loss, g_inputs)
+            d_inputs = [real.sketch_grams, fake_grams, photo, sketch, fake]
+        out = dp.step(self.discriminator, self.opt_d, self.objective.discriminator_pair_loss, d_inputs)
+        batch = self._sampled(dp.sample())
+        g_inputs = None if batch is None else [*batch[2].as_inputs(), batch[1], batch[0]]
+        return out | dp.step(self.generator, self.opt_g, self.objective.generator_pair_loss, g_inputs)
 
-    def _discriminator_pair_loss(self, critic, real_grams: list[torch.Tensor], fake_grams: list[torch.Tensor],
-                                 photo: torch.Tensor, sketch: torch.Tensor, fake: torch.Tensor
-                                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss = hinge_d_loss(critic(real_grams)[0], critic(fake_grams)[0])
-        if self.discriminator.patch is not None:
-            loss = loss + hinge_d_loss(critic(photo, sketch, submodule="patch"),
-                                       critic(photo, fake, submodule="patch"))
-        return loss, {"loss_d": loss}
-
-    def _generator_pair_loss(self, generate, photo_taps: list[torch.Tensor], real_taps: list[torch.Tensor],
-                             real_grams: list[torch.Tensor], sketch: torch.Tensor, photo: torch.Tensor
-                             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        fake = generate(photo_taps)
-        terms = self._generator_terms(fake, self.encoder(fake), sketch, real_taps, real_grams, photo)
-        loss = self._weighted(terms)
-        return loss, {**terms, "loss_g": loss}
+    def _sampled(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, RealFeatures] | None:
+        """A Poisson sample's (randomly flipped) pairs and features; None for an empty sample."""
+        if len(indices) == 0:
+            return None
+        return self.features.batch(indices, torch.rand(len(indices)) < 0.5)
 
     def train_epochs(self, epochs: int, tag: str = "") -> dict[str, float]:
         """Train `epochs` epochs; returns the mean of each loss term and logs them to TensorBoard."""
@@ -287,14 +217,11 @@ class StudioTrainer:
         for _ in range(epochs):
             if self.record_dp is not None:
                 self.record_dp.charge_epoch()  # before it runs: refused epochs cost nothing
-            batches = self.loader() if self.record_dp is None else range(self.record_dp.steps_per_epoch)
+            batches = list(self.batches()) if self.record_dp is None else range(self.record_dp.steps_per_epoch)
             bar = tqdm(batches, desc=f"{self.studio.name}{tag} epoch {self.epoch + 1}", leave=False)
             epoch_totals: dict[str, float] = {}
             for batch in bar:
-                if self.record_dp is None:
-                    losses = self.step(batch[0].to(self.device), batch[1].to(self.device))
-                else:
-                    losses = self.private_step()
+                losses = self.step(*self.features.batch(*batch)) if self.record_dp is None else self.private_step()
                 for k, v in losses.items():
                     epoch_totals[k] = epoch_totals.get(k, 0.0) + v
                 steps += 1
@@ -312,7 +239,7 @@ class StudioTrainer:
     @property
     def writer(self) -> SummaryWriter:
         if self._writer is None:
-            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+            self._writer = SummaryWriter(str(self.folder.tensorboard))
         return self._writer
 
     # ------------------------------------------------------------------ outputs
@@ -330,13 +257,13 @@ class StudioTrainer:
         sketch = torch.stack(sketches)
         real_g = [gram_matrix(t) for t in self.encoder(sketch.to(self.device))]
         fake_g = [gram_matrix(t) for t in self.encoder(fake.to(self.device))]
-        prefix = "val" if self.val is not self.plain else "train"
+        prefix = "val" if self.val is not self.dataset else "train"
         return {f"{prefix}_l1": float((fake - sketch).abs().mean()),
                 f"{prefix}_gram": float(gram_loss(real_g, fake_g).cpu()),
                 f"{prefix}_ink_iou": ink_iou(fake, sketch)}
 
     def save_grid(self, path: str | Path) -> Path:
-        """One row per fixed pair: photo | generated | real sketch."""
+        """One row per fixed pair: photo | generated | real sketch (run folders: ``self.folder.grid(label)``)."""
         photo, sketch = self._fixed
         fake = self.generate(photo)
         rows = torch.stack([photo, fake.expand(-1, 3, -1, -1), sketch.expand(-1, 3, -1, -1)], 1).flatten(0, 1)
@@ -347,9 +274,7 @@ class StudioTrainer:
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
         """Everything needed to resume or to sketch: G (with AdaIN_SD statistics), D, optimisers, config."""
-        path = Path(path) if path else self.run_dir / "checkpoints" / "last.pt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {
+        return self.folder.save_checkpoint({
             "generator": self.generator.state_dict(),
             "discriminator": self.discriminator.state_dict(),
             "opt_g": self.opt_g.state_dict(),
@@ -358,13 +283,11 @@ class StudioTrainer:
             "config": self.cfg.to_dict(),
             "metadata": self.metadata,
             "torch_rng": torch.get_rng_state(),
-        }
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)  # atomic: a crash mid-save never leaves a torn checkpoint
-        return path
+        }, Path(path) if path else None)
 
-    def load_checkpoint(self, path: str | Path) -> None:
+    def load_checkpoint(self, path: str | Path | None = None) -> None:
+        """Continue from ``path`` (default: the run folder's checkpoint)."""
+        path = Path(path) if path else self.folder.checkpoint
         # Tensors and plain containers only; CPU first because the RNG state must stay a CPU tensor.
         state = torch.load(path, map_location="cpu", weights_only=True)
         if state["metadata"]["encoder"] != self.encoder.name:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from fedgai.evaluation.split import SPLIT_FILE, StudioSplit
+from fedgai.data.split import SPLIT_FILE, StudioSplit
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 ROUND_GLOB = "round-[0-9][0-9][0-9].json"

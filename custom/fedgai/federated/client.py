@@ -15,7 +15,6 @@ metrics.jsonl and a local TensorBoard log.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -31,6 +30,7 @@ from fedgai.config import FedgaiConfig
 from fedgai.federated.fingerprint import FINGERPRINT_META_KEY, check_global_model, studio_feature_space
 from fedgai.federated.keys import CONFIG_META_KEY, DP_EPSILON_META_KEY
 from fedgai.privacy import BUDGET_EXHAUSTED_KEY, LEDGER_FILE, PrivacyBudgetExceeded, budget_allows_next_round
+from fedgai.rundir import ROUND_RECORDS
 from fedgai.trainer import StudioTrainer
 
 DATA_ROOT_ENV = "FEDGAI_DATA_ROOT"
@@ -164,18 +164,16 @@ def open_trainer(cfg: FedgaiConfig, studio_dir: Path, out_dir: Path, resume: boo
                  device: str | None = None) -> StudioTrainer:
     """Build the studio's trainer; when the federation resumes, continue from the site's last checkpoint."""
     trainer = StudioTrainer(cfg, studio_dir, out_dir, device=device)
-    last = out_dir / "checkpoints" / "last.pt"
-    if resume and last.is_file():
-        trainer.load_checkpoint(last)
+    if resume and trainer.folder.checkpoint.is_file():
+        trainer.load_checkpoint()
     return trainer
 
 
 def save_round(trainer: StudioTrainer, rnd: int, metrics: Mapping[str, float]) -> None:
     """Per-round site outputs: sample grid, resumable checkpoint, one metrics line."""
-    trainer.save_grid(trainer.run_dir / "grids" / f"round-{rnd:03d}.png")
+    trainer.save_grid(trainer.folder.grid(f"round-{rnd:03d}"))
     trainer.save_checkpoint()
-    with open(trainer.run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"round": rnd, "epoch": trainer.epoch, **metrics}) + "\n")
+    trainer.folder.append_record(ROUND_RECORDS, {"round": rnd, "epoch": trainer.epoch, **metrics})
 
 
 def main(argv: Sequence[str] | None = None) -> None:

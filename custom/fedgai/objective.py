@@ -1,0 +1,134 @@
+"""The studio's training objective: which loss terms G and D minimise and with what weights, batched (the
+ordinary step) or per pair (record-level DP, where every pair needs its own gradient).
+
+The terms themselves are plain functions in losses.py; the trainer owns networks, data and the loop. What the
+losses need from the real pairs goes through ``RealFeatures``, so that a cache (pair_features.py) can stand in
+for the frozen encoder without changing a single term.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fedgai.config import LossConfig
+from fedgai.losses import content_loss, feature_matching_loss, feddecorr_loss, gram_loss, hinge_d_loss, hinge_g_loss
+from fedgai.models import Encoder, GramDiscriminator, gram_matrix
+
+
+@dataclass
+class RealFeatures:
+    """What the losses use of a batch of real pairs, all from the frozen encoder (no gradient): the photos'
+    taps (G's input), the real sketches' deepest tap (content term) and their Gram matrices (style terms)."""
+
+    photo_taps: list[torch.Tensor]
+    sketch_deep: torch.Tensor
+    sketch_grams: list[torch.Tensor]
+
+    def as_inputs(self) -> list:
+        """Batch-first inputs in RecordLevelDP's per-pair form (tensors or lists of tensors)."""
+        return [self.photo_taps, self.sketch_deep, self.sketch_grams]
+
+    def row(self, i: int) -> RealFeatures:
+        """Pair ``i``'s features, copied so that keeping one row does not keep the whole batch alive."""
+        return RealFeatures([t[i].clone() for t in self.photo_taps], self.sketch_deep[i].clone(),
+                            [g[i].clone() for g in self.sketch_grams])
+
+    @staticmethod
+    def stack(rows: list[RealFeatures]) -> RealFeatures:
+        """One batch from per-pair rows (the inverse of ``row``)."""
+        return RealFeatures(
+            [torch.stack(taps) for taps in zip(*(r.photo_taps for r in rows), strict=True)],
+            torch.stack([r.sketch_deep for r in rows]),
+            [torch.stack(grams) for grams in zip(*(r.sketch_grams for r in rows), strict=True)],
+        )
+
+
+class Objective:
+    """G's and D's losses on one studio's batches. Holds references (not copies) to the networks, so a D
+    loaded from the federation is the D the next loss sees."""
+
+    def __init__(self, weights: LossConfig, encoder: Encoder, discriminator: GramDiscriminator,
+                 clip: nn.Module | None = None):
+        self.weights = weights
+        self.encoder = encoder
+        self.discriminator = discriminator
+        self.clip = clip
+
+    @torch.no_grad()
+    def real_features(self, photo: torch.Tensor, sketch: torch.Tensor) -> RealFeatures:
+        """The encoder's view of real pairs: what the cache stores, computed here when it does not."""
+        sketch_taps = self.encoder(sketch)
+        return RealFeatures(self.encoder(photo), sketch_taps[-1], [gram_matrix(t) for t in sketch_taps])
+
+    # ------------------------------------------------------------------ batched
+    def generator_terms(self, fake: torch.Tensor, fake_taps: list[torch.Tensor], sketch: torch.Tensor,
+                        sketch_deep: torch.Tensor, sketch_grams: list[torch.Tensor], photo: torch.Tensor
+                        ) -> dict[str, torch.Tensor]:
+        """G's unweighted terms for generated sketches against their real pairs, through the current D (the
+        structure critic, where it is on, also sees the photos)."""
+        d, fm = self.discriminator, self.weights.feature_matching > 0
+        fake_grams = [gram_matrix(t) for t in fake_taps]
+        fake_critic = d.features(fake_grams)
+        terms = {
+            "gram": gram_loss(sketch_grams, fake_grams),
+            "adversarial": hinge_g_loss(d.score(fake_critic)),
+            "content": content_loss(sketch_deep, fake_taps[-1]),
+            "pixel_l1": (fake - sketch).abs().mean(),
+        }
+        if fm:
+            with torch.no_grad():
+                real_critic = d.features(sketch_grams)
+            terms["feature_matching"] = feature_matching_loss(real_critic, fake_critic)
+        if d.patch is not None:
+            fake_patch = d.patch.features(photo, fake)
+            terms["structure"] = hinge_g_loss(d.patch.score(fake_patch))
+            if fm:
+                with torch.no_grad():
+                    real_patch = d.patch.features(photo, sketch)
+                terms["feature_matching"] = terms["feature_matching"] + feature_matching_loss(real_patch, fake_patch)
+        if self.clip is not None:
+            terms["clip"] = self.clip(sketch, fake)
+        return terms
+
+    def weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """G's loss: each term times its weight in config.LossConfig."""
+        return sum(getattr(self.weights, name) * value for name, value in terms.items())
+
+    def discriminator_loss(self, real_grams: list[torch.Tensor], fake_grams: list[torch.Tensor],
+                           photo: torch.Tensor, sketch: torch.Tensor, fake: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hinge + FedDecorr on the real features (real and fake share one BatchNorm batch), plus the structure
+        critic's hinge on (photo, sketch) pairs where it is on. Returns (loss, FedDecorr term)."""
+        n = real_grams[0].shape[0]
+        logits, feats = self.discriminator([torch.cat([r, f]) for r, f in zip(real_grams, fake_grams, strict=True)])
+        decorr = feddecorr_loss(feats[:n])
+        loss = hinge_d_loss(logits[:n], logits[n:]) + self.weights.feddecorr * decorr
+        patch = self.discriminator.patch
+        if patch is not None:
+            scores = patch.score(patch.features(torch.cat([photo, photo]), torch.cat([sketch, fake])))
+            loss = loss + hinge_d_loss(scores[:n], scores[n:])
+        return loss, decorr
+
+    # ------------------------------------------------------------------ per pair (record-level DP)
+    def discriminator_pair_loss(self, critic: Callable, sketch_grams: list[torch.Tensor],
+                                fake_grams: list[torch.Tensor], photo: torch.Tensor, sketch: torch.Tensor,
+                                fake: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One pair's D loss: hinge(D(real)) + hinge(D(G(photo))); FedDecorr couples pairs, so it has no place."""
+        loss = hinge_d_loss(critic(sketch_grams)[0], critic(fake_grams)[0])
+        if self.discriminator.patch is not None:
+            loss = loss + hinge_d_loss(critic(photo, sketch, submodule="patch"),
+                                       critic(photo, fake, submodule="patch"))
+        return loss, {"loss_d": loss}
+
+    def generator_pair_loss(self, generate: Callable, photo_taps: list[torch.Tensor], sketch_deep: torch.Tensor,
+                            sketch_grams: list[torch.Tensor], sketch: torch.Tensor, photo: torch.Tensor
+                            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One pair's weighted G loss (the inputs are ``RealFeatures.as_inputs()`` + sketch, photo)."""
+        fake = generate(photo_taps)
+        terms = self.generator_terms(fake, self.encoder(fake), sketch, sketch_deep, sketch_grams, photo)
+        loss = self.weighted(terms)
+        return loss, {**terms, "loss_g": loss}
