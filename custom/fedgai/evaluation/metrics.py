@@ -1,5 +1,6 @@
 """Held-out quality of generated sketches against the real ones: distribution distances on frozen features,
-pixel metrics, an ink (stroke) score, studio-style consistency and CLIP photo<->sketch agreement.
+pixel metrics, an ink (stroke) score, studio-style consistency (style accuracy, FD-Style, the paired Gram
+distance) and CLIP photo<->sketch agreement.
 
 Every function takes [-1, 1] tensors (sketches 1 x H x W, photos 3 x H x W). `MetricSuite` builds the slow
 networks once; `evaluate_generated` is the one call a benchmark needs.
@@ -30,6 +31,7 @@ from fedgai.evaluation.features import (
 from fedgai.evaluation.ink import ink_iou, ink_mask, to_unit
 from fedgai.evaluation.style import StyleClassifier
 from fedgai.losses import ClipLoss, load_clip
+from fedgai.models import Encoder, gram_matrix
 
 UNAVAILABLE = "unavailable"
 Metrics = dict[str, float | str]
@@ -73,6 +75,35 @@ def _trace_sqrt_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     eigenvalues, vectors = torch.linalg.eigh(a.T @ a)
     root = (vectors * eigenvalues.clamp(min=0).sqrt()) @ vectors.T  # symmetric sqrt(S1)
     return torch.linalg.eigvalsh(root @ (b.T @ b) @ root).clamp(min=0).sqrt().sum()
+
+
+def style_frechet_distance(style: StyleClassifier, real: torch.Tensor, fake: torch.Tensor) -> float:
+    """FD-Style: the Fréchet distance of two EfficientNet feature sets in the style classifier's space
+    (StyleClassifier.embed), so that only what separates the studios' drawing styles counts."""
+    return frechet_distance(style.embed(real), style.embed(fake))
+
+
+@torch.no_grad()
+def gram_distance(encoder: Encoder, fakes: torch.Tensor, reals: torch.Tensor, batch: int = 16) -> float:
+    """Paired style distance: for each generated sketch and the real sketch of the same pair, the squared
+    difference of their Gram matrices at every encoder tap (the taps the generator draws from), relative to
+    the real Gram's energy, averaged over taps and pairs (0 = the same channel statistics everywhere).
+
+    The relative scale is the one the training Gram loss uses (losses.gram_loss): raw Gram magnitudes differ
+    by orders of magnitude between taps and encoders, and a raw mean would measure only the largest tap.
+    Distances are comparable between runs with the same encoder (the report's run table names it).
+    """
+    if len(fakes) != len(reals) or not len(reals):
+        raise ValueError(f"Gram distance needs equally many (>= 1) fakes and reals, got {len(fakes)}, {len(reals)}")
+    device = next(encoder.buffers()).device
+    per_pair = []
+    for fake, real in zip(fakes.split(batch), reals.split(batch), strict=True):
+        fake_taps, real_taps = encoder(fake.to(device)), encoder(real.to(device))
+        taps = [(gram_matrix(f) - gram_matrix(r)).square().mean((1, 2)) / (gram_matrix(r).square().mean((1, 2))
+                                                                           + 1e-12)
+                for f, r in zip(fake_taps, real_taps, strict=True)]
+        per_pair.append(torch.stack(taps).mean(0).double().cpu())
+    return float(torch.cat(per_pair).mean())
 
 
 def kernel_distance(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, max_subset_size: int = 1000,
@@ -182,12 +213,14 @@ class MetricSuite:
 
     def evaluate(self, photos: torch.Tensor, fakes: torch.Tensor, reals: torch.Tensor,
                  style: StyleClassifier | None = None, studio: str | None = None,
-                 real_features: torch.Tensor | None = None) -> Metrics:
+                 real_features: torch.Tensor | None = None, encoder: Encoder | None = None) -> Metrics:
         """All metrics of one studio's generated test sketches against its real ones.
 
         style/studio: a classifier fitted on the real training sketches of the studios being compared and
-        this studio's name; gives style_acc, the share of generated sketches it attributes to this studio.
+        this studio's name; gives style_acc, the share of generated sketches it attributes to this studio,
+        and FD-Style, the distance of the two sets in the classifier's style space.
         real_features: `features(reals)` when the caller compares many runs against the same real sketches.
+        encoder: the run's frozen encoder; gives Gram_dist, the paired Gram-matrix distance at its taps.
         """
         if not len(photos) == len(fakes) == len(reals):
             raise ValueError(f"photos, fakes and reals differ in count: {len(photos)}, {len(fakes)}, {len(reals)}")
@@ -200,7 +233,11 @@ class MetricSuite:
                 "ink_chamfer_px": ink_chamfer(fakes, reals, t)}
         if style is not None and studio is not None:
             out |= {"style_acc": style.accuracy(fake_feats, studio),
-                    "style_acc_real": style.accuracy(real_feats, studio)}
+                    "style_acc_real": style.accuracy(real_feats, studio),
+                    "FD-Style": style_frechet_distance(style, real_feats, fake_feats) if len(reals) >= 2
+                    else UNAVAILABLE}
+        if encoder is not None:
+            out["Gram_dist"] = gram_distance(encoder, fakes, reals, self.cfg.batch_size)
         out |= self.inception_distances(reals, fakes)
         out["CLIP_photo_sketch"] = self.clip_similarity(photos, fakes)
         return out
@@ -208,7 +245,7 @@ class MetricSuite:
 
 def evaluate_generated(photos: torch.Tensor, fakes: torch.Tensor, reals: torch.Tensor,
                        suite: MetricSuite | None = None, style: StyleClassifier | None = None,
-                       studio: str | None = None) -> Metrics:
+                       studio: str | None = None, encoder: Encoder | None = None) -> Metrics:
     """Metrics of generated vs real sketches for callers without a run folder (benchmarks). Pass a
     `MetricSuite` built once when calling repeatedly: building one loads the feature networks."""
-    return (suite or MetricSuite()).evaluate(photos, fakes, reals, style, studio)
+    return (suite or MetricSuite()).evaluate(photos, fakes, reals, style, studio, encoder=encoder)
