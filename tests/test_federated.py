@@ -270,7 +270,7 @@ def test_straggler_grace_waits_only_that_long_once_min_clients_answered(test_cfg
 
 
 def test_controller_sends_only_shared_discriminator_entries_and_the_config(test_cfg, tmp_path):
-    ctrl = OfflineController(test_cfg, tmp_path, lambda m: [_reply("s1", _scaled(m.params, 0.0), 4)])
+    ctrl = OfflineController(test_cfg, tmp_path, lambda m: [_reply("s1", _scaled(m.params, 0.01), 4)])
     ctrl.run()
     d = build_discriminator(test_cfg)
     expected = shared_keys({"discriminator": d}, "fedgai")

@@ -123,7 +123,7 @@ def run_round(cfg, tmp_path: Path, updates: dict[str, tuple[dict, int]]) -> np.n
 def test_one_studio_cannot_dominate_or_reverse_the_global_step(honest, tmp_path, aggregator, max_shift, min_cos):
     """The attacker shifts the global step by at most max_shift x what one honest studio does and never takes
     its direction (cosine to the honest mean stays above min_cos)."""
-    cfg = profile("test").with_overrides({"fed.rounds": 1, "fed.aggregator": aggregator})
+    cfg = profile("test").with_overrides({"fed.rounds": 1, "fed.aggregator": aggregator, "fed.min_clients": 3})
     fair = {s: (u, 48) for s, u in honest.items()}
     baseline = run_round(cfg, tmp_path, fair)
     one_honest = np.linalg.norm(baseline - run_round(cfg, tmp_path, {s: fair[s] for s in list(fair)[1:]}))

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from fedgai.federated.aggregation import robust_count_problem
+
 # Each choice list is written once, as the field's type; the tuples (for CLIs and messages) derive from it.
 EncoderName = Literal["auto", "vgg16", "efficientnet-lite0", "random"]
 FedMode = Literal["fedgai", "local", "fedavg_full", "fedavg_bn", "fedbn"]
@@ -173,6 +175,11 @@ class FedConfig:
             _positive(f"fed.site_max_samples.{site}", cap)
         if not 0 <= self.trim_fraction < 0.5:
             raise ConfigError(f"fed.trim_fraction must be in [0, 0.5), got {self.trim_fraction}")
+        # A round aggregates as few as fed.min_clients studios: a robust aggregator must be robust with that many.
+        problem = robust_count_problem(self.aggregator, self.trim_fraction, self.min_clients)
+        if problem:
+            raise ConfigError(f"{problem}; fed.min_clients ({self.min_clients}) is the fewest studios a round may "
+                              "aggregate: raise it, or use fedavg")
 
 
 @dataclass

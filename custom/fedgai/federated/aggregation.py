@@ -8,6 +8,10 @@ Three levers, each bounding what one studio can do within the rules:
   weights and discard the extreme values of every coordinate.
 
 Medians are "lower" medians (the smaller middle value), so with two studios the bound follows the smaller one.
+Updates at or below a floor (zero, or too small to change a float32 model) and non-finite ones are refused
+before any median is taken, so a studio sending nothing cannot scale every honest update down to nothing.
+The trimmed mean and the median only set one studio's values aside from 3 studios on (``robust_min_studios``);
+below that they are the plain mean and are refused rather than run under a name that promises more.
 Everything here is numpy on plain dicts; the controller and the tests call it alike.
 """
 
@@ -16,12 +20,20 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedgai.config import FedConfig
+if TYPE_CHECKING:  # config validates fed.aggregator with robust_min_studios, so it imports this module
+    from fedgai.config import FedConfig
 
 Params = Mapping[str, np.ndarray]
+# Relative float32 resolution: an update smaller than this times the model's norm leaves the model as it was.
+FLOAT32_RESOLUTION = float(np.finfo(np.float32).eps)
+
+
+class TooFewStudios(ValueError):
+    """The configured aggregator cannot set aside one hostile studio's values with this many studios."""
 
 
 @dataclass(frozen=True)
@@ -71,13 +83,44 @@ def capped_weights(claims: Mapping[str, int], fed: FedConfig, first_seen: Mappin
     return {site: Weight(float(v), "; ".join(notes) or None) for site, (v, notes) in weights.items()}
 
 
-def clip_to_median_norm(updates: Mapping[str, Params], factor: float | None
+def near_zero_norm(reference: Params) -> float:
+    """The norm at or below which an update is refused as empty: float32 resolution x the model's norm.
+
+    Relative to the model, so the floor means the same for any network size; an update this small would not
+    change the float32 model, so no training studio sends one, and a zero update must not set the round's
+    median-based norm bound (with two studios it would scale the other studio's update to 0).
+    """
+    return FLOAT32_RESOLUTION * update_norm(reference)
+
+
+def size_problem(params: Params, floor: float) -> str | None:
+    """Why an update's size disqualifies it (non-finite, or norm at or below ``floor``), else None."""
+    norm = update_norm(params)
+    if not math.isfinite(norm):
+        return "update contains NaN or Inf"
+    if norm <= floor:
+        return (f"update norm {norm:.3g} is at or below the floor {floor:.3g} (an empty update: it cannot change "
+                "the model, and would pull the round's median-based norm bound down to nothing)")
+    return None
+
+
+def clip_to_median_norm(updates: Mapping[str, Params], factor: float | None, floor: float = 0.0
                         ) -> tuple[dict[str, Params], float | None]:
-    """Scale every update longer than ``factor`` x the round's median norm down to it; returns (updates, bound)."""
+    """Scale every update longer than ``factor`` x the round's median norm down to it; returns (updates, bound).
+
+    The median is taken over the norms above ``floor`` and the bound is never below ``floor``: screening
+    refuses updates at or below it (``near_zero_norm``, or under client-level DP what the noise alone
+    reaches), and one that got here anyway must not pull the bound down for everyone else. Non-finite
+    updates raise ValueError: their norm would make the bound meaningless.
+    """
     if factor is None or not updates:
         return dict(updates), None
     norms = {site: update_norm(params) for site, params in updates.items()}
-    bound = factor * lower_median(list(norms.values()))
+    nonfinite = sorted(site for site, norm in norms.items() if not math.isfinite(norm))
+    if nonfinite:
+        raise ValueError(f"non-finite updates reached the norm bound (screen them first): {', '.join(nonfinite)}")
+    above = [norm for norm in norms.values() if norm > floor]
+    bound = max(factor * lower_median(above), floor) if above else floor
     out: dict[str, Params] = {}
     for site, params in updates.items():
         scale = bound / norms[site] if norms[site] > bound else 1.0
@@ -104,6 +147,33 @@ def trimmed_count(n: int, fraction: float) -> int:
     return min(math.ceil(fraction * n), (n - 1) // 2)
 
 
+def robust_min_studios(aggregator: str, trim_fraction: float) -> int | None:
+    """The fewest studios at which ``aggregator`` sets one hostile studio's values aside; None if it never does.
+
+    fedavg weighs every studio by design; the median of two values and a trimmed mean that cuts nothing are
+    the plain mean. From 3 studios on, the median and a trimmed mean with trim_fraction > 0 drop one studio's
+    value at each end of every coordinate.
+    """
+    if aggregator == "fedavg" or (aggregator == "trimmed_mean" and trim_fraction == 0):
+        return None
+    return 3
+
+
+def robust_count_problem(aggregator: str, trim_fraction: float, studios: int) -> str | None:
+    """Why ``aggregator`` cannot be run as configured over ``studios`` studios, or None."""
+    if aggregator == "fedavg":
+        return None
+    needed = robust_min_studios(aggregator, trim_fraction)
+    if needed is None:
+        return (f"fed.aggregator {aggregator} with fed.trim_fraction 0 cuts nothing: it is the plain mean; "
+                "use fedavg, or a trim_fraction > 0")
+    if studios < needed:
+        return (f"fed.aggregator {aggregator} sets one hostile studio's values aside only with {needed} or more "
+                f"studios, got {studios}: with fewer it is the plain mean (use fedavg and trust every studio, or "
+                "federate more studios)")
+    return None
+
+
 def coordinate_wise(updates: Sequence[Params], statistic: str, trim_fraction: float) -> dict[str, np.ndarray]:
     """Coordinate-wise median or trimmed mean of the updates (unweighted: counts are self-reported)."""
     out = {}
@@ -119,7 +189,14 @@ def coordinate_wise(updates: Sequence[Params], statistic: str, trim_fraction: fl
 
 
 def aggregate(updates: Mapping[str, Params], weights: Mapping[str, Weight], fed: FedConfig) -> dict[str, np.ndarray]:
-    """The global step from screened, norm-clipped updates, with the configured aggregator."""
+    """The global step from screened, norm-clipped updates, with the configured aggregator.
+
+    Raises TooFewStudios when a trimmed mean or median would run over too few updates to be robust (a round
+    in which studios dropped out or were refused): the job stops with the reason instead of averaging.
+    """
+    problem = robust_count_problem(fed.aggregator, fed.trim_fraction, len(updates))
+    if problem:
+        raise TooFewStudios(f"refusing to aggregate this round: {problem}")
     if fed.aggregator == "fedavg":
         return weighted_mean([(params, weights[site].value) for site, params in updates.items()])
     return coordinate_wise(list(updates.values()), fed.aggregator, fed.trim_fraction)

@@ -4,8 +4,10 @@ D scores Gram matrices of the frozen encoder's features, so two studios whose en
 auto`` picks VGG-16 where its weights are cached, EfficientNet-Lite0 elsewhere) train Ds that cannot be
 averaged. The feature space is named by a small dict (the fingerprint): encoder name and weights hash, CLIP
 state, image size and the discriminator's shape. Studios report theirs with every update; the server fixes the
-federation's from the first round's majority, sends it with the global model and refuses other updates;
-a studio refuses a global model from another feature space. Each side says what differs.
+federation's from a strict majority of the first round's studios, sends it with the global model and refuses
+other updates; a studio refuses a global model from another feature space. Each side says what differs.
+A strict majority, because a fingerprint is self-reported: with two studios a tie broken by sorting would let a
+studio that makes one up decide the federation's feature space and lock the honest studio out.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from fedgai.config import FedgaiConfig
 FINGERPRINT_META_KEY = "fedgai_feature_space"
 FIELDS = ("encoder", "encoder_weights", "clip", "image_size", "discriminator")
 MAX_VALUE_LENGTH = 200
+NO_MAJORITY = ("no feature space is reported by a strict majority of the studios, so none is adopted (a tie cannot "
+               "tell a made-up fingerprint from a real one): the studios must run the same encoder and CLIP setting")
 FeatureSpace = dict[str, Any]
 
 
@@ -72,11 +76,17 @@ def differences(own: Mapping[str, Any], other: Mapping[str, Any], here: str, the
             if key in own and key in other and own[key] != other[key]]
 
 
-def update_problem(reported: Any, expected: Mapping[str, Any]) -> str | None:
-    """Server side: why a studio's reported fingerprint does not fit the federation's (or its config's), or None."""
+def update_problem(reported: Any, expected: Mapping[str, Any] | None) -> str | None:
+    """Server side: why a studio's reported fingerprint does not fit the federation's (or its config's), or None.
+
+    ``expected`` is None when the studios were asked to agree and no fingerprint held a strict majority
+    (``majority``): then no update fits, since none can be told apart from a made-up one.
+    """
     fingerprint, problem = parse(reported)
     if problem:
         return problem
+    if expected is None:
+        return NO_MAJORITY
     diff = differences(fingerprint, expected, "at the studio", "in the federation")
     return f"feature space differs from the federation's: {'; '.join(diff)}" if diff else None
 
@@ -98,11 +108,18 @@ def check_global_model(own: Mapping[str, Any], received: Any) -> None:
             "join it: use the federation's encoder (model.encoder / model.vgg_weights) and CLIP setting")
 
 
-def majority(fingerprints: Mapping[str, FeatureSpace]) -> FeatureSpace:
-    """The fingerprint most studios report (ties: the first by its sorted fields, so the choice is repeatable)."""
+def majority(fingerprints: Mapping[str, FeatureSpace]) -> FeatureSpace | None:
+    """The fingerprint more than half of the studios report, or None when none does (a tie, or a split).
+
+    No tie-break: any rule that picks one of two equally reported fingerprints lets a hostile studio win the
+    pick with a fingerprint it made up. Without a strict majority nothing is adopted and the next round asks
+    again; ``update_problem(..., None)`` gives the reason every update of such a round is refused.
+    """
     counts: dict[tuple, tuple[int, FeatureSpace]] = {}
     for fingerprint in fingerprints.values():
         key = tuple((k, str(fingerprint[k])) for k in FIELDS)
         counts[key] = (counts.get(key, (0, fingerprint))[0] + 1, fingerprint)
-    best = min(counts, key=lambda key: (-counts[key][0], key))
-    return counts[best][1]
+    for count, fingerprint in counts.values():
+        if 2 * count > len(fingerprints):
+            return fingerprint
+    return None

@@ -1,7 +1,7 @@
 """Server-side screening of one studio's contribution before it may touch the global model.
 
 Everything a studio sends is untrusted: any type can arrive where a number or an array is expected. A bad
-contribution (wrong keys, shapes or dtypes, NaN/Inf, an outsized update, no usable sample count) is dropped
+contribution (wrong keys, shapes or dtypes, NaN/Inf, an outsized or empty update, no usable sample count) is dropped
 with a reason; the round goes on with the others. What the server keeps of a contribution for its records
 (metrics, epsilon) is converted to plain, finite JSON values here. Every check is a plain function, so the
 rules can be tested without NVFlare.
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from fedgai.config import FedgaiConfig
-from fedgai.federated.aggregation import update_norm
+from fedgai.federated.aggregation import near_zero_norm, size_problem, update_norm
 
 PREVIEW = 3
 # Standard deviations of the DP noise's norm allowed above its mean before an update counts as outsized.
@@ -97,6 +97,23 @@ def update_norm_bound(cfg: FedgaiConfig, num_params: int) -> float | None:
     return max(bound, float(noisy))
 
 
+def update_norm_floor(cfg: FedgaiConfig, reference: Mapping[str, np.ndarray]) -> float:
+    """The norm at or below which an update is refused as empty: also the floor under the median-based bound.
+
+    Plain: float32 resolution x the model's norm (``near_zero_norm``). Under client-level DP every honest
+    update carries noise of norm ~ sigma C sqrt(d), and its clipped signal (norm <= C) can cancel at most C of
+    it, so anything below sigma C (sqrt(d) - margin) - C was not noised as the job says: without this floor a
+    studio sending zeros would set the median bound to 0 with two studios.
+    """
+    floor = near_zero_norm(reference)
+    p = cfg.privacy
+    if p.dp != "client":
+        return floor
+    d = sum(v.size for v in reference.values())
+    noise = p.noise_multiplier * p.clip_norm * (np.sqrt(d) - NOISE_NORM_MARGIN) - p.clip_norm
+    return max(floor, float(noise))
+
+
 def contribution_problem(
     params: Any,
     params_type: Any,
@@ -105,13 +122,15 @@ def contribution_problem(
     max_update_norm: float | None,
     *,
     count_required: bool = True,
+    min_update_norm: float | None = None,
 ) -> str | None:
     """Why a contribution cannot be aggregated, or None when it can.
 
     ``reference`` holds the global entries the mode federates (empty for the local-only baseline, where a
     studio must send metrics only). Updates must be DIFFs: a partial FULL update would replace the whole
     global dict in NVFlare's ``FLModelUtils.update_model``. ``count_required`` is off under DP, where studios
-    do not send their pair count and every studio weighs the same.
+    do not send their pair count and every studio weighs the same. Updates whose norm is at or below
+    ``min_update_norm`` (``update_norm_floor``; by default ``near_zero_norm(reference)``) are refused as empty.
     """
     if count_required:
         problem = sample_count(num_samples)[1]
@@ -139,7 +158,7 @@ def contribution_problem(
     norm = update_norm(params)
     if max_update_norm is not None and norm > max_update_norm:
         return f"update norm {norm:.4g} exceeds fed.max_update_norm {max_update_norm:g}"
-    return None
+    return size_problem(params, near_zero_norm(reference) if min_update_norm is None else min_update_norm)
 
 
 def _array_problem(params: Mapping[str, Any], reference: Mapping[str, np.ndarray]) -> str | None:
