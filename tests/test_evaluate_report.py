@@ -11,11 +11,24 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from fedgai.cli import main
+from fedgai.evaluation.report import fmt_bytes
 from fedgai.evaluation.runs import find_studio_folders
 from fedgai.federated.client import save_round
 from fedgai.trainer import StudioTrainer
+
+
+class CodeOnLoad:
+    """Unpickling this object creates `marker`: stands in for any code a crafted checkpoint could run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
 
 FAST = ["--feature-size", "64", "--style-pairs", "12", "--gallery-rows", "2", "--threads", "1"]
 UPLOAD, DOWNLOAD, EPSILON = 4096, 8192, 2.5
@@ -66,11 +79,37 @@ def test_help_names_the_metrics_honestly(capsys):
     assert "EfficientNet-Lite0" in out and "not FID" in out and "--data" in out and "report.html" in out
 
 
-def test_missing_data_is_a_clear_error(runs, capsys):
+def test_a_train_local_run_finds_the_studio_folder_it_recorded(runs, tmp_path):
     local_run = sorted(runs["local"].iterdir())[0]
-    assert main(["evaluate", str(local_run), "--out", str(runs["local"].parent / "no-data")]) == 2
+    assert main(["evaluate", str(local_run), "--out", str(tmp_path / "report"), *FAST]) == 0  # no --data
+    with (tmp_path / "report" / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["studio"] for r in rows] == [local_run.name] and float(rows[0]["FD-EffNetLite0"]) >= 0
+
+
+def test_a_moved_studio_folder_is_a_clear_error(runs, tmp_path, capsys):
+    moved = tmp_path / "run"
+    shutil.copytree(sorted(runs["local"].iterdir())[0], moved)
+    checkpoint = moved / "checkpoints" / "last.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    state["metadata"]["studio_dir"] = str(tmp_path / "moved-away")  # the folder the run recorded is gone
+    torch.save(state, checkpoint)
+    assert main(["evaluate", str(moved), "--out", str(tmp_path / "no-data")]) == 2
     err = capsys.readouterr().err
-    assert "no data folder for studio" in err and "--data" in err and "Traceback" not in err
+    assert "no data folder for studio" in err and "moved-away" in err and "--data" in err
+    assert "Traceback" not in err and not (tmp_path / "no-data").exists()
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_unopened(runs, tmp_path, capsys):
+    planted = tmp_path / "run"
+    shutil.copytree(sorted(runs["local"].iterdir())[0], planted)
+    checkpoint = planted / "checkpoints" / "last.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    state["payload"] = CodeOnLoad(tmp_path / "code-ran")
+    torch.save(state, checkpoint)
+    assert main(["evaluate", str(planted), "--out", str(tmp_path / "out")]) == 2
+    assert "not a fedgai studio checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "code-ran").exists()
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +126,8 @@ def report(runs, demo_root, tmp_path_factory) -> tuple[Path, str]:
 def test_table_csv_and_json_compare_both_runs_per_studio(report, demo_root):
     out, printed = report
     names = [p.name for p in studios(demo_root)]
-    for column in ("studio", "n test", "FD", "KD", "SSIM", "PSNR", "ink IoU", "style acc", "small", "large"):
+    for column in ("studio", "n test", "FD", "KD", "SSIM", "PSNR", "ink IoU", "style acc", "FD-Style", "Gram",
+                   "small", "large"):
         assert column in printed
     with (out / "metrics.csv").open() as fh:
         rows = list(csv.DictReader(fh))
@@ -96,6 +136,7 @@ def test_table_csv_and_json_compare_both_runs_per_studio(report, demo_root):
         (run, name) for run in ("local-only", "fedgai") for name in names)
     for row in rows:
         assert float(row["FD-EffNetLite0"]) >= 0 and 0 <= float(row["style_acc"]) <= 1
+        assert float(row["FD-Style"]) >= 0 and float(row["Gram_dist"]) >= 0
         assert -1 <= float(row["SSIM"]) <= 1 and 0 <= float(row["ink_IoU"]) <= 1
         assert int(row["n_test"].split(".")[0]) >= 1
     data = json.loads((out / "metrics.json").read_text())
@@ -105,6 +146,20 @@ def test_table_csv_and_json_compare_both_runs_per_studio(report, demo_root):
     assert all(r["upload_bytes"] == 0 and r["dp_epsilon"] is None for r in data["results"] if r["run"] != "fedgai")
     assert {m["size_group"] for m in data["group_means"]} == {r["size_group"] for r in data["results"]}
     assert all(row["FID"] == "unavailable" or float(row["FID"]) >= 0 for row in rows)  # never a made-up number
+    assert {"FD-Style", "Gram_dist"} <= data["metrics"].keys()
+
+
+@pytest.mark.parametrize(("count", "shown"), [(0, "0 B"), (999, "999 B"), (4096, "4.1 kB"), (1_480_000, "1.48 MB"),
+                                              (9_596_000, "9.6 MB"), (123_456_789, "123 MB")])
+def test_bytes_read_in_si_units(count, shown):
+    assert fmt_bytes(count) == shown
+
+
+def test_report_shows_traffic_in_kb_and_mb(report):
+    out, _ = report
+    html = (out / "report.html").read_text()
+    traffic = html[html.index("<h2>Traffic and privacy</h2>"):html.index("<h2>Galleries")]
+    assert "4.1 kB" in traffic and "8.19 kB" in traffic and "e+0" not in traffic
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from fedgai.config import EvalConfig
 from fedgai.data import SketchPairDataset, Studio, load_studio
 from fedgai.device import resolve_device
+from fedgai.edge.sketcher import Sketcher
 from fedgai.evaluation.metrics import Metrics, MetricSuite
 from fedgai.evaluation.runs import Run, StudioRun, find_studio_data, load_run, merge_runs
 from fedgai.evaluation.style import StyleClassifier
@@ -57,12 +58,14 @@ class Evaluation:
 
 
 def resolve_data(runs: Sequence[Run], data: Path | None) -> dict[str, Studio]:
-    """Every evaluated studio's validated data folder, from --data or else the runs' own data/ folders."""
+    """Every evaluated studio's validated data folder: from --data when given, else the studio folder the run
+    recorded (metadata "studio_dir"), else the runs' own data/ folders (simulator workspaces)."""
     if data is not None and not data.is_dir():
         raise FileNotFoundError(f"--data {data} is not a folder")
     candidates = [data] if data is not None else [d for r in runs for d in r.default_data]
-    names = dict.fromkeys(s.studio for r in runs for s in r.studios)
-    return {name: load_studio(find_studio_data(name, candidates)) for name in names}
+    studio_runs = {s.studio: s for r in runs for s in r.studios}
+    return {name: load_studio(find_studio_data(name, candidates, None if data else s.recorded_data))
+            for name, s in studio_runs.items()}
 
 
 def traffic(run: Run, site: str) -> tuple[int, int, float | None]:
@@ -88,12 +91,9 @@ def held_out_pairs(studio: Studio, studio_run: StudioRun, image_size: int) -> tu
 
 
 @torch.no_grad()
-def generate(checkpoint: Path, photos: torch.Tensor, device: str, batch: int) -> tuple[torch.Tensor, int]:
-    """The run's generated sketches for `photos` (already at its resolution) and that resolution."""
-    from fedgai.edge import Sketcher
-
-    sketcher = Sketcher(checkpoint, device=device)
-    return torch.cat([sketcher(chunk) for chunk in photos.split(batch)]), sketcher.image_size
+def generate(sketcher: Sketcher, photos: torch.Tensor, batch: int) -> torch.Tensor:
+    """The run's generated sketches for `photos` (already at its resolution)."""
+    return torch.cat([sketcher(chunk) for chunk in photos.split(batch)])
 
 
 def generator_size(studio_run: StudioRun) -> int:
@@ -134,8 +134,10 @@ def evaluate_runs(paths: Sequence[Path], data: Path | None = None, labels: Seque
     for run, studio_run in tqdm(jobs, desc="evaluating studios", disable=not progress):
         studio = studios[studio_run.studio]
         photos, reals = held_out_pairs(studio, studio_run, generator_size(studio_run))
-        fakes, size = generate(studio_run.checkpoint, photos, device, suite.cfg.batch_size)
-        metrics = suite.evaluate(photos, fakes, reals, styles[size], studio_run.studio)
+        sketcher = Sketcher(studio_run.checkpoint, device=device)
+        fakes = generate(sketcher, photos, suite.cfg.batch_size)
+        metrics = suite.evaluate(photos, fakes, reals, styles[sketcher.image_size], studio_run.studio,
+                                 encoder=sketcher.encoder)
         results.append(studio_result(run, studio_run, studio, metrics, suite.cfg))
         add_to_gallery(galleries, run.label, studio_run, photos, reals, fakes, suite.cfg.gallery_rows)
     notes = {"CLIP": suite.clip_status, "Inception FID/KID": suite.inception_status,

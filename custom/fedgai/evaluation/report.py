@@ -34,12 +34,18 @@ METRICS: dict[str, tuple[str, str]] = {
     "ink_chamfer_px": ("mean distance from each stroke to the nearest stroke of the other drawing, px", "lower"),
     "style_acc": ("share of generated sketches the studio-style classifier assigns to their own studio", "higher"),
     "style_acc_real": ("the same on the real test sketches: the classifier's ceiling", "higher"),
+    "FD-Style": ("Fréchet distance of the studio-style classifier's probabilities over the studios, generated vs "
+                 "real test sketches: the studio's own style, not only its argmax", "lower"),
+    "Gram_dist": ("per test pair, squared difference of the run encoder's Gram matrices (generated vs real "
+                  "sketch) at the generator's taps, relative to the real one's energy; mean over taps and pairs",
+                  "lower"),
     "FID": ("Fréchet Inception distance (Inception-v3 features)", "lower"),
     "KID": ("kernel Inception distance", "lower"),
     "CLIP_photo_sketch": ("CLIP cosine similarity, photo vs generated sketch", "higher"),
 }
 TABLE_COLUMNS = (("FD", "FD-EffNetLite0", "{:.2f}"), ("KD", "KD-EffNetLite0", "{:.4f}"), ("SSIM", "SSIM", "{:.3f}"),
-                 ("PSNR", "PSNR", "{:.2f}"), ("ink IoU", "ink_IoU", "{:.3f}"), ("style acc", "style_acc", "{:.2f}"))
+                 ("PSNR", "PSNR", "{:.2f}"), ("ink IoU", "ink_IoU", "{:.3f}"), ("style acc", "style_acc", "{:.2f}"),
+                 ("FD-Style", "FD-Style", "{:.3f}"), ("Gram", "Gram_dist", "{:.4f}"))
 CURVE_KEYS = ("loss_g", "loss_d", "quality_l1", "quality_gram")
 
 
@@ -47,6 +53,20 @@ def fmt(value: object, pattern: str = "{:.4g}") -> str:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return pattern.format(value) if math.isfinite(value) else str(value)
     return "-" if value is None else str(value)
+
+
+BYTE_UNITS = ("B", "kB", "MB", "GB", "TB")
+
+
+def fmt_bytes(count: int) -> str:
+    """A byte count as people read it (SI units: 9.6 MB, not 9.596e+06)."""
+    exponent = 0
+    while exponent < len(BYTE_UNITS) - 1 and count >= 1000 ** (exponent + 1):
+        exponent += 1
+    if exponent == 0:
+        return f"{count} B"
+    value = count / 1000**exponent
+    return f"{value:.3g} {BYTE_UNITS[exponent]}" if value < 100 else f"{value:.0f} {BYTE_UNITS[exponent]}"
 
 
 def table_rows(results: Sequence[StudioResult]) -> list[list[str]]:
@@ -215,8 +235,9 @@ def write_html(path: Path, evaluation: Evaluation) -> None:
         ["run", "size group", "studios", *names], ([m["run"], m["size_group"], m["studios"], *(m.get(k) for k in names)]
                                                    for m in means)))
     parts.append("<h2>Traffic and privacy</h2>" + html_table(
-        ["run", "studio", "site", "uploaded bytes", "downloaded bytes", "DP epsilon"],
-        ([r.run, r.studio, r.site, r.upload_bytes, r.download_bytes, r.dp_epsilon] for r in results)))
+        ["run", "studio", "site", "uploaded", "downloaded", "DP epsilon"],
+        ([r.run, r.studio, r.site, fmt_bytes(r.upload_bytes), fmt_bytes(r.download_bytes), r.dp_epsilon]
+         for r in results)))
     parts.append("<h2>Galleries (test pairs)</h2>")
     parts += [gallery_html(studio, g) for studio, g in evaluation.galleries.items()]
     parts.append("<h2>Training curves</h2>")

@@ -9,6 +9,7 @@ downloaded result. Round summaries are the server's round-NNN.json files, wherev
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,12 @@ class StudioRun:
     @property
     def checkpoint(self) -> Path:
         return self.folder / CHECKPOINT
+
+    @property
+    def recorded_data(self) -> Path | None:
+        """The studio folder the trainer recorded (absolute), if the run is recent enough to have one."""
+        recorded = self.metadata.get("studio_dir")
+        return Path(recorded) if isinstance(recorded, str) and recorded else None
 
     def history(self) -> list[dict[str, Any]]:
         """Per-round (metrics.jsonl, federated) or per-epoch (history.jsonl, train-local) training records."""
@@ -80,7 +87,11 @@ def load_studio_run(folder: Path) -> StudioRun:
     if not (folder / SPLIT_FILE).is_file():
         raise RunLayoutError(f"{folder} has a checkpoint but no {SPLIT_FILE}: it was trained without a held-out "
                              "split, so there are no test pairs to evaluate on")
-    state = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=False)
+    try:  # weights_only: a checkpoint is data; unpickling arbitrary objects would run the code they name
+        state = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        raise RunLayoutError(f"{folder / CHECKPOINT} is not a fedgai studio checkpoint "
+                             f"({str(err).splitlines()[0]})") from err
     if not isinstance(state, dict) or "config" not in state or "metadata" not in state:
         raise RunLayoutError(f"{folder / CHECKPOINT} is not a fedgai studio checkpoint (no config/metadata)")
     split = StudioSplit.load(folder / SPLIT_FILE)
@@ -165,12 +176,21 @@ def studio_folder_name(folder: Path) -> str:
     return folder.resolve().name
 
 
-def find_studio_data(studio: str, candidates: list[Path]) -> Path:
-    """The folder of `studio` in the first candidate folder of studio folders that has it."""
+def is_studio_folder(folder: Path) -> bool:
+    return (folder / "photos").is_dir() and (folder / "sketches").is_dir()
+
+
+def find_studio_data(studio: str, candidates: list[Path], recorded: Path | None = None) -> Path:
+    """The studio folder the run recorded when it is still there and still that studio, else the folder of
+    `studio` in the first candidate folder of studio folders that has it."""
+    if recorded is not None and is_studio_folder(recorded) and studio_folder_name(recorded) == studio:
+        return recorded
     for data in candidates:
-        for folder in sorted(p for p in data.iterdir() if (p / "photos").is_dir() and (p / "sketches").is_dir()):
+        for folder in sorted(p for p in data.iterdir() if is_studio_folder(p)):
             if studio_folder_name(folder) == studio:
                 return folder
-    searched = ", ".join(map(str, candidates)) or "nowhere (no --data given and the run has no data/ folder)"
-    raise RunLayoutError(f"no data folder for studio {studio!r}: looked in {searched}. Pass --data DIR, the "
+    searched = [*([f"{recorded} (recorded by the run: moved, removed or another studio now)"] if recorded else []),
+                *map(str, candidates)]
+    where = ", ".join(searched) or "nowhere (no --data given and the run has no data/ folder)"
+    raise RunLayoutError(f"no data folder for studio {studio!r}: looked in {where}. Pass --data DIR, the "
                          f"folder holding the studio folders (matched by studio.json name or folder name)")
