@@ -1,0 +1,185 @@
+"""What one hostile studio can do to the global step with 2, 3, 5 and 8 studios, under each aggregator.
+
+Not a test: numbers go to docs/privacy.md ("A hostile studio in a small federation"). It runs the server's own
+screening and aggregation (validation.contribution_problem, aggregation.capped_weights / clip_to_median_norm /
+aggregate, with the product's norm bound and floor) on synthetic update vectors of the paper D's size, so it
+takes seconds. n - 1 honest studios send a shared direction plus as much studio-specific noise; one studio
+attacks. Measured against the same federation with that studio honest:
+
+- shift: how far the attack moves the global step, in units of one honest studio's share of the plain mean
+  (its update's norm / n). Under client-level DP the honest share is its clipped signal (norm C) / n and the
+  shift is measured against the honest mean's direction (positive: pushed backwards), so the noise every
+  studio adds does not count as steering.
+- cos: cosine of the global step to the honest studios' mean update (under DP: to their mean clipped signal,
+  which the noise keeps near 0 even without an attack).
+
+    python benchmarks/hostile.py [--out benchmarks/results/hostile.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from fedgai.config import FedgaiConfig, profile
+from fedgai.federated.aggregation import TooFewStudios, Weight, aggregate, capped_weights, clip_to_median_norm
+from fedgai.federated.validation import contribution_problem, update_norm_bound, update_norm_floor
+
+STUDIOS = (2, 3, 5, 8)
+AGGREGATORS = ("fedavg", "trimmed_mean", "median")
+PARAMS = 369_857  # the paper profile's shared D entries
+HONEST_NORM = 0.5
+PAIRS = 48
+# The DP job's operating point (federated/job.py DP_JOB_SETTINGS).
+DP = {"privacy.dp": "client", "privacy.noise_multiplier": 2.0, "privacy.clip_norm": 1.0}
+# An attack: (its own honest update, the other studios' mean update, config, rng) -> (what it sends, pair count).
+# It knows the others' mean: with two studios a studio reads the other's update off the global (docs/privacy.md),
+# with more it approximates the mean from the last global step; this is the worst case.
+Attack = Callable[[np.ndarray, np.ndarray, FedgaiConfig, np.random.Generator], tuple[np.ndarray, int]]
+
+
+def config(aggregator: str, dp: bool) -> FedgaiConfig:
+    """The paper profile with ``aggregator``; min_clients 3 where a robust aggregator requires it."""
+    overrides = {"fed.aggregator": aggregator, "fed.min_clients": 1 if aggregator == "fedavg" else 3}
+    return profile("paper").with_overrides({**overrides, **(DP if dp else {})})
+
+
+def honest_updates(n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """n updates of norm ~HONEST_NORM: a shared direction plus as much studio-specific noise."""
+    common = rng.normal(0, 1, PARAMS)
+    scale = HONEST_NORM / np.sqrt(2 * PARAMS)
+    return [((common + rng.normal(0, 1, PARAMS)) * scale).astype(np.float32) for _ in range(n)]
+
+
+def noised(signal: np.ndarray, cfg: FedgaiConfig, rng: np.random.Generator) -> np.ndarray:
+    """What a studio's client-level DP filter sends: the update clipped to C plus N(0, (sigma C)^2)."""
+    p = cfg.privacy
+    clipped = signal * min(1.0, p.clip_norm / float(np.linalg.norm(signal)))
+    return (clipped + rng.normal(0, p.noise_multiplier * p.clip_norm, PARAMS)).astype(np.float32)
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+PLAIN_ATTACKS: dict[str, Attack] = {
+    "-100 x the honest mean, claims 1e9 pairs": lambda own, others, cfg, rng: (
+        (-100 * others).astype(np.float32), 10**9),
+    "random direction, norm 900 (< fed.max_update_norm), 1e9 pairs": lambda own, others, cfg, rng: (
+        (unit(rng.normal(0, 1, PARAMS)) * 900).astype(np.float32), 10**9),
+    "zero update": lambda own, others, cfg, rng: (np.zeros_like(own), PAIRS),
+    "its own update x 1e-3": lambda own, others, cfg, rng: (own * 1e-3, PAIRS),
+}
+DP_ATTACKS: dict[str, Attack] = {
+    "against the honest mean at the widened bound, no noise": lambda own, others, cfg, rng: (
+        (-unit(others) * 0.999 * update_norm_bound(cfg, PARAMS)).astype(np.float32), 1),
+    "-100 C against the honest mean, no noise": lambda own, others, cfg, rng: (
+        (-100 * cfg.privacy.clip_norm * unit(others)).astype(np.float32), 1),
+    "-100 C against the honest mean + noise like the job's": lambda own, others, cfg, rng: (
+        (-100 * cfg.privacy.clip_norm * unit(others)
+         + rng.normal(0, cfg.privacy.noise_multiplier * cfg.privacy.clip_norm, PARAMS)).astype(np.float32), 1),
+    "zero update": lambda own, others, cfg, rng: (np.zeros_like(own), 1),
+}
+
+
+def server_step(cfg: FedgaiConfig, sent: dict[str, tuple[np.ndarray, int]]) -> tuple[np.ndarray | None, str]:
+    """The server's round on what the studios sent: (global step or None when refused, what was refused)."""
+    reference = {"w": np.full(PARAMS, 8.0 / np.sqrt(PARAMS), np.float32)}  # the paper D's initial norm, ~8
+    floor = update_norm_floor(cfg, reference)
+    dropped, usable = [], {}
+    for site, (vector, count) in sent.items():
+        problem = contribution_problem({"w": vector}, "DIFF", count, reference, update_norm_bound(cfg, PARAMS),
+                                       count_required=cfg.privacy.dp == "none", min_update_norm=floor)
+        if problem:
+            dropped.append(f"{site}: {problem.split(' (')[0]}")
+        else:
+            usable[site] = ({"w": vector}, count)
+    if cfg.privacy.dp == "none":
+        weights = capped_weights({s: c for s, (_, c) in usable.items()}, cfg.fed, {})
+    else:
+        weights = {site: Weight(1.0) for site in usable}
+    clipped, _ = clip_to_median_norm({s: p for s, (p, _) in usable.items()}, cfg.fed.norm_bound_factor, floor)
+    try:
+        return aggregate(clipped, weights, cfg.fed)["w"].astype(np.float64), "; ".join(dropped)
+    except TooFewStudios as err:
+        return None, str(err)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def measure(n: int, aggregator: str, name: str, attack: Attack, dp: bool, seed: int = 0) -> dict:
+    """One cell: the attacked round against the same round with the attacker's studio honest."""
+    rng = np.random.default_rng(seed)
+    cfg = config(aggregator, dp)
+    updates = honest_updates(n, rng)
+    sent = {f"h{i}": (noised(u, cfg, rng) if dp else u, 1 if dp else PAIRS) for i, u in enumerate(updates)}
+    others = np.mean(updates[1:], axis=0)
+    vector, count = attack(updates[0], others, cfg, rng)
+    attacked, note = server_step(cfg, {**sent, "h0": (vector, count)})
+    honest, _ = server_step(cfg, sent)
+    row = {"studios": n, "aggregator": aggregator, "dp": "client" if dp else "none", "attack": name,
+           "refused": note or None, "shift": None, "cos": None}
+    if attacked is None or honest is None:
+        return row
+    if dp:
+        clip = cfg.privacy.clip_norm
+        signals = [u * min(1.0, clip / float(np.linalg.norm(u))) for u in updates[1:]]
+        row["shift"] = float((attacked - honest) @ -unit(others.astype(np.float64))) / (clip / n)
+        row["cos"] = cosine(attacked, np.mean(signals, axis=0))
+    else:
+        share = float(np.mean([np.linalg.norm(u) for u in updates])) / n
+        row["shift"] = float(np.linalg.norm(attacked - honest)) / share
+        row["cos"] = cosine(attacked, others)
+    return row
+
+
+def run() -> list[dict]:
+    rows = []
+    for dp, attacks in ((False, PLAIN_ATTACKS), (True, DP_ATTACKS)):
+        for name, attack in attacks.items():
+            for n in STUDIOS:
+                for aggregator in AGGREGATORS:
+                    rows.append(measure(n, aggregator, name, attack, dp))
+    return rows
+
+
+def cell(row: dict) -> str:
+    """'shift, cos'; 'refused' where the round is not aggregated; 'dropped:' where screening refused the attack."""
+    if row["shift"] is None:
+        return "refused"
+    dropped = "dropped: " if row["refused"] and row["refused"].startswith("h0:") else ""
+    return f"{dropped}{row['shift']:.2f}, {row['cos']:.2f}"
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one line per (DP, attack, studios), one column per aggregator."""
+    lines = ["| DP | attack | studios | " + " | ".join(AGGREGATORS) + " |",
+             "|---|---|---|" + "---|" * len(AGGREGATORS)]
+    keys = dict.fromkeys((r["dp"], r["attack"], r["studios"]) for r in rows)
+    for dp, attack, n in keys:
+        cells = {r["aggregator"]: cell(r) for r in rows if (r["dp"], r["attack"], r["studios"]) == (dp, attack, n)}
+        lines.append(f"| {dp} | {attack} | {n} | " + " | ".join(cells[a] for a in AGGREGATORS) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/hostile.json"))
+    args = parser.parse_args()
+    rows = run()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    print(table(rows))
+    for row in rows:
+        if row["refused"]:
+            print(f"{row['dp']}, {row['attack']}, {row['studios']} studios, {row['aggregator']}: {row['refused']}")
+
+
+if __name__ == "__main__":
+    main()
