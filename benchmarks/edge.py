@@ -101,7 +101,7 @@ def main() -> None:
         trainer.close()
         train_s = time.perf_counter() - started
         started = time.perf_counter()
-        distiller = compress_checkpoint(full_ckpt, studio_dir, tmp / "compressed.pt", "cpu")
+        distiller = compress_checkpoint(full_ckpt, tmp / "compressed.pt", studio_dir, "cpu")
         distiller.train()
         distill_s = time.perf_counter() - started
         held = load_studio(studio_dir).pairs[args.train_pairs:]

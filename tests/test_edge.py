@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +16,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fedgai.cli import main
 from fedgai.config import ConfigError, profile
+from fedgai.data import load_studio
+from fedgai.data.split import StudioSplit, split_studio
 from fedgai.edge import OnnxSketcher, Sketcher
+from fedgai.edge.distill import Distiller
 from fedgai.edge.lite import CompressedGenerator
-from fedgai.edge.sketcher import TorchScriptSketcher
-from fedgai.models import EFFNET_TAPS, SketchGenerator
+from fedgai.edge.sketcher import StudioModel, TorchScriptSketcher
+from fedgai.models import EFFNET_TAPS, SketchGenerator, build_gan
 from fedgai.trainer import StudioTrainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -181,3 +185,76 @@ def test_compress_after_federation_runs_only_after_the_last_round(studio_dir, tm
 def test_edge_settings_are_validated(setting):
     with pytest.raises(ConfigError, match="edge"):
         profile("test").with_overrides(setting)
+
+
+def distilled(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out, weights_only=True)["generator"]
+
+
+def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def studio_copy(studio_dir: Path, root: Path, stems: set[str], sketches_only: bool = False) -> Path:
+    """A copy of the studio whose pairs `stems` are replaced by noise (only their sketches: by blank pages)."""
+    copy = root / studio_dir.name
+    shutil.copytree(studio_dir, copy)
+    rng = np.random.default_rng(1)
+    for stem in stems:
+        sketch = next((copy / "sketches").glob(f"{stem}.*"))
+        Image.new("L", Image.open(sketch).size, 255).save(sketch)
+        if not sketches_only:
+            photo = next((copy / "photos").glob(f"{stem}.*"))
+            size = Image.open(photo).size
+            Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(photo)
+    return copy
+
+
+def test_compress_reads_the_training_split_only(teacher, compressed, studio_dir, tmp_path):
+    split = StudioSplit.load(teacher / "split.json")
+    held_out = studio_copy(studio_dir, tmp_path / "held-out", set(split.val) | set(split.test))
+    trained = studio_copy(studio_dir, tmp_path / "trained", set(split.train[:3]))
+    for name, studio in {"held-out": held_out, "trained": trained}.items():
+        assert main(["compress", "--model", str(teacher), "--studio", str(studio), "--out",
+                     str(tmp_path / f"{name}.pt"), *FAST_EDGE]) == 0
+    assert same_weights(distilled(tmp_path / "held-out.pt"), distilled(compressed))  # val/test never read
+    assert not same_weights(distilled(tmp_path / "trained.pt"), distilled(compressed))
+
+
+def test_compress_finds_the_studio_folder_the_run_recorded(teacher, compressed, tmp_path):
+    assert main(["compress", "--model", str(teacher), "--out", str(tmp_path / "c.pt"), *FAST_EDGE]) == 0
+    assert same_weights(distilled(tmp_path / "c.pt"), distilled(compressed))
+
+
+def test_compress_with_a_moved_studio_folder_or_another_studio_is_a_clear_error(teacher, demo_root, tmp_path,
+                                                                               capsys):
+    moved = tmp_path / "run"
+    shutil.copytree(teacher / "checkpoints", moved / "checkpoints")
+    shutil.copy(teacher / "split.json", moved / "split.json")
+    state = torch.load(moved / "checkpoints" / "last.pt", weights_only=True)
+    state["metadata"]["studio_dir"] = str(tmp_path / "moved-away")
+    torch.save(state, moved / "checkpoints" / "last.pt")
+    assert main(["compress", "--model", str(moved), "--out", str(tmp_path / "c.pt"), *FAST_EDGE]) == 2
+    err = capsys.readouterr().err
+    assert "moved-away" in err and "--studio" in err and "Traceback" not in err
+    other = sorted(p for p in demo_root.iterdir() if p.is_dir())[1]
+    assert main(["compress", "--model", str(teacher), "--studio", str(other), "--out", str(tmp_path / "c.pt"),
+                 *FAST_EDGE]) == 2
+    assert "trained on" in capsys.readouterr().err and not (tmp_path / "c.pt").exists()
+
+
+@pytest.mark.parametrize("dp", ["record", "none"])
+def test_under_record_level_dp_compress_reads_photos_only(dp, studio_dir, tmp_path):
+    """Record-level DP: the student depends on the private teacher and the training photos, never on a sketch
+    (post-processing); without DP the real sketches are part of its loss."""
+    cfg = profile("test").with_overrides({"privacy.dp": dp})
+    gan = build_gan(cfg)
+    teacher = StudioModel(cfg, {"studio": studio_dir.name}, gan.encoder, gan.generator, compressed=False)
+    split = split_studio(load_studio(studio_dir), 0, 0.1, 0.1)
+    blank = studio_copy(studio_dir, tmp_path, set(split.train), sketches_only=True)
+    students = []
+    for name, studio in {"real": studio_dir, "blank": blank}.items():
+        distiller = Distiller(teacher, studio, split.train, tmp_path / f"{name}.pt", "cpu", {"epochs": 1, "width": 8})
+        distiller.train(progress=False)
+        students.append(distilled(tmp_path / f"{name}.pt"))
+    assert same_weights(*students) == (dp == "record")

@@ -136,7 +136,7 @@ def cmd_compress(args: argparse.Namespace) -> None:
     from fedgai.edge.runtime import resolve_model
 
     edge = {"epochs": args.epochs, "width": args.width, "lr": args.lr}
-    distiller = compress_checkpoint(resolve_model(args.model)[1], args.studio, args.out, args.device,
+    distiller = compress_checkpoint(resolve_model(args.model)[1], args.out, args.studio, args.device,
                                     {k: v for k, v in edge.items() if v is not None}, args.resume)
     if distiller.epoch:
         print(f"resuming {args.out} at epoch {distiller.epoch}/{distiller.cfg.edge.epochs}")
@@ -270,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compress", help="distil a studio's compressed (edge) generator from its full one")
     p.add_argument("--model", type=Path, required=True, help="full generator: run folder or checkpoint")
-    p.add_argument("--studio", type=Path, required=True, help="the studio folder the generator was trained on")
+    p.add_argument("--studio", type=Path, help="the studio folder the generator was trained on (default: the "
+                   "folder the run recorded); only its training pairs (the run's split.json) are read")
     p.add_argument("--out", type=Path, required=True, help="compressed checkpoint to write (e.g. compressed.pt)")
     p.add_argument("--epochs", type=int, help="distillation epochs in total (default edge.epochs)")
     p.add_argument("--width", type=int, help="first decoder stage's channels (default edge.width)")
@@ -316,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  ink IoU, chamfer   stroke overlap / stroke distance in px\n"
         "  style acc          share of generated sketches a classifier trained on the studios' real\n"
         "                     training sketches attributes to their own studio\n"
+        "  FD-Style           Frechet distance of that classifier's studio probabilities (own style)\n"
+        "  Gram               paired Gram-matrix distance at the run encoder's taps (stroke texture)\n"
         "  FID/KID, CLIP      only when their weights are already on this machine, else 'unavailable'\n"
         "RUN_DIR: a train-local run folder, a `fedgai simulate` workspace or a downloaded job result\n"
         "(any folder holding studio run folders). Several RUN_DIRs are compared studio by studio; folders\n"
@@ -325,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR", help="run folders to evaluate and compare")
     p.add_argument("--out", type=Path, required=True, help="folder for metrics.csv, metrics.json, report.html")
     p.add_argument("--data", type=Path, help="folder of studio folders (matched by studio.json name or folder "
-                   "name); default: RUN_DIR/data of a simulator workspace")
+                   "name); default: the studio folder each run recorded, else RUN_DIR/data of a simulator workspace")
     p.add_argument("--label", action="append", metavar="LABEL",
                    help="name of each run in the report, one per RUN_DIR in order (default: its training mode)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda[:N], or auto = GPU when available")

@@ -1,22 +1,29 @@
-"""`fedgai compress`: distil a studio's compressed generator from its full one, on the studio's own pairs.
+"""`fedgai compress`: distil a studio's compressed generator from its full one, on the studio's training pairs.
 
 It runs where the studio's data is and never leaves it, like the full generator: the student copies the
 teacher's AdaIN_SD statistics and learns to reproduce the teacher's sketches (L1), helped by the paired real
-sketch (L1) and the Gram style term. Progress is saved every epoch, so an interrupted run resumes.
+sketch (L1) and the Gram style term. It reads only the run's training split (split.json), so the test pairs
+stay unseen by both generators. Under record-level DP it reads no sketch at all: it learns from the private
+teacher on the training photos alone, and its Gram target is the teacher's own drawing, so the student is
+post-processing of the private generator (docs/edge.md says what that covers). Progress is saved every epoch,
+so an interrupted run resumes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from fedgai.config import FedgaiConfig
 from fedgai.data import SketchPairDataset, load_studio
+from fedgai.data.split import SPLIT_FILE, StudioSplit
+from fedgai.data.studio import read_image
 from fedgai.device import resolve_device
 from fedgai.edge.lite import build_compressed
 from fedgai.edge.sketcher import COMPRESSED_FORMAT, StudioModel, load_studio_model, read_checkpoint
@@ -29,8 +36,9 @@ COMPRESSED_FILE = "compressed.pt"
 class Distiller:
     """Trains the compressed generator against a frozen teacher; `out` is its (resumable) checkpoint."""
 
-    def __init__(self, teacher: StudioModel, studio_dir: Path, out: Path, device: str = "auto",
-                 edge: dict[str, Any] | None = None, resume: bool = False):
+    def __init__(self, teacher: StudioModel, studio_dir: Path, train_stems: Sequence[str], out: Path,
+                 device: str = "auto", edge: dict[str, Any] | None = None, resume: bool = False):
+        """train_stems: the teacher's training pairs (its split's train side); nothing else is read."""
         self.device = resolve_device(device)
         self.out = Path(out)
         state = self._previous(resume)
@@ -39,9 +47,12 @@ class Distiller:
         self.teacher = teacher.generator.to(self.device).eval()
         self.encoder = teacher.encoder.to(self.device)
         self.metadata = {**teacher.metadata, "compressed": True}
-        studio = load_studio(studio_dir)
-        # The pairs the teacher trained on (train.max_pairs): later pairs stay held out for evaluation.
-        self.dataset = SketchPairDataset(studio, self.cfg.model.image_size, self.cfg.train.max_pairs, augment=True)
+        # Record-level DP protects each pair; reading a sketch here would bypass it.
+        self.photos_only = self.cfg.privacy.dp == "record"
+        # Exactly the pairs the teacher trained on (train split, train.max_pairs): val and test stay held out.
+        pairs = SketchPairDataset(load_studio(studio_dir), self.cfg.model.image_size, self.cfg.train.max_pairs,
+                                  augment=True, stems=train_stems)
+        self.dataset: Dataset = PhotoDataset(pairs) if self.photos_only else pairs
         torch.manual_seed(self.cfg.train.seed)
         self.student = build_compressed(self.cfg, self.encoder).to(self.device)
         self.student.adain.load_state_dict(self.teacher.adain.state_dict())
@@ -68,18 +79,21 @@ class Distiller:
         self.opt.load_state_dict(state["opt"])
         self.epoch = state["epoch"]
 
-    def step(self, photo: torch.Tensor, sketch: torch.Tensor) -> dict[str, float]:
-        """One student update: distillation L1 + real-sketch L1 + Gram style, weighted by cfg.edge."""
+    def step(self, photo: torch.Tensor, sketch: torch.Tensor | None) -> dict[str, float]:
+        """One student update: distillation L1 + real-sketch L1 + Gram style, weighted by cfg.edge.
+        sketch None (photos only): no real-sketch term, and the Gram target is the teacher's sketch."""
         w = self.cfg.edge
         with torch.no_grad():
             taps = self.encoder(photo)
             target = self.teacher(taps)
         fake = self.student(taps)
-        terms = {"distill": F.l1_loss(fake, target), "pixel_l1": F.l1_loss(fake, sketch)}
+        terms = {"distill": F.l1_loss(fake, target)}
+        if sketch is not None:
+            terms["pixel_l1"] = F.l1_loss(fake, sketch)
         if w.gram > 0:
             with torch.no_grad():
-                real_grams = [gram_matrix(t) for t in self.encoder(sketch)]
-            terms["gram"] = gram_loss(real_grams, [gram_matrix(t) for t in self.encoder(fake)])
+                style_grams = [gram_matrix(t) for t in self.encoder(target if sketch is None else sketch)]
+            terms["gram"] = gram_loss(style_grams, [gram_matrix(t) for t in self.encoder(fake)])
         loss = sum(getattr(w, name) * value for name, value in terms.items())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -96,8 +110,9 @@ class Distiller:
             totals: dict[str, float] = {}
             bar = tqdm(loader, desc=f"distilling epoch {self.epoch + 1}/{self.cfg.edge.epochs}", leave=False,
                        disable=not progress)
-            for photo, sketch in bar:
-                losses = self.step(photo.to(self.device), sketch.to(self.device))
+            for batch in bar:
+                photo, sketch = (batch, None) if self.photos_only else batch
+                losses = self.step(photo.to(self.device), None if sketch is None else sketch.to(self.device))
                 totals = {k: totals.get(k, 0.0) + v for k, v in losses.items()}
                 bar.set_postfix(loss=f"{losses['loss']:.3f}")
             self.epoch += 1
@@ -123,13 +138,58 @@ class Distiller:
         return self.out
 
 
-def compress_checkpoint(checkpoint: Path, studio_dir: Path, out: Path, device: str = "auto",
+class PhotoDataset(Dataset):
+    """The photos of a pair set alone, flipped at random like the pairs; the sketch files are never opened."""
+
+    def __init__(self, pairs: SketchPairDataset):
+        self.photos = [photo for photo, _ in pairs.pairs]
+        self.image_size = pairs.image_size
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.photos)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if index not in self._cache:
+            self._cache[index] = read_image(self.photos[index], 3, self.image_size)
+        photo = self._cache[index]
+        return photo.flip(-1) if torch.rand(()) < 0.5 else photo.clone()
+
+
+def run_folder_split(checkpoint: Path) -> StudioSplit:
+    """The split stored in the checkpoint's run folder (RUN/checkpoints/last.pt -> RUN/split.json)."""
+    path = checkpoint.parent.parent / SPLIT_FILE
+    if checkpoint.parent.name != "checkpoints" or not path.is_file():
+        raise FileNotFoundError(f"no {SPLIT_FILE} for {checkpoint}: compress distils on the run's training pairs "
+                                f"only, so pass the run folder (or its checkpoints/last.pt) that holds {SPLIT_FILE}")
+    return StudioSplit.load(path)
+
+
+def recorded_studio(teacher: StudioModel, checkpoint: Path) -> Path:
+    """The studio folder the run recorded (metadata studio_dir), while it is still there."""
+    recorded = teacher.metadata.get("studio_dir")
+    if not isinstance(recorded, str) or not recorded:
+        raise FileNotFoundError(f"{checkpoint} records no studio folder; pass --studio DIR")
+    if not Path(recorded).is_dir():
+        raise FileNotFoundError(f"the studio folder {recorded} recorded by {checkpoint} is gone (moved or "
+                                f"removed); pass --studio DIR")
+    return Path(recorded)
+
+
+def compress_checkpoint(checkpoint: Path, out: Path, studio_dir: Path | None = None, device: str = "auto",
                         edge: dict[str, Any] | None = None, resume: bool = False) -> Distiller:
-    """A Distiller for a full-generator checkpoint (a compressed one cannot be a teacher)."""
+    """A Distiller for a full-generator checkpoint (a compressed one cannot be a teacher), on its run's training
+    split; studio_dir None = the studio folder the run recorded."""
     teacher = load_studio_model(checkpoint, resolve_device(device))
     if teacher.compressed:
         raise ValueError(f"{checkpoint} is already a compressed generator; pass the full generator's checkpoint")
-    return Distiller(teacher, studio_dir, out, device, edge, resume)
+    split = run_folder_split(checkpoint)
+    studio_dir = recorded_studio(teacher, checkpoint) if studio_dir is None else studio_dir
+    studio = load_studio(studio_dir).name
+    if studio != split.studio:
+        raise ValueError(f"{studio_dir} is studio {studio!r}, but the run at {checkpoint.parent.parent} trained on "
+                         f"{split.studio!r}")
+    return Distiller(teacher, studio_dir, split.train, out, device, edge, resume)
 
 
 def compress_after_federation(trainer: Any, current_round: int) -> Path | None:
@@ -141,5 +201,6 @@ def compress_after_federation(trainer: Any, current_round: int) -> Path | None:
         return None
     teacher = StudioModel(trainer.cfg, trainer.metadata, trainer.encoder, trainer.generator, compressed=False)
     out = trainer.run_dir / "checkpoints" / COMPRESSED_FILE
-    Distiller(teacher, trainer.studio.root, out, str(trainer.device), resume=True).train(progress=False)
+    Distiller(teacher, trainer.studio.root, trainer.split.train, out, str(trainer.device),
+              resume=True).train(progress=False)
     return out
