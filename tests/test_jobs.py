@@ -179,7 +179,7 @@ def test_dp_job_noises_every_result_before_it_leaves():
     names = [f["path"].rsplit(".", 1)[1] for f in filters]
     assert names.index("GaussianDPFilter") < names.index("OutboundAudit")  # noise first, then record what left
     dp = filters[names.index("GaussianDPFilter")]["args"]
-    assert (dp["noise_multiplier"], dp["clip_norm"], dp["target_epsilon"]) == (2.0, 1.0, 10.0)
+    assert (dp["noise_multiplier"], dp["clip_norm"], dp["target_epsilon"]) == (4.0, 1.0, 10.0)
 
 
 def test_committed_job_runs_the_paper_schedule():

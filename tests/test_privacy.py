@@ -311,7 +311,7 @@ def test_filter_adds_calibrated_noise_and_reports_dp_meta(site):
     assert noise.std() == pytest.approx(1.5, rel=0.02)
     assert abs(noise.mean()) < 0.05
     assert out.meta["NUM_STEPS_CURRENT_ROUND"] == 24
-    assert out.meta["dp_epsilon"] == pytest.approx(_client_level(1.5, 1))
+    assert out.meta["dp_epsilon"] == pytest.approx(_client_level(1.5 / 2, 1))  # sensitivity 2C (replace)
     assert (out.meta["dp_delta"], out.meta["dp_noise_multiplier"], out.meta["dp_clip_norm"]) == (DELTA, 1.5, 1.0)
     assert not any("norm_before" in k for k in out.meta)  # the raw norm is data-dependent: never sent
     assert out.get_filter_history() == ["GaussianDPFilter"]
@@ -370,13 +370,13 @@ def test_epsilon_grows_per_round_and_ledger_survives_new_filter_instances(site):
     epsilons = [from_shareable(first.process(_result(_update()), fl_ctx)).meta["dp_epsilon"] for _ in range(2)]
     epsilons.append(from_shareable(_filter().process(_result(_update()), fl_ctx)).meta["dp_epsilon"])
     assert epsilons[0] < epsilons[1] < epsilons[2]
-    assert epsilons == pytest.approx([_client_level(2.0, t) for t in (1, 2, 3)])
-    assert PrivacyLedger(ledger_file, STUDIO).steps == (Step(2.0, 1.0, 3),)
+    assert epsilons == pytest.approx([_client_level(1.0, t) for t in (1, 2, 3)])  # sigma 2 over sensitivity 2C
+    assert PrivacyLedger(ledger_file, STUDIO).steps == (Step(1.0, 1.0, 3),)
 
 
 def test_budget_refusal_once_the_next_round_would_cross_the_target(site):
     fl_ctx, ledger_file = site
-    target = (_client_level(2.0, 2) + _client_level(2.0, 3)) / 2
+    target = (_client_level(1.0, 2) + _client_level(1.0, 3)) / 2
     cfg = PrivacyConfig(dp="client", noise_multiplier=2.0, delta=DELTA, target_epsilon=target)
     dp_filter = _filter(target_epsilon=target)
     for _ in range(2):
@@ -385,7 +385,25 @@ def test_budget_refusal_once_the_next_round_would_cross_the_target(site):
     assert not budget_allows_next_round(ledger_file, cfg)
     with pytest.raises(PrivacyBudgetExceeded, match=STUDIO):
         dp_filter.process(_result(_update()), fl_ctx)
-    assert PrivacyLedger(ledger_file, STUDIO).steps == (Step(2.0, 1.0, 2),)
+    assert PrivacyLedger(ledger_file, STUDIO).steps == (Step(1.0, 1.0, 2),)
+
+
+@pytest.mark.parametrize("sigma", [2.0, 4.0])
+def test_client_level_epsilon_is_for_replacing_a_studios_data(site, sigma):
+    """docs/privacy.md claims the replace relation: a studio's data against any other data of that studio.
+    Two clipped updates then differ by up to 2C (the norm-C update and its opposite), the noise std is sigma*C,
+    so T rounds are exactly a Gaussian mechanism with mu = 2 sqrt(T) / sigma; the filter's epsilon (PRV, within
+    0.02 of exact) must be that one, not the add/remove value for mu = sqrt(T) / sigma."""
+    fl_ctx, _ = site
+    update = _scaled_to(_update(), 5.0)
+    opposite = {k: -v for k, v in update.items()}
+    apart = {k: clip_and_noise(update, 1.0, 0.0)[0][k] - clip_and_noise(opposite, 1.0, 0.0)[0][k] for k in update}
+    assert update_norm(apart) == pytest.approx(2.0, rel=1e-5)
+    dp_filter = _filter(noise_multiplier=sigma, accountant="prv")
+    epsilons = [from_shareable(dp_filter.process(_result(update), fl_ctx)).meta["dp_epsilon"] for _ in range(3)]
+    exact = _exact_gaussian_epsilon(2 * math.sqrt(3) / sigma, DELTA)
+    assert exact <= epsilons[-1] <= exact + 0.02
+    assert epsilons[-1] > _exact_gaussian_epsilon(math.sqrt(3) / sigma, DELTA) + 0.5
 
 
 @pytest.mark.parametrize(

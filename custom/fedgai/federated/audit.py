@@ -1,5 +1,10 @@
-"""A studio's record of exactly what it sent: the last filter on every outgoing task result, and a listener
-on every federated event the site fires (the other way out: NVFlare's analytics stream, for one).
+"""A studio's gate and record of exactly what it sends: the last filter on every outgoing task result, and a
+listener on every federated event the site fires (the other way out: NVFlare's analytics stream, for one).
+
+The gate (``release_meta``): a result's meta keeps only the keys listed in RELEASABLE_META, whatever put
+others there (the trainer, a job's filter, NVFlare). Under DP - the result carries DP bookkeeping, or the
+site's policy (privacy/policy.py) demands DP - the metrics go too and the sample count becomes 1: no
+component before this one can make a DP studio send its pair count or its losses.
 
 Every outgoing result adds one line to ``<site run dir>/fedgai_outbound/outbound.jsonl``: its round, return
 code, every array's key, shape, dtype and size, the type of every meta entry and the value of every scalar
@@ -15,7 +20,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from nvflare.apis.dxo import from_shareable
+from nvflare.apis.dxo import MetaKey, from_shareable
 from nvflare.apis.filter import Filter
 from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_constant import EventScope, FedEventHeader, FLContextKey, ReturnCode
@@ -23,10 +28,22 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
 
+from fedgai.federated.fingerprint import FINGERPRINT_META_KEY
+from fedgai.federated.keys import DP_EPSILON_META_KEY
+from fedgai.privacy.filter import BUDGET_EXHAUSTED_KEY
+from fedgai.privacy.policy import load_site_policy
+
 AUDIT_DIR = "fedgai_outbound"
 LOG_FILE = "outbound.jsonl"
 EVENT_LOG_FILE = "events.jsonl"
 SCALARS = (bool, int, float, str)
+# The DP bookkeeping (client.py, privacy/filter.py): its presence marks a DP result.
+DP_META = frozenset({DP_EPSILON_META_KEY, "dp_delta", "dp_noise_multiplier", "dp_clip_norm", BUDGET_EXHAUSTED_KEY})
+# Everything a result's meta may carry across the wire: the weight, the metrics (not under DP), the encoder
+# fingerprint, the DP bookkeeping, NVFlare's filter history and the HE encryptor's record of what it encrypted.
+RELEASABLE_META = DP_META | {MetaKey.NUM_STEPS_CURRENT_ROUND, MetaKey.INITIAL_METRICS, FINGERPRINT_META_KEY,
+                             MetaKey.FILTER_HISTORY, MetaKey.PROCESSED_KEYS, MetaKey.PROCESSED_ALGORITHM}
+DP_WEIGHT = 1  # under DP every studio weighs the same (client.DP_EQUAL_WEIGHT)
 
 
 def describe(data: dict) -> dict[str, dict]:
@@ -38,6 +55,24 @@ def describe(data: dict) -> dict[str, dict]:
             entry.update(shape=list(value.shape), dtype=str(value.dtype), nbytes=int(value.nbytes))
         out[key] = entry
     return out
+
+
+def release_meta(meta: dict, dp: bool) -> tuple[dict, list[str]]:
+    """(the meta that may leave, the keys dropped): only RELEASABLE_META; under DP (``dp`` or DP bookkeeping
+    in the meta) no metrics and a weight of 1."""
+    dp = dp or bool(DP_META & set(meta))
+    kept = {k: v for k, v in meta.items() if k in RELEASABLE_META and not (dp and k == MetaKey.INITIAL_METRICS)}
+    if dp:
+        kept[MetaKey.NUM_STEPS_CURRENT_ROUND] = DP_WEIGHT
+    return kept, sorted(str(k) for k in set(meta) - set(kept))
+
+
+def site_requires_dp(fl_ctx: FLContext) -> bool:
+    """Whether this site's privacy policy demands DP of every job (False outside a site or without a policy)."""
+    if fl_ctx.get_engine() is None:
+        return False
+    policy = load_site_policy(fl_ctx.get_workspace().get_root_dir())
+    return policy is not None and policy.min_dp != "none"
 
 
 def append_record(fl_ctx: FLContext, record: dict, name: str = LOG_FILE) -> tuple[Path, int]:
@@ -52,7 +87,7 @@ def append_record(fl_ctx: FLContext, record: dict, name: str = LOG_FILE) -> tupl
 
 
 class OutboundAudit(Filter):
-    """Task-result filter that records (and passes on unchanged) what leaves the site."""
+    """Task-result filter, the last before the wire: keeps only the releasable meta and records what leaves."""
 
     def __init__(self, save_arrays: bool = False):
         super().__init__()
@@ -67,10 +102,14 @@ class OutboundAudit(Filter):
         data = {}
         if record["return_code"] == ReturnCode.OK:  # error replies carry no payload
             dxo = from_shareable(shareable)
+            dxo.meta, dropped = release_meta(dxo.meta, site_requires_dp(fl_ctx))
+            if dropped:
+                self.log_info(fl_ctx, f"meta not released: {dropped}")
+            shareable = dxo.update_shareable(shareable)
             data = dxo.data or {}
             record.update(data_kind=dxo.data_kind, data=describe(data),
                           meta={key: type(value).__name__ for key, value in dxo.meta.items()},
-                          meta_values={k: v for k, v in dxo.meta.items() if isinstance(v, SCALARS)})
+                          meta_values={k: v for k, v in dxo.meta.items() if isinstance(v, SCALARS)}, dropped=dropped)
         out, seq = append_record(fl_ctx, record)
         if self.save_arrays and data:
             np.savez(out / f"msg-{seq:03d}.npz", **{k: v for k, v in data.items() if isinstance(v, np.ndarray)})

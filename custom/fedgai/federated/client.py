@@ -10,11 +10,16 @@ $FEDGAI_DATA_ROOT joined with the site name (``ROOT/SITE`` or the one ``ROOT/SIT
 Outputs go to ``--output-root`` / $FEDGAI_OUTPUT_ROOT (default ``fedgai_output`` in the site's working
 directory), one folder per site: checkpoints/last.pt (resumable, holds the generator), grids/round-NNN.png,
 metrics.jsonl and a local TensorBoard log.
+
+The site decides its own privacy: with a policy in ``local/fedgai_privacy.json`` (privacy/policy.py) a job
+that asks for less is refused before any pair is read, and the DP ledgers are the site's, in its workspace.
+A checkpoint is resumed only by the job that wrote it (its job id and config hash), as on the server.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -29,8 +34,12 @@ from nvflare.client.tracking import SummaryWriter
 from fedgai.config import FedgaiConfig
 from fedgai.federated.fingerprint import FINGERPRINT_META_KEY, check_global_model, studio_feature_space
 from fedgai.federated.keys import CONFIG_META_KEY, DP_EPSILON_META_KEY
+from fedgai.federated.controller import config_hash
 from fedgai.privacy import BUDGET_EXHAUSTED_KEY, LEDGER_FILE, PrivacyBudgetExceeded, budget_allows_next_round
-from fedgai.rundir import ROUND_RECORDS
+from fedgai.privacy.accountant import reported_epsilon
+from fedgai.privacy.policy import SitePolicy, SitePolicyError, load_site_policy
+from fedgai.privacy.record import site_ledger
+from fedgai.rundir import ROUND_RECORDS, RunFolder
 from fedgai.trainer import StudioTrainer
 
 DATA_ROOT_ENV = "FEDGAI_DATA_ROOT"
@@ -41,6 +50,11 @@ DP_EQUAL_WEIGHT = 1
 # encoder fingerprint (derived from the config, not from the studio's data). Everything else is dropped.
 DP_RELEASABLE_META = frozenset({FLMetaKey.NUM_STEPS_CURRENT_ROUND, DP_EPSILON_META_KEY, BUDGET_EXHAUSTED_KEY,
                                 FINGERPRINT_META_KEY})
+RESUME_OWNER_KEY = "resume_owner"  # in the checkpoint's metadata: {"job_id", "config_hash"} of the job that wrote it
+
+
+class StudioResumeRefused(RuntimeError):
+    """The studio's checkpoint belongs to another job (or another configuration) than the one resuming."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -87,10 +101,24 @@ def dp_enabled(cfg: FedgaiConfig) -> bool:
     return cfg.privacy.dp != "none"
 
 
-def site_ledger() -> Path:
-    """The client-level ledger as GaussianDPFilter keeps it: the in-process script runs in the site's
-    workspace root (NVFlare chdirs there in the simulator, POC and production)."""
+def site_ledger_path(policy: SitePolicy | None = None, unit: str = "client") -> Path:
+    """A ledger as GaussianDPFilter keeps it: the in-process script runs in the site's workspace root (NVFlare
+    chdirs there in the simulator, POC and production); the site's policy names its own ledgers there."""
+    if policy is not None:
+        return policy.ledger_path(Path.cwd(), unit)
     return Path.cwd() / LEDGER_FILE
+
+
+def site_config(cfg: FedgaiConfig, policy: SitePolicy | None) -> FedgaiConfig:
+    """The job's config as this site runs it: its privacy settings checked against the site's policy (the
+    site's budget as the target when the job sets none); SitePolicyError, printed, when the job asks for less."""
+    if policy is None:
+        return cfg
+    try:
+        return dataclasses.replace(cfg, privacy=policy.enforce(cfg.privacy))
+    except SitePolicyError as err:
+        print(f"refused: {err}", flush=True)
+        raise
 
 
 def can_afford_round(trainer: StudioTrainer, ledger_path: Path) -> bool:
@@ -128,7 +156,7 @@ def local_round(trainer: StudioTrainer, received: FLModel, ledger_path: Path | N
     Under DP a round the budget cannot pay for is not trained: the result is a budget notice.
     """
     cfg = trainer.cfg
-    if dp_enabled(cfg) and not can_afford_round(trainer, ledger_path or site_ledger()):
+    if dp_enabled(cfg) and not can_afford_round(trainer, ledger_path or site_ledger_path()):
         return budget_exhausted_notice(trainer, "the next round would pass privacy.target_epsilon")
     federated = cfg.fed.mode != "local"
     own_space = studio_feature_space(trainer)  # refuse a global D trained on another encoder's features
@@ -147,7 +175,7 @@ def local_round(trainer: StudioTrainer, received: FLModel, ledger_path: Path | N
     meta = {FLMetaKey.NUM_STEPS_CURRENT_ROUND: trainer.num_samples, FINGERPRINT_META_KEY: own_space}
     epsilon = trainer.dp_epsilon()  # record-level DP-SGD; client-level DP adds its own in the filter
     if epsilon is not None:
-        meta[DP_EPSILON_META_KEY] = epsilon
+        meta[DP_EPSILON_META_KEY] = reported_epsilon(epsilon)
     return FLModel(params=diff, params_type=ParamsType.DIFF, metrics=metrics, meta=meta)
 
 
@@ -156,16 +184,41 @@ def budget_exhausted_notice(trainer: StudioTrainer, reason: str) -> FLModel:
     print(f"{trainer.studio.name}: privacy budget exhausted ({reason}); this studio stops contributing", flush=True)
     meta: dict = {BUDGET_EXHAUSTED_KEY: True}
     if trainer.dp_epsilon() is not None:
-        meta[DP_EPSILON_META_KEY] = trainer.dp_epsilon()
+        meta[DP_EPSILON_META_KEY] = reported_epsilon(trainer.dp_epsilon())
     return FLModel(metrics={}, meta=meta)
 
 
-def open_trainer(cfg: FedgaiConfig, studio_dir: Path, out_dir: Path, resume: bool,
-                 device: str | None = None) -> StudioTrainer:
-    """Build the studio's trainer; when the federation resumes, continue from the site's last checkpoint."""
-    trainer = StudioTrainer(cfg, studio_dir, out_dir, device=device)
-    if resume and trainer.folder.checkpoint.is_file():
+def resume_owner(job_id: str | None, job_config: Mapping) -> dict[str, str | None]:
+    """What a studio's checkpoint belongs to: the job's id and the hash of its config, as the server keys its
+    own resume state (federated/controller.py)."""
+    return {"job_id": job_id, "config_hash": config_hash(job_config)}
+
+
+def check_resume_owner(checkpoint: Path, owner: Mapping[str, str | None]) -> None:
+    """Refuse to continue a checkpoint that another job (or this job with another config) left behind."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["metadata"].get(RESUME_OWNER_KEY) or {}
+    if saved != owner:
+        raise StudioResumeRefused(
+            f"refusing to resume the studio's checkpoint {checkpoint}: it was written by job "
+            f"{saved.get('job_id')!r} (config {saved.get('config_hash')!r}), this is job {owner.get('job_id')!r} "
+            f"(config {owner.get('config_hash')!r}); move it away to start this job afresh")
+
+
+def open_trainer(cfg: FedgaiConfig, studio_dir: Path, out_dir: Path, resume: bool, device: str | None = None,
+                 owner: Mapping[str, str | None] | None = None, ledger: Path | None = None) -> StudioTrainer:
+    """Build the studio's trainer; when the federation resumes, continue from the site's last checkpoint if
+    ``owner`` (resume_owner; the site's job always passes one) wrote it. ``ledger``: the site's record-level
+    ledger (None: the run folder's)."""
+    owner = dict(owner or {})
+    checkpoint = RunFolder(out_dir).checkpoint
+    resuming = resume and checkpoint.is_file()
+    if resuming:
+        check_resume_owner(checkpoint, owner)  # before the trainer exists: it releases the sketch statistics
+    with site_ledger(ledger):
+        trainer = StudioTrainer(cfg, studio_dir, out_dir, device=device)
+    if resuming:
         trainer.load_checkpoint()
+    trainer.metadata[RESUME_OWNER_KEY] = owner  # saved with every checkpoint
     return trainer
 
 
@@ -189,13 +242,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         rnd = received.current_round
         setup_seconds = 0.0  # stays 0 after the first round: the trainer and its data live as long as the run
         if trainer is None:
-            cfg = FedgaiConfig.from_dict(received.meta[CONFIG_META_KEY])
-            trainer = open_trainer(cfg, studio_dir, args.output_root / site, resume=rnd > 0, device=args.device)
+            policy = load_site_policy(Path.cwd())
+            job_config = received.meta[CONFIG_META_KEY]
+            cfg = site_config(FedgaiConfig.from_dict(job_config), policy)
+            ledger = site_ledger_path(policy, cfg.privacy.dp) if policy and dp_enabled(cfg) else None
+            trainer = open_trainer(cfg, studio_dir, args.output_root / site, resume=rnd > 0,
+                                   owner=resume_owner(flare.get_job_id(), job_config), device=args.device,
+                                   ledger=ledger if cfg.privacy.dp == "record" else None)
             setup_seconds = time.perf_counter() - started
             # Under DP the scalars stay in the studio's own TensorBoard log: NVFlare's writer streams them to
             # the server as events, past every result filter.
             writer = trainer.writer if dp_enabled(cfg) else SummaryWriter()
-        result = local_round(trainer, received)
+        result = local_round(trainer, received, ledger)
         save_round(trainer, rnd, result.metrics)
         # All the studio's own work this round (set-up, training, outputs), in wall and in this process's CPU
         # seconds: the rest of a round is NVFlare's (benchmarks/federation.py).

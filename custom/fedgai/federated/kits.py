@@ -6,8 +6,12 @@ and the server keeps its jobs in its own kit.
 NVFlare reads ``local/authorization.json`` and ``local/resources.json`` (when present) instead of the
 ``.default`` files that provisioning writes; the ``local`` folder belongs to the site. Written here:
 
-- every kit: ``class_allow_list`` = NVFlare's default list + ``"fedgai."`` in ``enforce`` mode, so a job
-  may name NVFlare's vetted classes and the installed fedgai package, nothing else;
+- every kit: ``class_allow_list`` = exactly the classes the shipped jobs (jobs/) name on that side, in
+  ``enforce`` mode: a job can only assemble what fedgai ships (no other executor, no filter that re-adds what
+  the release gate removed);
+- studios: ``allow_log_streaming`` false (NVFlare would otherwise stream the site's job log to the server,
+  past every result filter), and the studio's privacy policy ``local/fedgai_privacy.json``
+  (privacy/policy.py), written once: the studio edits it, hardening again keeps its edits;
 - every kit: an authorization policy without the ``byoc`` right for anyone: jobs that bring code
   (``app/custom``) are refused ("BYOC not permitted");
 - studios: only a ``project_admin`` may run jobs there (``submit_job``, checked by the studio when the
@@ -27,7 +31,29 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ALLOWED_PACKAGE = "fedgai."
+from fedgai.privacy.policy import SitePolicy, policy_path, write_site_policy
+
+# The classes jobs/fedgai, jobs/fedgai_dp and jobs/fedgai_he name (tests/test_site_policy.py checks them).
+STUDIO_CLASSES = (
+    "fedgai.federated.executor.StudioExecutor",
+    "fedgai.federated.audit.OutboundAudit",
+    "fedgai.federated.audit.OutboundEventAudit",
+    "fedgai.privacy.filter.GaussianDPFilter",
+    "fedgai.federated.he_studio.ShapedHEModelDecryptor",
+    "nvflare.app_common.widgets.convert_to_fed_event.ConvertToFedEvent",
+    "nvflare.app_opt.he.model_encryptor.HEModelEncryptor",
+)
+SERVER_CLASSES = (
+    "fedgai.federated.controller.FilteredFedAvg",
+    "fedgai.federated.executor.FedgaiVersionCheck",
+    "fedgai.federated.he_server.CiphertextOnlyGuard",
+    "fedgai.federated.he_server.DiscriminatorPersistor",
+    "fedgai.federated.he_server.FeatureSpaceHEAggregator",
+    "fedgai.federated.he_server.FedgaiHEShareableGenerator",
+    "fedgai.federated.he_server.ResumableScatterAndGather",
+    "nvflare.app_opt.he.model_serialize_filter.HEModelSerializeFilter",
+    "nvflare.app_opt.tracking.tb.tb_receiver.TBAnalyticsReceiver",
+)
 STORAGE_DIR = "storage"
 JOB_STORE = "jobs"
 SNAPSHOTS = "snapshots"
@@ -76,16 +102,9 @@ def kit_kind(kit: Path) -> str:
     raise KitError(f"{kit} is not a server or client startup kit (no startup/fed_server.json or fed_client.json)")
 
 
-def allow_fedgai(resources: dict) -> dict:
-    """NVFlare's class allow-list plus the installed fedgai package, enforced."""
-    allowed = list(resources.get("class_allow_list") or [])
-    if not allowed:
-        from nvflare.app_common.default_component_policy import DEFAULT_CLASS_ALLOW_LIST
-
-        allowed = list(DEFAULT_CLASS_ALLOW_LIST)
-    if ALLOWED_PACKAGE not in allowed:
-        allowed.append(ALLOWED_PACKAGE)
-    return {**resources, "class_allow_list": allowed, "class_list_enforcement_mode": "enforce"}
+def allow_fedgai(resources: dict, classes: Sequence[str] = STUDIO_CLASSES + SERVER_CLASSES) -> dict:
+    """Only ``classes`` (default: both sides', for the simulator's one shared ``local`` folder), enforced."""
+    return {**resources, "class_allow_list": sorted(classes), "class_list_enforcement_mode": "enforce"}
 
 
 def kit_storage(resources: dict, kit: Path) -> dict:
@@ -105,9 +124,13 @@ def harden_kit(kit: Path) -> Path:
     """Write the kit's local/resources.json and local/authorization.json; returns the kit."""
     kind = kit_kind(kit)
     local = kit / "local"
-    resources = allow_fedgai(json.loads((local / "resources.json.default").read_text()))
+    resources = json.loads((local / "resources.json.default").read_text())
     if kind == "server":
-        resources = kit_storage(resources, kit)
+        resources = kit_storage(allow_fedgai(resources, SERVER_CLASSES), kit)
+    else:
+        resources = {**allow_fedgai(resources, STUDIO_CLASSES), "allow_log_streaming": False}
+        if not policy_path(kit).is_file():
+            write_site_policy(kit, SitePolicy())
     policy = SERVER_POLICY if kind == "server" else STUDIO_POLICY
     (local / "resources.json").write_text(json.dumps(resources, indent=2) + "\n")
     (local / "authorization.json").write_text(json.dumps(policy, indent=2) + "\n")

@@ -1,8 +1,12 @@
 """Privacy accounting on top of Opacus' accountants, plus a crash-safe per-studio ledger.
 
-A *step* is one release of a (Poisson-subsampled) Gaussian mechanism: ``(noise_multiplier, sample_rate)``.
-- Client-level DP (DP-FedAvg): one step per round with sample_rate 1.0 - every studio joins every round, so
-  there is no amplification by client sampling.
+A *step* is one release of a (Poisson-subsampled) Gaussian mechanism: ``(noise_multiplier, sample_rate)``,
+the noise std in units of the release's sensitivity.
+- Client-level DP (DP-FedAvg with the noise added at the studio): one step per round with sample_rate 1.0 -
+  every studio joins every round, so there is no amplification by client sampling. The neighbouring relation
+  is *replace*: the studio's data set against any other data set of that studio. Two clipped updates then
+  differ by up to 2C while the noise std is sigma*C, so a round is charged as noise multiplier sigma/2
+  (``client_level_noise``).
 - Record-level DP-SGD: one step per optimiser step with sample_rate = 1 / len(loader) (Opacus' Poisson
   loader).
 
@@ -27,6 +31,9 @@ from opacus.accountants.utils import get_noise_multiplier
 
 ACCOUNTANTS: dict[str, type[IAccountant]] = {"rdp": RDPAccountant, "prv": PRVAccountant}
 CLIENT_LEVEL_SAMPLE_RATE = 1.0
+# Client-level sensitivity in units of the clip norm C: replacing a studio's data moves its clipped update by
+# up to 2C (add/remove would be C, but a studio always sends an update, so only replacement is meaningful).
+CLIENT_LEVEL_SENSITIVITY = 2.0
 LEDGER_FORMAT = "fedgai-dp-ledger/1"
 
 
@@ -91,6 +98,23 @@ def calibrate_noise(
                 accountant=accountant,
             )
         )
+
+
+def client_level_noise(noise_multiplier: float) -> float:
+    """The noise multiplier a client-level round is charged with: sigma*C of noise over a sensitivity of 2C."""
+    return noise_multiplier / CLIENT_LEVEL_SENSITIVITY
+
+
+def reported_epsilon(epsilon: float) -> float:
+    """The epsilon a studio sends under record-level DP: rounded up to the next power of two.
+
+    The exact value depends on the pair count only through ceil(N/B), so sending it would reveal N to within
+    one batch. An upper bound stays a valid guarantee; a power-of-two grid leaves only which octave the spend
+    is in (docs/privacy.md). 0 and inf are sent as they are.
+    """
+    if epsilon <= 0 or math.isinf(epsilon):
+        return float(epsilon)
+    return float(2.0 ** math.ceil(math.log2(epsilon)))
 
 
 def record_level_schedule(num_samples: int, batch_size: int, epochs: int) -> tuple[float, int]:

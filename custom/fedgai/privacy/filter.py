@@ -12,6 +12,13 @@ Budget: before noising, if one more round would push the studio's epsilon past `
 raises PrivacyBudgetExceeded and logs that the studio stops contributing. The training script can avoid the
 wasted round by calling ``budget_allows_next_round`` first and sending a metrics-only notice flagged
 ``dp_budget_exhausted``; the filter forwards that notice with its metric values removed.
+
+Accounting: a round is charged as noise multiplier sigma/2 (``client_level_noise``): the guarantee is for
+replacing the studio's data, which moves the clipped update by up to 2C.
+
+Site policy (privacy/policy.py): where the site has ``local/fedgai_privacy.json``, the filter refuses settings
+weaker than it, charges the site's own ledger (the job's ``ledger_file`` is ignored) and stops at the site's
+budget when the job sets no tighter target.
 """
 
 from __future__ import annotations
@@ -31,8 +38,10 @@ from fedgai.privacy.accountant import (
     CLIENT_LEVEL_SAMPLE_RATE,
     PrivacyBudgetExceeded,
     PrivacyLedger,
+    client_level_noise,
 )
 from fedgai.privacy.mechanism import UnsafeUpdateError, check_parameters, clip_and_noise, validate_update
+from fedgai.privacy.policy import SitePolicy, SitePolicyError, load_site_policy
 
 LEDGER_FILE = "fedgai_dp_ledger.json"
 BUDGET_EXHAUSTED_KEY = "dp_budget_exhausted"
@@ -59,7 +68,7 @@ def budget_allows_next_round(
     if cfg.dp == "none" or cfg.target_epsilon is None:
         return True
     ledger = PrivacyLedger(ledger_path, accountant=accountant)
-    projected = ledger.projected_epsilon(cfg.noise_multiplier, sample_rate, steps, cfg.delta)
+    projected = ledger.projected_epsilon(client_level_noise(cfg.noise_multiplier), sample_rate, steps, cfg.delta)
     if projected > cfg.target_epsilon:
         logger.warning(
             "privacy budget exhausted (epsilon %.3f now, %.3f after the next round > target %s): "
@@ -118,11 +127,13 @@ class GaussianDPFilter(DXOFilter):
                 "send a DIFF (params_transfer_type=DIFF) so clipping bounds the studio's contribution"
             )
         validate_update(dxo.data)
-        ledger = self._ledger(fl_ctx)
-        if self.target_epsilon is not None:
-            self._check_budget(ledger, fl_ctx)
+        policy = self._policy(fl_ctx)
+        ledger = self._ledger(fl_ctx, policy)
+        target = self._target(policy)
+        if target is not None:
+            self._check_budget(ledger, target, fl_ctx)
         noised, info = clip_and_noise(dxo.data, self.clip_norm, self.noise_multiplier)
-        ledger.record(self.noise_multiplier, CLIENT_LEVEL_SAMPLE_RATE)
+        ledger.record(client_level_noise(self.noise_multiplier), CLIENT_LEVEL_SAMPLE_RATE)
         epsilon = ledger.epsilon(self.delta)
         self.log_info(
             fl_ctx,
@@ -134,22 +145,45 @@ class GaussianDPFilter(DXOFilter):
         meta.update(self._dp_meta(epsilon))  # the un-noised norm stays in the site log only
         return DXO(DataKind.WEIGHT_DIFF, data=noised, meta=meta)
 
-    def _ledger(self, fl_ctx: FLContext) -> PrivacyLedger:
-        """Reloaded on every call: the simulator may restart the site process between rounds."""
-        return PrivacyLedger(
-            site_ledger_path(fl_ctx, self.ledger_file), fl_ctx.get_identity_name() or None, self.accountant
-        )
-
-    def _check_budget(self, ledger: PrivacyLedger, fl_ctx: FLContext) -> None:
+    def _policy(self, fl_ctx: FLContext) -> SitePolicy | None:
+        """The site's policy (None without one, or outside a site); raises SitePolicyError when this filter's
+        settings are weaker than it: nothing leaves then."""
+        if fl_ctx.get_engine() is None:
+            return None
         try:
-            ledger.check_budget(self.target_epsilon, self.noise_multiplier, CLIENT_LEVEL_SAMPLE_RATE, 1, self.delta)
+            policy = load_site_policy(fl_ctx.get_workspace().get_root_dir())
+            if policy is not None:
+                policy.enforce(PrivacyConfig(dp="client", noise_multiplier=self.noise_multiplier,
+                                             clip_norm=self.clip_norm, delta=self.delta,
+                                             target_epsilon=self.target_epsilon))
+        except SitePolicyError as err:
+            self.log_error(fl_ctx, f"{err}. Nothing leaves this site.")
+            raise
+        return policy
+
+    def _target(self, policy: SitePolicy | None) -> float | None:
+        """The job's target, or the site's budget when the job sets none."""
+        if self.target_epsilon is None and policy is not None:
+            return policy.epsilon_budget
+        return self.target_epsilon
+
+    def _ledger(self, fl_ctx: FLContext, policy: SitePolicy | None) -> PrivacyLedger:
+        """Reloaded on every call: the simulator may restart the site process between rounds."""
+        path = (policy.ledger_path(fl_ctx.get_workspace().get_root_dir(), "client") if policy is not None
+                else site_ledger_path(fl_ctx, self.ledger_file))
+        return PrivacyLedger(path, fl_ctx.get_identity_name() or None, self.accountant)
+
+    def _check_budget(self, ledger: PrivacyLedger, target: float, fl_ctx: FLContext) -> None:
+        try:
+            ledger.check_budget(target, client_level_noise(self.noise_multiplier), CLIENT_LEVEL_SAMPLE_RATE, 1,
+                                self.delta)
         except PrivacyBudgetExceeded as err:
             self.log_error(fl_ctx, f"{err}. This studio stops contributing: no further update leaves the site.")
             raise
 
     def _budget_notice(self, dxo: DXO, fl_ctx: FLContext) -> DXO:
         """Forward the flag and the spent epsilon only: metrics are data-dependent and un-noised."""
-        ledger = self._ledger(fl_ctx)
+        ledger = self._ledger(fl_ctx, self._policy(fl_ctx))
         self.log_warning(
             fl_ctx,
             f"studio's privacy budget is exhausted; forwarding a notice without metrics (dropped: {sorted(dxo.data)})",

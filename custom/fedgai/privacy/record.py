@@ -20,7 +20,9 @@ import dataclasses
 import logging
 import math
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import torch
@@ -41,11 +43,27 @@ from fedgai.privacy.accountant import (
 log = logging.getLogger(__name__)
 
 STATISTICS_SAMPLE_RATE = 1.0  # every sketch enters the statistics: no subsampling
+# The site's record-level ledger while a federated studio builds its trainer (site_ledger).
+_SITE_LEDGER: ContextVar[Path | None] = ContextVar("fedgai_site_ledger", default=None)
 
 # A per-pair loss: (the network as a function of its inputs, one pair's inputs with a batch dim of 1)
 # -> (scalar loss, {name: scalar} for the local log). The function's keyword ``submodule`` calls a part of the
 # network instead (e.g. D's structure critic), with the same per-pair parameters.
 PairLoss = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+@contextmanager
+def site_ledger(path: str | Path | None) -> Iterator[None]:
+    """Charge every RecordLevelDP built inside to ``path`` (None: the trainer's own run-folder ledger).
+
+    A studio site's ledger lives in its workspace and counts every job on the studio's data (site policy,
+    privacy/policy.py); the trainer, which knows nothing of sites, names its run folder's ledger.
+    """
+    token = _SITE_LEDGER.set(Path(path) if path is not None else None)
+    try:
+        yield
+    finally:
+        _SITE_LEDGER.reset(token)
 
 
 def fresh_noise_generator() -> torch.Generator:
@@ -92,7 +110,7 @@ class RecordLevelDP:
         self.num_pairs = num_pairs
         self.sample_rate, self.steps_per_epoch = record_level_schedule(num_pairs, batch_size, 1)
         self.noise = fresh_noise_generator()  # train.seed must not make the noise replayable
-        self.ledger = PrivacyLedger(ledger_path, studio, cfg.accountant)
+        self.ledger = PrivacyLedger(_SITE_LEDGER.get() or ledger_path, studio, cfg.accountant)
         self.statistics_released = False
 
     # ------------------------------------------------------------------ accounting

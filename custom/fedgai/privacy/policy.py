@@ -1,0 +1,125 @@
+"""A studio's own privacy policy: what any job must at least do with the studio's data, and where its ledger is.
+
+The policy is a file in the studio's kit, ``<site workspace>/local/fedgai_privacy.json``: provisioning writes
+it (``fedgai.federated.kits``), the studio edits it, no job can change it. (``local/privacy.json`` is NVFlare's
+own file of privacy scopes, so the policy has its own name.) Every fedgai component that runs at the site
+reads it: the studio trainer refuses a job that asks for less before it touches a pair, the client-level DP
+filter checks its own settings against it, and both charge the ledgers named here, in the site's workspace,
+so every job on the studio's data draws on one budget. A job may always ask for more (more noise, a smaller
+clip norm, a smaller target epsilon).
+
+A site without the file (the simulator, POC) runs a job's privacy settings as the job states them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedgai.config import DP_MODES, PrivacyConfig
+
+POLICY_FILE = "fedgai_privacy.json"
+POLICY_FORMAT = "fedgai-site-privacy/1"
+# Client-level DP implies record-level DP at the same epsilon (changing one pair changes the studio's data),
+# so it is the stronger mode.
+DP_STRENGTH = {"none": 0, "record": 1, "client": 2}
+LEDGER_FILES = {"client": "client_ledger.json", "record": "record_ledger.json"}
+
+
+class SitePolicyError(RuntimeError):
+    """A job asks for less privacy than the site's policy, or the policy file cannot be trusted."""
+
+
+@dataclass(frozen=True)
+class SitePolicy:
+    """The least a job must do with this studio's data (``min_dp``, and when it uses DP: sigma, C, delta and a
+    whole-budget epsilon), and where the ledgers live (relative to the site workspace root)."""
+
+    min_dp: str = "none"
+    min_noise_multiplier: float = 1.0
+    max_clip_norm: float = 1.0
+    max_delta: float = 1e-5
+    epsilon_budget: float = 10.0
+    ledger_dir: str = "fedgai_privacy"
+
+    def __post_init__(self) -> None:
+        if self.min_dp not in DP_MODES:
+            raise SitePolicyError(f"site policy: min_dp must be one of {', '.join(DP_MODES)}, got {self.min_dp!r}")
+        for name in ("min_noise_multiplier", "max_clip_norm", "max_delta", "epsilon_budget"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise SitePolicyError(f"site policy: {name} must be a finite number >= 0, got {value!r}")
+        if Path(self.ledger_dir).is_absolute() or ".." in Path(self.ledger_dir).parts:
+            raise SitePolicyError(f"site policy: ledger_dir must stay inside the site workspace, "
+                                  f"got {self.ledger_dir!r}")
+
+    def refusal(self, privacy: PrivacyConfig) -> str | None:
+        """Why a job with these privacy settings must not run on this studio's data, or None."""
+        if DP_STRENGTH[privacy.dp] < DP_STRENGTH[self.min_dp]:
+            return f"the job's privacy.dp = {privacy.dp!r} is weaker than the site's minimum {self.min_dp!r}"
+        if privacy.dp == "none":
+            return None
+        problems = []
+        if privacy.noise_multiplier < self.min_noise_multiplier:
+            problems.append(f"privacy.noise_multiplier {privacy.noise_multiplier} < the site's minimum "
+                            f"{self.min_noise_multiplier}")
+        if privacy.clip_norm > self.max_clip_norm:
+            problems.append(f"privacy.clip_norm {privacy.clip_norm} > the site's maximum {self.max_clip_norm}")
+        if privacy.delta > self.max_delta:
+            problems.append(f"privacy.delta {privacy.delta} > the site's maximum {self.max_delta}")
+        if privacy.target_epsilon is not None and privacy.target_epsilon > self.epsilon_budget:
+            problems.append(f"privacy.target_epsilon {privacy.target_epsilon} > the site's budget "
+                            f"{self.epsilon_budget}")
+        return "; ".join(problems) or None
+
+    def enforce(self, privacy: PrivacyConfig) -> PrivacyConfig:
+        """The settings this site runs: the job's, with the site's budget as the target when the job sets none;
+        SitePolicyError (with the reason) when the job asks for less than the policy."""
+        reason = self.refusal(privacy)
+        if reason:
+            raise SitePolicyError(f"this studio's privacy policy refuses the job: {reason}")
+        if privacy.dp == "none" or privacy.target_epsilon is not None:
+            return privacy
+        return dataclasses.replace(privacy, target_epsilon=self.epsilon_budget)
+
+    def ledger_path(self, workspace_root: str | Path, unit: str) -> Path:
+        """The site's ledger for ``unit`` ("client" or "record"), shared by every job at this site."""
+        return Path(workspace_root) / self.ledger_dir / LEDGER_FILES[unit]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": POLICY_FORMAT, **dataclasses.asdict(self)}
+
+
+def policy_path(workspace_root: str | Path) -> Path:
+    return Path(workspace_root) / "local" / POLICY_FILE
+
+
+def load_site_policy(workspace_root: str | Path) -> SitePolicy | None:
+    """The site's policy, None when the site has none; SitePolicyError when the file cannot be trusted
+    (a broken policy must stop jobs, never silently become no policy)."""
+    path = policy_path(workspace_root)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise SitePolicyError(f"cannot read the site privacy policy {path}: {err}") from err
+    if not isinstance(data, dict) or data.pop("format", None) != POLICY_FORMAT:
+        raise SitePolicyError(f"site privacy policy {path}: expected an object with format {POLICY_FORMAT!r}")
+    fields = {f.name for f in dataclasses.fields(SitePolicy)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise SitePolicyError(f"site privacy policy {path}: unknown fields {unknown}; known: {sorted(fields)}")
+    return SitePolicy(**data)
+
+
+def write_site_policy(workspace_root: str | Path, policy: SitePolicy) -> Path:
+    """Write the policy into a kit's ``local`` folder (provisioning); the studio may edit it afterwards."""
+    path = policy_path(workspace_root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(policy.to_dict(), indent=2) + "\n")
+    return path
