@@ -27,6 +27,7 @@ import numpy as np
 
 from fedgai.config import FedgaiConfig, profile
 from fedgai.federated.aggregation import TooFewStudios, Weight, aggregate, capped_weights, clip_to_median_norm
+from fedgai.federated.job import DP_JOB_SETTINGS
 from fedgai.federated.validation import contribution_problem, update_norm_bound, update_norm_floor
 
 STUDIOS = (2, 3, 5, 8)
@@ -34,8 +35,6 @@ AGGREGATORS = ("fedavg", "trimmed_mean", "median")
 PARAMS = 369_857  # the paper profile's shared D entries
 HONEST_NORM = 0.5
 PAIRS = 48
-# The DP job's operating point (federated/job.py DP_JOB_SETTINGS).
-DP = {"privacy.dp": "client", "privacy.noise_multiplier": 2.0, "privacy.clip_norm": 1.0}
 # An attack: (its own honest update, the other studios' mean update, config, rng) -> (what it sends, pair count).
 # It knows the others' mean: with two studios a studio reads the other's update off the global (docs/privacy.md),
 # with more it approximates the mean from the last global step; this is the worst case.
@@ -45,7 +44,7 @@ Attack = Callable[[np.ndarray, np.ndarray, FedgaiConfig, np.random.Generator], t
 def config(aggregator: str, dp: bool) -> FedgaiConfig:
     """The paper profile with ``aggregator``; min_clients 3 where a robust aggregator requires it."""
     overrides = {"fed.aggregator": aggregator, "fed.min_clients": 1 if aggregator == "fedavg" else 3}
-    return profile("paper").with_overrides({**overrides, **(DP if dp else {})})
+    return profile("paper").with_overrides({**overrides, **(DP_JOB_SETTINGS if dp else {})})
 
 
 def honest_updates(n: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -53,6 +52,11 @@ def honest_updates(n: int, rng: np.random.Generator) -> list[np.ndarray]:
     common = rng.normal(0, 1, PARAMS)
     scale = HONEST_NORM / np.sqrt(2 * PARAMS)
     return [((common + rng.normal(0, 1, PARAMS)) * scale).astype(np.float32) for _ in range(n)]
+
+
+def reference() -> dict[str, np.ndarray]:
+    """A global model of the paper D's size and initial norm (~8): what the empty-update floor is relative to."""
+    return {"w": np.full(PARAMS, 8.0 / np.sqrt(PARAMS), np.float32)}
 
 
 def noised(signal: np.ndarray, cfg: FedgaiConfig, rng: np.random.Generator) -> np.ndarray:
@@ -88,11 +92,10 @@ DP_ATTACKS: dict[str, Attack] = {
 
 def server_step(cfg: FedgaiConfig, sent: dict[str, tuple[np.ndarray, int]]) -> tuple[np.ndarray | None, str]:
     """The server's round on what the studios sent: (global step or None when refused, what was refused)."""
-    reference = {"w": np.full(PARAMS, 8.0 / np.sqrt(PARAMS), np.float32)}  # the paper D's initial norm, ~8
-    floor = update_norm_floor(cfg, reference)
+    floor = update_norm_floor(cfg, reference())
     dropped, usable = [], {}
     for site, (vector, count) in sent.items():
-        problem = contribution_problem({"w": vector}, "DIFF", count, reference, update_norm_bound(cfg, PARAMS),
+        problem = contribution_problem({"w": vector}, "DIFF", count, reference(), update_norm_bound(cfg, PARAMS),
                                        count_required=cfg.privacy.dp == "none", min_update_norm=floor)
         if problem:
             dropped.append(f"{site}: {problem.split(' (')[0]}")
@@ -150,11 +153,13 @@ def run() -> list[dict]:
 
 
 def cell(row: dict) -> str:
-    """'shift, cos'; 'refused' where the round is not aggregated; 'dropped:' where screening refused the attack."""
+    """'shift, cos'; 'refused' where the round is not aggregated; 'dropped' where screening refused the attack."""
     if row["shift"] is None:
         return "refused"
-    dropped = "dropped: " if row["refused"] and row["refused"].startswith("h0:") else ""
-    return f"{dropped}{row['shift']:.2f}, {row['cos']:.2f}"
+    if not (row["refused"] and row["refused"].startswith("h0:")):
+        return f"{row['shift']:.2f}, {row['cos']:.2f}"
+    # Under DP what is left is the missing studio's own noise, not steering: the step is noise either way.
+    return "dropped" if row["dp"] == "client" else f"dropped: {row['shift']:.2f}, {row['cos']:.2f}"
 
 
 def table(rows: list[dict]) -> str:
@@ -175,6 +180,10 @@ def main() -> None:
     rows = run()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    dp = config("fedavg", dp=True)
+    print(f"{PARAMS} shared entries; client-level DP as jobs/fedgai_dp: sigma {dp.privacy.noise_multiplier:g}, "
+          f"C {dp.privacy.clip_norm:g}, norm window [{update_norm_floor(dp, reference()):.0f}, "
+          f"{update_norm_bound(dp, PARAMS):.0f}]")
     print(table(rows))
     for row in rows:
         if row["refused"]:
