@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from fedgai.config import LossConfig
 from fedgai.losses import content_loss, feature_matching_loss, feddecorr_loss, gram_loss, hinge_d_loss, hinge_g_loss
@@ -61,8 +62,11 @@ class Objective:
     @torch.no_grad()
     def real_features(self, photo: torch.Tensor, sketch: torch.Tensor) -> RealFeatures:
         """The encoder's view of real pairs: what the cache stores, computed here when it does not."""
-        sketch_taps = self.encoder(sketch)
-        return RealFeatures(self.encoder(photo), sketch_taps[-1], [gram_matrix(t) for t in sketch_taps])
+        with record_function("encoder: real sketch"):
+            sketch_taps = self.encoder(sketch)
+        with record_function("encoder: photo"):
+            photo_taps = self.encoder(photo)
+        return RealFeatures(photo_taps, sketch_taps[-1], [gram_matrix(t) for t in sketch_taps])
 
     # ------------------------------------------------------------------ batched
     def generator_terms(self, fake: torch.Tensor, fake_taps: list[torch.Tensor], sketch: torch.Tensor,
