@@ -51,6 +51,7 @@ from fedgai.federated.keys import shared_keys, split_key
 from fedgai.losses import gram_loss
 from fedgai.models import gram_matrix
 from fedgai.privacy import Step, clip_and_noise, compute_epsilon
+from fedgai.privacy.accountant import client_level_noise
 from fedgai.privacy.record import calibrate_record_noise
 from fedgai.trainer import StudioTrainer, ink_iou
 
@@ -295,7 +296,7 @@ def client_rows(args: argparse.Namespace, split: Split, base: Released) -> list[
             disc, info = client_release(base, sigma, args.client_clip_fraction, rng)
             draws.append(evaluate(disc, base, split, args))
             infos.append(info)
-        eps = compute_epsilon([Step(sigma, 1.0, args.rounds)], args.delta)
+        eps = compute_epsilon([Step(client_level_noise(sigma), 1.0, args.rounds)], args.delta)  # replace: 2C
         d = infos[0]["shared_parameters"]
         stats = mean_metrics(draws)
         n_pos, n_neg = len(split.members[1]), len(split.nonmembers[1])

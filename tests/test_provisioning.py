@@ -20,7 +20,7 @@ from fedgai.config import profile
 from fedgai.federated.controller import OUTPUT_DIR
 from fedgai.federated.he_keys import CLIENT_CONTEXT, HE_PARAMS, SERVER_CONTEXT, SecretKeyFound, check_no_secret_key
 from fedgai.federated.he_server import received_records
-from fedgai.federated.kits import SERVER_CLASSES, STUDIO_CLASSES
+from fedgai.federated.kits import job_classes
 
 REPO = Path(__file__).resolve().parent.parent
 ADMIN = "admin@fedgai.example"
@@ -89,7 +89,7 @@ def test_kits_are_hardened_no_custom_code_and_fedgai_classes_enforced(provisione
         local = kits / name / "local"
         resources = json.loads((local / "resources.json").read_text())
         assert resources["class_list_enforcement_mode"] == "enforce"
-        assert set(resources["class_allow_list"]) == set(SERVER_CLASSES if name == server else STUDIO_CLASSES)
+        assert set(resources["class_allow_list"]) == job_classes("server" if name == server else "client")
         policy = json.loads((local / "authorization.json").read_text())["permissions"]
         assert all(rights.get("byoc", "none") == "none" for rights in policy.values() if isinstance(rights, dict))
     for site in SITES:  # only the project admin deploys jobs at a studio

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,13 +14,15 @@ import yaml
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.fl_constant import FLMetaKey, ReservedKey
 from nvflare.apis.fl_context import FLContext
+from nvflare.apis.fl_exception import UnsafeComponentError
 from nvflare.apis.workspace import Workspace
+from nvflare.app_common.widgets.component_path_authorizer import ComponentPathAuthorizer
 
 from fedgai.config import PrivacyConfig, profile
 from fedgai.federated.audit import AUDIT_DIR, LOG_FILE, OutboundAudit
 from fedgai.federated.client import StudioResumeRefused, open_trainer, resume_owner, site_config
 from fedgai.federated.fingerprint import FINGERPRINT_META_KEY
-from fedgai.federated.kits import SERVER_CLASSES, STUDIO_CLASSES, harden_kit
+from fedgai.federated.kits import SIDES, allow_fedgai, config_classes, harden_kit, job_classes
 from fedgai.privacy import GaussianDPFilter, PrivacyBudgetExceeded, PrivacyLedger, Step, compute_epsilon
 from fedgai.privacy.accountant import reported_epsilon
 from fedgai.privacy.policy import (
@@ -176,27 +179,23 @@ def test_under_dp_the_last_filter_sends_weight_one_and_no_metrics(site):
     assert _sent(fl_ctx, root, {NUM_STEPS: 24, MetaKey.INITIAL_METRICS: {"loss_g": 1.0}}) == {NUM_STEPS: 1}
 
 
-def _job_classes(side: str) -> set[str]:
-    paths: set[str] = set()
-
-    def walk(node) -> None:
-        if isinstance(node, dict):
-            if isinstance(node.get("path"), str):
-                paths.add(node["path"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    for config in (REPO / "jobs").glob(f"*/app/config/config_fed_{side}.json"):
-        walk(json.loads(config.read_text()))
-    return paths
-
-
-def test_the_class_allow_lists_hold_exactly_the_shipped_jobs_classes():
-    assert set(STUDIO_CLASSES) == _job_classes("client")
-    assert set(SERVER_CLASSES) == _job_classes("server")
+def test_the_class_allow_lists_hold_exactly_the_shipped_jobs_classes(tmp_path):
+    """Today every kit allows NVFlare's whole default list plus any class under "fedgai."."""
+    authorizer = ComponentPathAuthorizer()
+    for side, name in SIDES.items():
+        resources = tmp_path / f"{side}.json"
+        resources.write_text(json.dumps(allow_fedgai({"format_version": 2}, [side])))
+        workspace = SimpleNamespace(get_resources_file_path=lambda path=resources: str(path))
+        for job in (REPO / "jobs").iterdir():
+            for path in config_classes(json.loads((job / "app" / "config" / name).read_text())):
+                authorizer.authorize_component_config({"path": path, "args": {}}, workspace=workspace)
+        unused = ["nvflare.app_common.executors.client_api_executor.ClientAPIExecutor",  # NVFlare's default list
+                  "nvflare.app_common.workflows.fedavg.FedAvg", "fedgai.federated.kits.KitError"]
+        for path in unused:
+            with pytest.raises(UnsafeComponentError, match="not in allow_list"):
+                authorizer.authorize_component_config({"path": path, "args": {}}, workspace=workspace)
+    assert "fedgai.federated.executor.StudioExecutor" not in job_classes("server")
+    assert "fedgai.federated.controller.FilteredFedAvg" not in job_classes("client")
 
 
 def _client_kit(folder: Path) -> Path:
@@ -212,7 +211,7 @@ def test_a_hardened_studio_kit_streams_no_logs_and_carries_its_editable_policy(t
     kit = harden_kit(_client_kit(tmp_path / STUDIO))
     resources = json.loads((kit / "local" / "resources.json").read_text())
     assert resources["allow_log_streaming"] is False
-    assert resources["class_allow_list"] == sorted(STUDIO_CLASSES)
+    assert resources["class_allow_list"] == sorted(job_classes("client"))
     assert resources["class_list_enforcement_mode"] == "enforce"
     assert load_site_policy(kit) == SitePolicy()
     write_site_policy(kit, POLICY)  # the studio's own edit survives hardening again

@@ -6,9 +6,9 @@ and the server keeps its jobs in its own kit.
 NVFlare reads ``local/authorization.json`` and ``local/resources.json`` (when present) instead of the
 ``.default`` files that provisioning writes; the ``local`` folder belongs to the site. Written here:
 
-- every kit: ``class_allow_list`` = exactly the classes the shipped jobs (jobs/) name on that side, in
-  ``enforce`` mode: a job can only assemble what fedgai ships (no other executor, no filter that re-adds what
-  the release gate removed);
+- every kit: ``class_allow_list`` = exactly the classes the shipped jobs name on that side (read from a fresh
+  export of them, so the list follows the jobs), in ``enforce`` mode: a job can only assemble what fedgai
+  ships (no other executor, no filter that re-adds what the release gate removed);
 - studios: ``allow_log_streaming`` false (NVFlare would otherwise stream the site's job log to the server,
   past every result filter), and the studio's privacy policy ``local/fedgai_privacy.json``
   (privacy/policy.py), written once: the studio edits it, hardening again keeps its edits;
@@ -26,34 +26,16 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from fedgai.privacy.policy import SitePolicy, policy_path, write_site_policy
 
-# The classes jobs/fedgai, jobs/fedgai_dp and jobs/fedgai_he name (tests/test_site_policy.py checks them).
-STUDIO_CLASSES = (
-    "fedgai.federated.executor.StudioExecutor",
-    "fedgai.federated.audit.OutboundAudit",
-    "fedgai.federated.audit.OutboundEventAudit",
-    "fedgai.privacy.filter.GaussianDPFilter",
-    "fedgai.federated.he_studio.ShapedHEModelDecryptor",
-    "nvflare.app_common.widgets.convert_to_fed_event.ConvertToFedEvent",
-    "nvflare.app_opt.he.model_encryptor.HEModelEncryptor",
-)
-SERVER_CLASSES = (
-    "fedgai.federated.controller.FilteredFedAvg",
-    "fedgai.federated.executor.FedgaiVersionCheck",
-    "fedgai.federated.he_server.CiphertextOnlyGuard",
-    "fedgai.federated.he_server.DiscriminatorPersistor",
-    "fedgai.federated.he_server.FeatureSpaceHEAggregator",
-    "fedgai.federated.he_server.FedgaiHEShareableGenerator",
-    "fedgai.federated.he_server.ResumableScatterAndGather",
-    "nvflare.app_opt.he.model_serialize_filter.HEModelSerializeFilter",
-    "nvflare.app_opt.tracking.tb.tb_receiver.TBAnalyticsReceiver",
-)
+SIDES = {"server": "config_fed_server.json", "client": "config_fed_client.json"}
 STORAGE_DIR = "storage"
 JOB_STORE = "jobs"
 SNAPSHOTS = "snapshots"
@@ -102,8 +84,32 @@ def kit_kind(kit: Path) -> str:
     raise KitError(f"{kit} is not a server or client startup kit (no startup/fed_server.json or fed_client.json)")
 
 
-def allow_fedgai(resources: dict, classes: Sequence[str] = STUDIO_CLASSES + SERVER_CLASSES) -> dict:
-    """Only ``classes`` (default: both sides', for the simulator's one shared ``local`` folder), enforced."""
+def config_classes(config: Any) -> set[str]:
+    """Every component class path (``"path"`` entries) anywhere in an NVFlare job config."""
+    if isinstance(config, dict):
+        found = {config["path"]} if isinstance(config.get("path"), str) else set()
+        return found.union(*(config_classes(v) for v in config.values()))
+    if isinstance(config, list):
+        return set().union(*(config_classes(v) for v in config))
+    return set()
+
+
+@functools.cache
+def job_classes(side: str) -> frozenset[str]:
+    """The classes the shipped jobs (plain, DP, HE) name on ``side`` ("server" or "client"), from a fresh
+    export: the allow-list follows the jobs and never lists what no shipped job uses."""
+    from fedgai.federated.he_job import export_jobs  # the jobs import this module (allow_fedgai)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs = export_jobs(Path(tmp), "test")
+        return frozenset().union(*(config_classes(json.loads((job / "app" / "config" / SIDES[side]).read_text()))
+                                   for job in jobs))
+
+
+def allow_fedgai(resources: dict, sides: Sequence[str] = tuple(SIDES)) -> dict:
+    """Only the shipped jobs' classes of ``sides`` (default both, for the simulator's one shared ``local``
+    folder), enforced."""
+    classes = set().union(*(job_classes(side) for side in sides))
     return {**resources, "class_allow_list": sorted(classes), "class_list_enforcement_mode": "enforce"}
 
 
@@ -126,9 +132,9 @@ def harden_kit(kit: Path) -> Path:
     local = kit / "local"
     resources = json.loads((local / "resources.json.default").read_text())
     if kind == "server":
-        resources = kit_storage(allow_fedgai(resources, SERVER_CLASSES), kit)
+        resources = kit_storage(allow_fedgai(resources, ["server"]), kit)
     else:
-        resources = {**allow_fedgai(resources, STUDIO_CLASSES), "allow_log_streaming": False}
+        resources = {**allow_fedgai(resources, ["client"]), "allow_log_streaming": False}
         if not policy_path(kit).is_file():
             write_site_policy(kit, SitePolicy())
     policy = SERVER_POLICY if kind == "server" else STUDIO_POLICY
