@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -66,3 +68,29 @@ def test_feature_matching_is_zero_on_the_real_pair_and_trains_only_the_generated
     fake = torch.randn(2, 4, 3, 3, requires_grad=True)
     feature_matching_loss(real, fake).backward()
     assert real.grad is None and fake.grad.abs().sum() > 0
+
+
+def test_an_unreachable_hub_turns_clip_off_in_one_line_without_a_download(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+    import open_clip
+
+    from fedgai import losses
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(losses, "_connects", lambda *a: False)
+    monkeypatch.setattr(open_clip, "download_pretrained", lambda *a, **k: pytest.fail("the hub was asked"))
+    losses.hub_reachable.cache_clear()
+    losses._clip_visual.cache_clear()
+    try:
+        losses.clip_preflight(LossConfig())
+        printed = capsys.readouterr().out.strip().splitlines()
+        assert len(printed) == 1 and "cannot be reached" in printed[0]
+        assert os.environ["HF_HUB_OFFLINE"] == "1"  # the studio processes started next inherit it
+        model, status = load_clip(LossConfig())
+        assert model is None and not status.enabled and "not in the local cache" in status.reason
+    finally:
+        losses.hub_reachable.cache_clear()
+        losses._clip_visual.cache_clear()

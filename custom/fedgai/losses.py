@@ -9,8 +9,11 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
@@ -125,7 +128,7 @@ def _clip_visual(model_name: str, source: str) -> tuple[nn.Module | None, str]:
     online (HF_HUB_OFFLINE unset) and the weights are not cached."""
     import open_clip
 
-    if "/" in source or source.endswith((".pt", ".bin", ".safetensors")):
+    if _is_file(source):
         checkpoint, problem, tag = (source, None, {}) if Path(source).is_file() else (
             None, f"loss.clip_pretrained file {source} does not exist", {})
     else:
@@ -145,9 +148,60 @@ def _clip_visual(model_name: str, source: str) -> tuple[nn.Module | None, str]:
     return None, problem
 
 
+def _is_file(source: str) -> bool:
+    """loss.clip_pretrained names a local checkpoint file (else an open_clip tag such as 'openai')."""
+    return "/" in source or source.endswith((".pt", ".bin", ".safetensors"))
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub reads it."""
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+@functools.cache
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection, asked once per process. When it does not,
+    HF_HUB_OFFLINE is set for this process and the studio processes it starts, so that none of them spends
+    the download's retries (and their multi-line errors) on it."""
+    if hub_offline():
+        return False
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or ""
+    answered: list[bool] = []
+    # A thread: a name lookup without a network can block longer than any socket timeout.
+    probe = threading.Thread(target=lambda: answered.append(_connects(host, 443, timeout)), daemon=True)
+    probe.start()
+    probe.join(timeout + 1)
+    if not answered or not answered[0]:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        return False
+    return True
+
+
+def _connects(host: str, port: int, timeout: float) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def clip_preflight(cfg: LossConfig) -> None:
+    """Before studios start (``fedgai simulate``): one console line when the CLIP term will be off because the
+    hub is out of reach, instead of one download attempt per studio."""
+    if cfg.clip == 0 or cfg.clip_pretrained == "none" or _is_file(cfg.clip_pretrained) or hub_offline():
+        return
+    if not hub_reachable():
+        print(f"CLIP: the Hugging Face hub cannot be reached; studios use {cfg.clip_model}/{cfg.clip_pretrained} "
+              "only if it is in the local cache, else the CLIP term is off (HF_HUB_OFFLINE=1 set for them)")
+
+
 def _tag_checkpoint(tag: dict) -> tuple[str | None, str | None]:
     """(local file, None) for a known open_clip tag, or (None, why not): cache first, then one download."""
-    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache
 
     repo, filename = os.path.split(tag.get("hf_hub", ""))
     names = [CLIP_SAFE_WEIGHTS, CLIP_WEIGHTS] if filename in ("", CLIP_WEIGHTS) else [filename]
@@ -158,9 +212,9 @@ def _tag_checkpoint(tag: dict) -> tuple[str | None, str | None]:
     url_file = Path("~/.cache/clip").expanduser() / os.path.basename(tag.get("url", ""))
     if tag.get("url") and url_file.is_file():
         return str(url_file), None
-    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
-    if offline:
-        return None, f"weights {tag.get('hf_hub') or tag.get('url')} are not in the local cache (HF_HUB_OFFLINE)"
+    if not hub_reachable():
+        return None, (f"weights {tag.get('hf_hub') or tag.get('url')} are not in the local cache and the hub "
+                      "cannot be reached (offline)")
     import open_clip
 
     try:
