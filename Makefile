@@ -17,9 +17,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 ## the main job: an 8-studio demo federation in NVFlare's simulator (quick profile), one process per studio;
-## prints one line per round (aggregated, held-out val_* means, ETA), full logs under $(WORKSPACE)/nvflare
+## prints one line per round (aggregated, held-out val_* means, ETA), full logs under $(WORKSPACE)/nvflare;
+## then scores every studio on its held-out test pairs (fedgai evaluate) and prints the report's path
 demo: install
 	$(BIN)/fedgai simulate --studios $(STUDIOS) --workspace $(WORKSPACE)
+	$(BIN)/fedgai evaluate $(WORKSPACE) --out $(WORKSPACE)/evaluation
+	@echo "report (galleries, scores, bytes per round): $(abspath $(WORKSPACE))/evaluation/report.html"
 
 ## one studio, local training only
 local-demo: install
