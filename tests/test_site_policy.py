@@ -248,3 +248,19 @@ def test_a_studio_resumes_only_its_own_jobs_checkpoint(studio_dir, tmp_path, tes
     with pytest.raises(StudioResumeRefused):
         open_trainer(test_cfg, studio_dir, tmp_path, resume=True, device="cpu", owner=changed)
     assert open_trainer(test_cfg, studio_dir, tmp_path, resume=True, device="cpu", owner=mine).epoch == 3
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_in_the_simulator_a_studio_with_a_policy_refuses_a_job_without_dp(demo_root, tmp_path):
+    """The simulator copies ``<workspace>/local`` to every site: both studios carry the policy, the plain job
+    stops at them before any pair is read, with the reason in their logs."""
+    from fedgai.federated.simulate import SimulationError, simulate
+
+    write_site_policy(tmp_path / "nvflare", POLICY)
+    with pytest.raises(SimulationError):
+        simulate(2, 1, tmp_path, profile="test", data_dir=demo_root)
+    for site in ("studio-01", "studio-02"):
+        log = (tmp_path / "nvflare" / site / "log.txt").read_text()
+        assert "this studio's privacy policy refuses the job: the job's privacy.dp = 'none' is weaker" in log
+        assert not (tmp_path / "studios" / site / "checkpoints").exists()
