@@ -21,7 +21,6 @@ from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_opt.he.constant import HE_ALGORITHM_CKKS
 from nvflare.app_opt.he.intime_accumulate_model_aggregator import HEInTimeAccumulateWeightedAggregator
 from nvflare.app_opt.he.model_decryptor import HEModelDecryptor
-from nvflare.app_opt.he.model_encryptor import HEModelEncryptor
 from nvflare.app_opt.he.model_serialize_filter import HEModelSerializeFilter
 from nvflare.fuel.utils import fobs
 
@@ -56,7 +55,8 @@ from fedgai.federated.he_server import (
     ciphertext_problem,
     received_records,
 )
-from fedgai.federated.he_studio import ShapedHEModelDecryptor, load_encrypted_global
+from fedgai.federated.he_studio import PackedHEModelEncryptor, ShapedHEModelDecryptor, load_encrypted_global
+from fedgai.federated.he_wire import PackedCiphertextLoader, decrypt_packed, encrypt_packed, packed_size
 from fedgai.federated.keys import CONFIG_META_KEY, DP_EPSILON_META_KEY
 from fedgai.federated.progress import RoundProgress
 
@@ -116,23 +116,32 @@ def studio_space(weights: str = "w1") -> dict:
     return fp.feature_space(profile("test"), "random", weights, clip_enabled=False)
 
 
-def encrypted_update(encryptor: HEModelEncryptor, diff: dict[str, np.ndarray], num_samples: int, site: str,
+def encrypted_update(encryptor: PackedHEModelEncryptor, diff: dict[str, np.ndarray], num_samples: int, site: str,
                      rnd: int = 0, space: dict | None = None, epsilon: float | None = None):
-    """A studio's result as the server receives it: encrypted, through FOBS (the wire), peer and round set."""
+    """A studio's result as the server receives it: encrypted, through FOBS (the wire) and the server's first
+    result filter (PackedCiphertextLoader), peer and round set."""
     meta = {MetaKey.NUM_STEPS_CURRENT_ROUND: num_samples, fp.FINGERPRINT_META_KEY: space or studio_space(),
             DP_EPSILON_META_KEY: epsilon}
     dxo = DXO(DataKind.WEIGHT_DIFF, data={k: v.copy() for k, v in diff.items()}, meta=meta)
     shareable = fobs.loads(fobs.dumps(encryptor.process(dxo.to_shareable(), fl_ctx(site))))
+    shareable = server_loader(encryptor.tenseal_context).process(shareable, fl_ctx(site))
     shareable.set_peer_props({ReservedKey.IDENTITY_NAME: site})
     shareable.add_cookie(AppConstants.CONTRIBUTION_ROUND, rnd)
     return shareable
 
 
-def client_encryptor(client_ctx: ts.Context) -> HEModelEncryptor:
-    encryptor = HEModelEncryptor(weigh_by_local_iter=True)
+def client_encryptor(client_ctx: ts.Context) -> PackedHEModelEncryptor:
+    encryptor = PackedHEModelEncryptor(weigh_by_local_iter=True)
     encryptor.tenseal_context = client_ctx
     encryptor.encrypt_layers = [True]  # what START_RUN sets: encrypt every entry
     return encryptor
+
+
+def server_loader(client_ctx: ts.Context) -> PackedCiphertextLoader:
+    """The server's first result filter, with the client context less its secret key (the server's context)."""
+    loader = PackedCiphertextLoader()
+    loader.tenseal_context = ts.context_from(client_ctx.serialize(save_secret_key=False))
+    return loader
 
 
 def random_diffs(global_d: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
@@ -172,7 +181,8 @@ def test_he_aggregate_equals_the_plaintext_weighted_mean(contexts, global_d, cap
     for site, (diff, n) in studios.items():
         received = encrypted_update(encryptor, diff, n, site)
         data = from_shareable(received).data
-        assert ciphertext_problem(data, {k: v.size for k, v in global_d.items()}) is None  # public ciphertexts only
+        expected = {k: packed_size(v.size) for k, v in global_d.items()}
+        assert ciphertext_problem(data, expected) is None  # public ciphertexts only
         assert aggregator.accept(received, ctx)
     aggregated = aggregator.aggregate(ctx)
 
@@ -206,7 +216,7 @@ def test_stock_decryptor_fails_on_partial_models_and_ours_does_not(contexts, glo
     """One entry stays plaintext (not in PROCESSED_KEYS): nvflare's filter raises KeyError, ours restores all."""
     _, client_ctx = contexts
     keys = sorted(global_d)
-    data = {k: ts.ckks_vector(client_ctx, global_d[k].ravel()).serialize() for k in keys[1:]}
+    data = {k: encrypt_packed(client_ctx, global_d[k]) for k in keys[1:]}
     data[keys[0]] = global_d[keys[0]].copy()
     meta = {MetaKey.PROCESSED_KEYS: {k: True for k in keys[1:]}, MetaKey.PROCESSED_ALGORITHM: HE_ALGORITHM_CKKS,
             LAYOUT_META_KEY: layout_of(global_d)}
@@ -319,7 +329,7 @@ def test_round_zero_majority_feature_space_is_adopted_sent_and_enforced(contexts
     [dropped] = summary["dropped"]
     assert dropped["site"] == "studio-c" and "encoder_weights: 'w2' at the studio" in dropped["reason"]
     for key, value in aggregated.items():  # the mean of the two fitting updates only
-        got = np.asarray(ts.ckks_vector_from(client_ctx, value.serialize()).decrypt())
+        got = decrypt_packed(client_ctx, value.serialize(), global_d[key].size)
         expected = (diffs["studio-a"][key] + diffs["studio-b"][key]).ravel() / 2
         np.testing.assert_allclose(got, expected, atol=1e-5)
 
@@ -412,7 +422,7 @@ def test_studios_noise_then_encrypt_then_record(tmp_path):
     config = json.loads((tmp_path / HE_JOB_NAME / "app" / "config" / "config_fed_client.json").read_text())
     (chain,) = config["task_result_filters"]
     assert [f["path"].rsplit(".", 1)[-1] for f in chain["filters"]] == [
-        "GaussianDPFilter", "HEModelEncryptor", "OutboundAudit"]
+        "GaussianDPFilter", "PackedHEModelEncryptor", "OutboundAudit"]
     (incoming,) = config["task_data_filters"]
     assert [f["path"].rsplit(".", 1)[-1] for f in incoming["filters"]] == ["ShapedHEModelDecryptor"]
 
@@ -440,7 +450,7 @@ def test_two_studio_he_simulation_aggregates_ciphertexts_only(demo_root, tmp_pat
         sent = [json.loads(line) for line in
                 (workspace / site / "simulate_job" / AUDIT_DIR / LOG_FILE).read_text().splitlines()]
         assert len(sent) == cfg.fed.rounds
-        assert {e["type"] for msg in sent for e in msg["data"].values()} == {"CKKSVector"}
+        assert {e["type"] for msg in sent for e in msg["data"].values()} == {"bytes"}  # he_wire's format
         assert all(("dp_noise_multiplier" in msg["meta"]) == (dp == "client") for msg in sent)  # DP ran first
 
     out = run_dir / HE_OUTPUT_DIR

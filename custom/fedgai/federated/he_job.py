@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from nvflare.apis.dxo import DataKind
-from nvflare.app_opt.he.model_encryptor import HEModelEncryptor
 from nvflare.app_opt.he.model_serialize_filter import HEModelSerializeFilter
 from nvflare.app_opt.tracking.tb.tb_receiver import TBAnalyticsReceiver
 from nvflare.job_config.api import FedJob
@@ -30,7 +29,8 @@ from fedgai.federated.he_server import (
     FedgaiHEShareableGenerator,
     ResumableScatterAndGather,
 )
-from fedgai.federated.he_studio import ShapedHEModelDecryptor
+from fedgai.federated.he_studio import PackedHEModelEncryptor, ShapedHEModelDecryptor
+from fedgai.federated.he_wire import PackedCiphertextLoader
 from fedgai.federated.job import TASK, add_dp_filter, add_studio_trainer, export, new_job
 
 HE_JOB_NAME = "fedgai_he"
@@ -64,8 +64,8 @@ def build_he_job(
     # Result filters run in order: client-level DP on the plaintext DIFF (if configured), encrypt (weighted by
     # NUM_STEPS_CURRENT_ROUND), then record what leaves.
     add_dp_filter(job, cfg)
-    job.to_clients(HEModelEncryptor(tenseal_context_file=CLIENT_CONTEXT, weigh_by_local_iter=True), tasks=[TASK],
-                   filter_type=FilterType.TASK_RESULT)
+    job.to_clients(PackedHEModelEncryptor(tenseal_context_file=CLIENT_CONTEXT, weigh_by_local_iter=True),
+                   tasks=[TASK], filter_type=FilterType.TASK_RESULT)
     job.to_clients(OutboundAudit(save_arrays=save_outbound_arrays), tasks=[TASK],
                    filter_type=FilterType.TASK_RESULT)
     return job
@@ -80,6 +80,9 @@ def _add_server(job: FedJob, cfg: FedgaiConfig, config: dict, checkpoint_dir: st
     job.to_server(FeatureSpaceHEAggregator(expected_data_kind=DataKind.WEIGHT_DIFF, weigh_by_local_iter=False),
                   id="aggregator")
     job.to_server(TBAnalyticsReceiver(), id="tb_receiver")
+    # The compact ciphertexts arrive as bytes: read them under the server's context, then screen them.
+    job.to_server(PackedCiphertextLoader(tenseal_context_file=SERVER_CONTEXT), tasks=[TASK],
+                  filter_type=FilterType.TASK_RESULT)
     job.to_server(CiphertextOnlyGuard(config=config), tasks=[TASK], filter_type=FilterType.TASK_RESULT)
     # Like FilteredFedAvg: wait for every studio up to the round timeout, or fed.straggler_grace after min_clients.
     grace = cfg.fed.round_timeout if cfg.fed.straggler_grace is None else cfg.fed.straggler_grace

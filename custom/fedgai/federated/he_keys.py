@@ -24,8 +24,9 @@ from nvflare.lighter.impl.he import HEBuilder
 LAYOUT_META_KEY = "fedgai_layout"
 SERVER_CONTEXT = ProvFileName.SERVER_CONTEXT_TENSEAL
 CLIENT_CONTEXT = ProvFileName.CLIENT_CONTEXT_TENSEAL
-# nvflare's HEBuilder defaults, written out so provisioning (project.yml) and the simulator use the same.
-HE_PARAMS: dict[str, Any] = {"poly_modulus_degree": 8192, "coeff_mod_bit_sizes": [60, 40, 40], "scale_bits": 40}
+# CKKS parameters for aggregation by additions and one plaintext multiplication (why: he_wire.py), used by
+# provisioning (project.yml, nvflare's HEBuilder) and the simulator alike. 128-bit security by the HE standard.
+HE_PARAMS: dict[str, Any] = {"poly_modulus_degree": 4096, "coeff_mod_bit_sizes": [50, 40, 19], "scale_bits": 40}
 SIMULATOR_MARKER = "NOT_FOR_PRODUCTION.txt"
 
 logger = logging.getLogger(__name__)
@@ -42,9 +43,9 @@ def check_no_secret_key(context_file: str | Path) -> None:
         raise SecretKeyFound(f"{context_file} holds a TenSEAL secret key; a server context must be public")
 
 
-def make_contexts() -> tuple[bytes, bytes]:
+def make_contexts(params: Mapping[str, Any] = HE_PARAMS) -> tuple[bytes, bytes]:
     """(server context, client context) made exactly as provisioning makes them (nvflare's HEBuilder)."""
-    builder = HEBuilder(**HE_PARAMS)
+    builder = HEBuilder(**params)
     # HEBuilder.initialize only creates the TenSEAL context; it reads neither the project nor the provision ctx.
     builder.initialize(None, None)
     return builder.get_serialized_context(is_client=False), builder.get_serialized_context(is_client=True)

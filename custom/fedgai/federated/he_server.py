@@ -61,6 +61,7 @@ from fedgai.federated.controller import (
     write_round_summary,
 )
 from fedgai.federated.he_keys import LAYOUT_META_KEY, SERVER_CONTEXT, layout_of
+from fedgai.federated.he_wire import add_to_plain_global, packed_size
 from fedgai.federated.keys import CONFIG_META_KEY, DP_EPSILON_META_KEY
 from fedgai.federated.validation import clean_epsilon, clean_metrics, sample_count
 
@@ -196,6 +197,15 @@ class FedgaiHEShareableGenerator(HEModelShareableGenerator):
         self.config = config
         self._layout: dict[str, dict[str, Any]] | None = None
 
+    def shareable_to_learnable(self, shareable: Shareable, fl_ctx: FLContext) -> ModelLearnable:
+        """Round 0's global is the plaintext seeded D, to which TenSEAL cannot add a packed aggregate: he_wire
+        adds it; later rounds take the stock ciphertext addition."""
+        model, dxo = fl_ctx.get_prop(AppConstants.GLOBAL_MODEL), from_shareable(shareable)
+        if not add_to_plain_global(model[ModelLearnableKey.WEIGHTS], dxo.data, self.tenseal_context):
+            return super().shareable_to_learnable(shareable, fl_ctx)
+        model[ModelLearnableKey.META] = dxo.get_meta_props()
+        return model
+
     def learnable_to_shareable(self, model_learnable: ModelLearnable, fl_ctx: FLContext) -> Shareable:
         if self._layout is None:
             self._layout = layout_of(initial_global(FedgaiConfig.from_dict(self.config)))
@@ -211,7 +221,7 @@ class FedgaiHEShareableGenerator(HEModelShareableGenerator):
 
 def ciphertext_problem(data: Mapping[str, Any], expected: Mapping[str, int]) -> str | None:
     """Why an update's entries are not exactly the expected keys as public CKKS ciphertexts of the expected
-    sizes (``expected``: key -> number of values), or None."""
+    sizes (``expected``: key -> number of slots, he_wire.packed_size), or None."""
     expected_keys = set(expected)
     if set(data) != expected_keys:
         missing, extra = sorted(expected_keys - set(data)), sorted(set(data) - expected_keys)
@@ -256,7 +266,7 @@ class CiphertextOnlyGuard(Filter):
         if shareable.get_return_code(ReturnCode.OK) != ReturnCode.OK:
             return shareable
         if self._expected is None:
-            self._expected = {key: value.size for key, value in initial_global(self._cfg).items()}
+            self._expected = {key: packed_size(value.size) for key, value in initial_global(self._cfg).items()}
         federation = federation_of(fl_ctx)
         dxo = from_shareable(shareable)
         site, rnd = site_of(shareable), round_of(shareable)
