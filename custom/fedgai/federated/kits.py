@@ -159,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for kit in args.kits:
             harden_kit(kit)
-            print(f"{kit}: {kit_kind(kit)} kit hardened (local/resources.json, local/authorization.json)")
+            extra = ", local/fedgai_privacy.json (the studio's to edit)" if kit_kind(kit) == "client" else ""
+            print(f"{kit}: {kit_kind(kit)} kit hardened (local/resources.json, local/authorization.json{extra})")
     except KitError as err:
         p.error(str(err))
     return 0
