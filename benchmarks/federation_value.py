@@ -218,8 +218,8 @@ def evaluate_runs(out: Path, data: Path, image_size: int, device: str) -> list[d
     """Score every saved run on its studios' test pairs; the style classifier is fitted once, on all
     studios' real training sketches."""
     from fedgai.data import SketchPairDataset, load_studio
-    from fedgai.evaluation.metrics import MetricSuite
     from fedgai.data.split import StudioSplit
+    from fedgai.evaluation.metrics import MetricSuite
     from fedgai.evaluation.style import StyleClassifier
 
     runs = sorted(p for p in out.iterdir() if (p / "run.json").is_file())

@@ -11,11 +11,9 @@ from pathlib import Path
 
 from fedgai.config import FED_MODES, PROFILES, ConfigError, FedgaiConfig, profile
 from fedgai.data import DEMO_STYLES, SKETCH_STYLES, StudioDataError
+from fedgai.layout import CHECKPOINT, CONFIG, EPOCH_RECORDS
 from fedgai.models import EncoderUnavailable
 from fedgai.rundir import (
-    CHECKPOINT,
-    CONFIG,
-    EPOCH_RECORDS,
     prepare_train_run,
     prepare_workspace,
     record_run,

@@ -1,5 +1,5 @@
-"""A studio's run folder: its layout (one place for every file name), the one writer of its outputs, and
-the rules for the folders the CLI writes: never inside a studio, never silently over an earlier run.
+"""A studio's run folder (its file names: layout.py): the one writer of its outputs, and the rules for the
+folders the CLI writes: never inside a studio, never silently over an earlier run.
 
 `fedgai train-local` (one record per epoch, history.jsonl) and a federated studio (one per round,
 metrics.jsonl) write through the same ``RunFolder``.
@@ -19,20 +19,22 @@ from pathlib import Path
 from typing import Any
 
 from fedgai.config import FedgaiConfig
-from fedgai.data.split import SPLIT_FILE
+from fedgai.layout import (
+    CHECKPOINT,
+    CHECKPOINTS,
+    CONFIG,
+    DP_LEDGER,
+    EPOCH_RECORDS,
+    GRIDS,
+    METADATA,
+    RUN_RECORD,
+    SPLIT_FILE,
+    TENSORBOARD,
+)
 
-RUN_RECORD = "run.json"
-DP_LEDGER = "dp_ledger.json"
-CHECKPOINT = Path("checkpoints") / "last.pt"
-GRIDS = "grids"
-TENSORBOARD = "tensorboard"
-METADATA = "metadata.json"
-CONFIG = "config.json"
-EPOCH_RECORDS = "history.jsonl"  # train-local: one line per epoch
-ROUND_RECORDS = "metrics.jsonl"  # a federated studio: one line per round
 # What `fedgai train-local` writes into a run folder. The DP ledger is not listed: privacy spent on a
 # studio's data is not undone by starting over.
-TRAIN_FILES = (CHECKPOINT.parts[0], GRIDS, TENSORBOARD, EPOCH_RECORDS, METADATA, CONFIG, RUN_RECORD, SPLIT_FILE)
+TRAIN_FILES = (CHECKPOINTS, GRIDS, TENSORBOARD, EPOCH_RECORDS, METADATA, CONFIG, RUN_RECORD, SPLIT_FILE)
 # What `fedgai simulate` writes into a workspace besides data/ (generated demo studios, kept for reuse).
 SIMULATE_FILES = ("nvflare", "studios", "server_state")
 

@@ -23,12 +23,13 @@ from fedgai.data.split import run_split
 from fedgai.device import amp_dtype, resolve_device
 from fedgai.evaluation.ink import ink_iou
 from fedgai.federated.keys import load_shared, shared_state
+from fedgai.layout import METADATA
 from fedgai.losses import gram_loss, load_clip
 from fedgai.models import build_gan, gram_matrix, per_sample_networks
 from fedgai.objective import Objective, RealFeatures
 from fedgai.pair_features import PairFeatureCache
 from fedgai.privacy.record import RecordLevelDP
-from fedgai.rundir import METADATA, RunFolder
+from fedgai.rundir import RunFolder
 
 log = logging.getLogger(__name__)
 

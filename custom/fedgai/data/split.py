@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fedgai.data.studio import Studio
+from fedgai.layout import SPLIT_FILE
 
-SPLIT_FILE = "split.json"
 MIN_TRAIN_PAIRS = 2
 
 

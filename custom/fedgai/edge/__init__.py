@@ -1,6 +1,6 @@
 """Sketching on a designer's machine: the compressed generator, export, and whole-photo sketching.
 
-Torch-free modules (``framing``, ``runtime``) run an exported ONNX model with onnxruntime, numpy and Pillow
+Torch-free modules (``framing``, ``runtime``, ``runners``) run an exported ONNX model with onnxruntime, numpy and Pillow
 only; the torch parts (``sketcher``, ``lite``, ``distill``, ``export``) load lazily, so importing this
 package never pulls torch in by itself.
 """
@@ -11,7 +11,8 @@ import importlib
 from typing import Any
 
 from fedgai.edge.framing import expand_inputs, sketch_files
-from fedgai.edge.runtime import OnnxSketcher, open_runner
+from fedgai.edge.runners import open_runner
+from fedgai.edge.runtime import OnnxSketcher
 
 _LAZY = {
     "Sketcher": "fedgai.edge.sketcher",

@@ -22,11 +22,12 @@ from tqdm import tqdm
 
 from fedgai.config import FedgaiConfig
 from fedgai.data import SketchPairDataset, load_studio
-from fedgai.data.split import SPLIT_FILE, StudioSplit
+from fedgai.data.split import StudioSplit
 from fedgai.data.studio import read_image
 from fedgai.device import resolve_device
 from fedgai.edge.lite import build_compressed
 from fedgai.edge.sketcher import COMPRESSED_FORMAT, StudioModel, load_studio_model, read_checkpoint
+from fedgai.layout import CHECKPOINTS, SPLIT_FILE
 from fedgai.losses import gram_loss
 from fedgai.models import gram_matrix
 
@@ -159,7 +160,7 @@ class PhotoDataset(Dataset):
 def run_folder_split(checkpoint: Path) -> StudioSplit:
     """The split stored in the checkpoint's run folder (RUN/checkpoints/last.pt -> RUN/split.json)."""
     path = checkpoint.parent.parent / SPLIT_FILE
-    if checkpoint.parent.name != "checkpoints" or not path.is_file():
+    if checkpoint.parent.name != CHECKPOINTS or not path.is_file():
         raise FileNotFoundError(f"no {SPLIT_FILE} for {checkpoint}: compress distils on the run's training pairs "
                                 f"only, so pass the run folder (or its checkpoints/last.pt) that holds {SPLIT_FILE}")
     return StudioSplit.load(path)
@@ -200,7 +201,7 @@ def compress_after_federation(trainer: Any, current_round: int) -> Path | None:
     if current_round != trainer.cfg.fed.rounds - 1:
         return None
     teacher = StudioModel(trainer.cfg, trainer.metadata, trainer.encoder, trainer.generator, compressed=False)
-    out = trainer.run_dir / "checkpoints" / COMPRESSED_FILE
+    out = trainer.run_dir / CHECKPOINTS / COMPRESSED_FILE
     Distiller(teacher, trainer.studio.root, trainer.split.train, out, str(trainer.device),
               resume=True).train(progress=False)
     return out

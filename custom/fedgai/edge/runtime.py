@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fedgai.edge.framing import DECODE_ERRORS, MULTIPLE, BatchRunner
+from fedgai.edge.framing import DECODE_ERRORS, MULTIPLE
+from fedgai.layout import CHECKPOINT
 
 SPEC_KEY = "fedgai_spec"
 SPEC_FORMAT = "fedgai-sketcher/1"
@@ -72,7 +73,7 @@ class OnnxSketcher:
 def resolve_model(model: Path) -> tuple[str, Path]:
     """(kind, file) for --model: a run folder means its checkpoints/last.pt; kind is onnx/torchscript/checkpoint."""
     if model.is_dir():
-        last = model / "checkpoints" / "last.pt"
+        last = model / CHECKPOINT
         if not last.is_file():
             raise FileNotFoundError(f"{model} is a folder without checkpoints/last.pt: pass a training run "
                                     "folder, a checkpoint, or a file written by `fedgai export`")
@@ -98,15 +99,3 @@ def _is_image(path: Path) -> bool:
     except DECODE_ERRORS:
         return False
     return True
-
-
-def open_runner(model: Path, device: str = "auto") -> BatchRunner:
-    """The runner for --model; ONNX files never import torch."""
-    if device not in DEVICES:
-        raise ValueError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
-    kind, path = resolve_model(model)
-    if kind == "onnx":
-        return OnnxSketcher(path, device)
-    from fedgai.edge.sketcher import Sketcher, TorchScriptSketcher
-
-    return TorchScriptSketcher(path, device) if kind == "torchscript" else Sketcher(path, device).run

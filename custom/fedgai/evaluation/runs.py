@@ -16,10 +16,8 @@ from typing import Any
 
 import torch
 
-from fedgai.data.split import SPLIT_FILE, StudioSplit
-
-CHECKPOINT = Path("checkpoints") / "last.pt"
-ROUND_GLOB = "round-[0-9][0-9][0-9].json"
+from fedgai.data.split import StudioSplit
+from fedgai.layout import CHECKPOINT, EPOCH_RECORDS, ROUND_RECORDS, ROUND_SUMMARY_GLOB, SPLIT_FILE
 
 
 class RunLayoutError(ValueError):
@@ -48,7 +46,7 @@ class StudioRun:
 
     def history(self) -> list[dict[str, Any]]:
         """Per-round (metrics.jsonl, federated) or per-epoch (history.jsonl, train-local) training records."""
-        for name in ("metrics.jsonl", "history.jsonl"):
+        for name in (ROUND_RECORDS, EPOCH_RECORDS):
             path = self.folder / name
             if path.is_file():
                 return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -103,7 +101,7 @@ def load_studio_run(folder: Path) -> StudioRun:
 
 def round_summaries(root: Path) -> list[dict[str, Any]]:
     """The server's per-round summaries below `root`, in round order (none for local runs)."""
-    summaries = [json.loads(p.read_text()) for p in root.rglob(ROUND_GLOB)]
+    summaries = [json.loads(p.read_text()) for p in root.rglob(ROUND_SUMMARY_GLOB)]
     return sorted((s for s in summaries if isinstance(s, dict) and "round" in s), key=lambda s: s["round"])
 
 
@@ -112,7 +110,7 @@ def run_mode(studios: list[StudioRun]) -> str:
     mode, with DP/HE where used. Read from the first studio's checkpoint config."""
     first = studios[0]
     cfg = first.config
-    mode = "local-only" if (first.folder / "history.jsonl").is_file() else cfg["fed"]["mode"]
+    mode = "local-only" if (first.folder / EPOCH_RECORDS).is_file() else cfg["fed"]["mode"]
     mode = "local-only" if mode == "local" else mode
     privacy = cfg.get("privacy", {})
     if privacy.get("dp", "none") != "none":

@@ -32,14 +32,15 @@ from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.client.tracking import SummaryWriter
 
 from fedgai.config import FedgaiConfig
+from fedgai.federated.controller import config_hash
 from fedgai.federated.fingerprint import FINGERPRINT_META_KEY, check_global_model, studio_feature_space
 from fedgai.federated.keys import CONFIG_META_KEY, DP_EPSILON_META_KEY
-from fedgai.federated.controller import config_hash
+from fedgai.layout import ROUND_RECORDS
 from fedgai.privacy import BUDGET_EXHAUSTED_KEY, LEDGER_FILE, PrivacyBudgetExceeded, budget_allows_next_round
 from fedgai.privacy.accountant import reported_epsilon
 from fedgai.privacy.policy import SitePolicy, SitePolicyError, load_site_policy
 from fedgai.privacy.record import site_ledger
-from fedgai.rundir import ROUND_RECORDS, RunFolder
+from fedgai.rundir import RunFolder
 from fedgai.trainer import StudioTrainer
 
 DATA_ROOT_ENV = "FEDGAI_DATA_ROOT"
