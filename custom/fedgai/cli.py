@@ -8,8 +8,9 @@ import logging
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
-from fedgai.config import FED_MODES, PROFILES, ConfigError, FedgaiConfig, profile
+from fedgai.config import ENCODERS, FED_MODES, PROFILES, ConfigError, FedgaiConfig, profile
 from fedgai.data import DEMO_STYLES, SKETCH_STYLES, StudioDataError
 from fedgai.layout import CHECKPOINT, CONFIG, EPOCH_RECORDS
 from fedgai.models import EncoderUnavailable
@@ -28,19 +29,46 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def load_config(args: argparse.Namespace, overrides: dict | None = None) -> FedgaiConfig:
-    """Profile, then an optional JSON file, then command-line overrides."""
+    """Profile, then an optional JSON file, then the command's options, then --set: one with_overrides call,
+    so the result is validated once."""
     cfg = FedgaiConfig.load(args.config) if getattr(args, "config", None) else profile(args.profile)
-    return cfg.with_overrides(overrides or {})
+    return cfg.with_overrides((overrides or {}) | dict(getattr(args, "set", None) or ()))
+
+
+def setting(text: str) -> tuple[str, Any]:
+    """argparse type of --set: KEY=VALUE, the value read as JSON (numbers, true/false, null) or else as text."""
+    key, sep, raw = text.partition("=")
+    if not sep or "." not in key:
+        raise argparse.ArgumentTypeError(f"expected SECTION.KEY=VALUE (e.g. train.lr_g=0.001), got {text!r}")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def settings_table() -> str:
+    """Every setting --set reaches, with its value in each profile (the help's epilog)."""
+    profiles = {name: profile(name).to_dict() for name in sorted(PROFILES)}
+    rows = [(f"{section}.{key}", *(json.dumps(p[section][key]) for p in profiles.values()))
+            for section, values in FedgaiConfig().to_dict().items() for key in values]
+    header = ("setting", *profiles)
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
+    return "settings (--set KEY=VALUE; the value in each profile):\n  " + "\n  ".join(lines)
 
 
 def add_config_args(p: argparse.ArgumentParser, default_profile: str = "quick") -> None:
     p.add_argument("--profile", default=default_profile, choices=sorted(PROFILES),
                    help=f"settings profile (default {default_profile}; 'paper' = 11 x 11 at 256 px)")
     p.add_argument("--config", type=Path, help="JSON config file (see `fedgai config show`); replaces --profile")
+    p.add_argument("--set", type=setting, action="append", metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set train.lr_g=0.001 (repeatable; all listed below)")
     p.add_argument("--seed", type=int, help="random seed (default from the profile)")
     p.add_argument("--image-size", type=int, help="training resolution in px (multiple of 32)")
-    p.add_argument("--encoder", choices=("auto", "vgg16", "efficientnet-lite0", "random"),
+    p.add_argument("--encoder", choices=ENCODERS,
                    help="feature encoder; auto = vgg16 if its weights are found, else efficientnet-lite0")
+    p.epilog = settings_table()
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def common_overrides(args: argparse.Namespace) -> dict:
@@ -184,10 +212,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     paths = write_outputs(evaluation, args.out)
     print("written: " + ", ".join(str(p) for p in paths.values()))
 
+
 def cmd_simulate(args: argparse.Namespace) -> None:
     from fedgai.federated.simulate import SimulationError, check_request, simulate
 
-    cfg = load_config(args, {"train.device": args.device, "data.follow_symlinks": args.follow_symlinks})
+    cfg = load_config(args, common_overrides(args) | {"data.follow_symlinks": args.follow_symlinks})
     check_request(cfg, args.studios, args.data)
     prepare_workspace(args.workspace, resume=args.resume, overwrite=args.overwrite)
     try:
@@ -217,7 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (add_data_parsers, add_train_local_parser, add_sketch_parser, add_compress_parser,
+                add_export_parser, add_style_parsers, add_evaluate_parser, add_simulate_parser, add_job_parsers,
+                add_config_parsers):
+        add(sub)
+    return parser
 
+
+def add_data_parsers(sub) -> None:
     data = sub.add_parser("data", help="make or check studio datasets").add_subparsers(
         dest="data_command", required=True, metavar="DATA_COMMAND")
     p = data.add_parser("demo", help="generate demo studios (garment photos + per-studio sketch styles)",
@@ -242,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_follow_symlinks_arg(p)
     p.set_defaults(func=cmd_data_check)
 
+
+def add_train_local_parser(sub) -> None:
     p = sub.add_parser("train-local", help="train one studio's GAN locally (no federation)")
     p.add_argument("--studio", type=Path, required=True, help="studio folder with photos/ and sketches/")
     p.add_argument("--epochs", type=int, default=5, help="train until this many epochs in total (default 5)")
@@ -255,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_local,
                    resumable=lambda args: (args.out / CHECKPOINT).is_file())
 
+
+def add_sketch_parser(sub) -> None:
     p = sub.add_parser("sketch", help="turn photos into sketches with a trained studio generator",
                        description="Whole photos, never cropped: each sketch keeps its photo's aspect ratio.")
     p.add_argument("--model", type=Path, required=True,
@@ -266,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto = GPU if available")
     p.set_defaults(func=cmd_sketch)
 
+
+def add_compress_parser(sub) -> None:
     p = sub.add_parser("compress", help="distil a studio's compressed (edge) generator from its full one")
     p.add_argument("--model", type=Path, required=True, help="full generator: run folder or checkpoint")
     p.add_argument("--studio", type=Path, help="the studio folder the generator was trained on (default: the "
@@ -278,11 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto = GPU if available")
     p.set_defaults(func=cmd_compress)
 
+
+def add_export_parser(sub) -> None:
     p = sub.add_parser("export", help="export a generator + its encoder as TorchScript and ONNX (verified)")
     p.add_argument("--model", type=Path, required=True, help="run folder or checkpoint (full or compressed)")
     p.add_argument("--out", type=Path, required=True, help="folder for sketcher.ts and sketcher.onnx")
     p.set_defaults(func=cmd_export)
 
+
+def add_style_parsers(sub) -> None:
     p = sub.add_parser("share-style", help="write a studio's style statistics (what it may share for fusion)",
                        description="Write the studio's AdaIN_SD statistics - per encoder tap, the channel means and "
                        "standard deviations of its sketch set's features - to a JSON file. Nothing else is in it: no "
@@ -305,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_arg(p, "auto")
     p.set_defaults(func=cmd_fuse)
 
+
+def add_evaluate_parser(sub) -> None:
     p = sub.add_parser(
         "evaluate", help="held-out quality of finished runs, compared side by side, with an HTML report",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -339,12 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: looked up in the torch hub cache; never downloaded)")
     p.set_defaults(func=cmd_evaluate)
 
+
+def add_simulate_parser(sub) -> None:
     p = sub.add_parser("simulate", help="run the federation in NVFlare's simulator (demo studios by default)")
     p.add_argument("--studios", type=int, default=8, help="number of studios (default 8)")
     p.add_argument("--rounds", type=int, help="federated rounds (default from the profile)")
     p.add_argument("--workspace", type=Path, required=True, help="simulator workspace (outputs land here)")
-    p.add_argument("--profile", default="quick", choices=sorted(PROFILES), help="settings profile")
-    p.add_argument("--config", type=Path, help="JSON config file (e.g. with privacy.dp); replaces --profile")
     p.add_argument("--data", type=Path, help="folder of studio folders (default: generate demo studios)")
     p.add_argument("--mode", choices=FED_MODES,
                    help="fedgai (D without BN, default) or a baseline")
@@ -353,8 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --workspace (keeps data/)")
     add_follow_symlinks_arg(p)
     add_device_arg(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_simulate, resumable=lambda args: (args.workspace / "server_state").is_dir())
 
+
+def add_job_parsers(sub) -> None:
     job = sub.add_parser("job", help="NVFlare job folders").add_subparsers(
         dest="job_command", required=True, metavar="JOB_COMMAND")
     p = job.add_parser("export", help="(re)generate the job folders under jobs/ from the code")
@@ -362,12 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="paper", choices=sorted(PROFILES), help="settings (default paper)")
     p.set_defaults(func=cmd_job_export)
 
+
+def add_config_parsers(sub) -> None:
     cfg = sub.add_parser("config", help="settings").add_subparsers(
         dest="config_command", required=True, metavar="CONFIG_COMMAND")
     p = cfg.add_parser("show", help="print a profile's settings as JSON (a starting point for --config)")
     p.add_argument("--profile", default="quick", choices=sorted(PROFILES))
     p.set_defaults(func=cmd_config_show)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
