@@ -18,14 +18,9 @@ from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from fedgai.config import ConfigError, FedgaiConfig, profile
 from fedgai.federated import fingerprint as fp
 from fedgai.federated.aggregation import capped_weights, clip_to_median_norm, trimmed_count
-from fedgai.federated.controller import (
-    OUTPUT_DIR,
-    FilteredFedAvg,
-    SummaryError,
-    initial_global,
-    read_round_summaries,
-)
+from fedgai.federated.controller import OUTPUT_DIR, FilteredFedAvg, initial_global
 from fedgai.federated.keys import BUDGET_EXHAUSTED_KEY
+from fedgai.federated.summary import SummaryError, read_round_summaries
 from fedgai.models import RandomEncoder
 
 NUM_STEPS = FLMetaKey.NUM_STEPS_CURRENT_ROUND
@@ -36,22 +31,21 @@ SPACE = {"encoder": "random", "encoder_weights": "0" * 16, "clip": None, "image_
 class Offline(FilteredFedAvg):
     """FilteredFedAvg with NVFlare's messaging replaced by scripted replies ``replies(round, global params)``."""
 
-    def __init__(self, cfg: FedgaiConfig, run_dir: Path, replies, sites, checkpoint_dir: str = "", job="job-1"):
+    def __init__(self, cfg: FedgaiConfig, run_dir: Path, replies, sites, checkpoint_dir: str = "", job="job-1",
+                 workspace: Path | None = None, job_name: str = "fedgai"):
         super().__init__(config=cfg.to_dict(), checkpoint_dir=checkpoint_dir)
         self.abort_signal = Signal()
         self.run_dir, self.replies, self.sites, self.job = run_dir, replies, list(sites), job
+        self.workspace, self.job_name = workspace or run_dir.parent, job_name
         self.sent: list[FLModel] = []
         self.panics: list[str] = []
 
-    def run(self) -> None:
-        from fedgai.federated import controller
+    def _identity(self):
+        return {"job_id": self.job, "name": self.job_name, "submitter": "admin"}
 
-        original = controller.job_identity
-        controller.job_identity = lambda _ctx: {"job_id": self.job, "name": "fedgai", "submitter": "admin"}
-        try:
-            super().run()
-        finally:
-            controller.job_identity = original
+    @property
+    def _workspace_root(self):
+        return str(self.workspace)
 
     def sample_clients(self, num_clients=None):
         return self.sites
@@ -283,7 +277,7 @@ def _next_run(cfg, tmp_path: Path, state: str, job: str) -> Offline:
 
 
 def test_restarted_job_continues_after_its_last_saved_round(test_cfg, tmp_path):
-    cfg, state = test_cfg.with_overrides({"fed.rounds": 3}), str(tmp_path / "state")
+    cfg, state = test_cfg.with_overrides({"fed.rounds": 3}), "state"
     _interrupted_run(cfg, tmp_path, state)
     after_first = torch.load(tmp_path / "run1" / OUTPUT_DIR / "global-round-000.pt", weights_only=True)["params"]
     for job in ("job-1", "job-2"):  # the server restarted, or the same job resubmitted (same_config)
@@ -297,7 +291,7 @@ def test_restarted_job_continues_after_its_last_saved_round(test_cfg, tmp_path):
 
 
 def test_another_configuration_never_continues_a_saved_state(test_cfg, tmp_path):
-    cfg, state = test_cfg.with_overrides({"fed.rounds": 3}), str(tmp_path / "state")
+    cfg, state = test_cfg.with_overrides({"fed.rounds": 3}), "state"
     _interrupted_run(cfg, tmp_path, state)
     other = _next_run(cfg.with_overrides({"train.lr_d": 1e-3, "train.seed": 7}), tmp_path, state, "job-2")
     assert other.sent == [] and len(other.panics) == 1

@@ -11,10 +11,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import tenseal as ts
+from nvflare.apis.client import Client
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.event_type import EventType
-from nvflare.apis.fl_constant import FLContextKey, ReservedKey
+from nvflare.apis.fl_constant import FLContextKey, ReservedKey, ServerCommandKey
 from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable
 from nvflare.app_common.abstract.model import make_model_learnable
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
@@ -27,8 +29,8 @@ from nvflare.fuel.utils import fobs
 from fedgai.config import profile
 from fedgai.federated import fingerprint as fp
 from fedgai.federated.audit import AUDIT_DIR, LOG_FILE
-from fedgai.federated.controller import initial_global, read_round_summaries
-from fedgai.federated.he_job import HE_JOB_NAME, build_he_job, export_he
+from fedgai.federated.controller import initial_global
+from fedgai.federated.he_job import HE_JOB_NAME, build_he_job, export_he, he_job_config
 from fedgai.federated.he_keys import (
     CLIENT_CONTEXT,
     LAYOUT_META_KEY,
@@ -59,6 +61,7 @@ from fedgai.federated.he_studio import PackedHEModelEncryptor, ShapedHEModelDecr
 from fedgai.federated.he_wire import PackedCiphertextLoader, decrypt_packed, encrypt_packed, packed_size
 from fedgai.federated.keys import CONFIG_META_KEY, DP_EPSILON_META_KEY
 from fedgai.federated.progress import RoundProgress
+from fedgai.federated.summary import read_round_summaries
 
 REPO = Path(__file__).resolve().parent.parent
 CKKS_TOLERANCE = 1e-6
@@ -125,8 +128,15 @@ def encrypted_update(encryptor: PackedHEModelEncryptor, diff: dict[str, np.ndarr
     dxo = DXO(DataKind.WEIGHT_DIFF, data={k: v.copy() for k, v in diff.items()}, meta=meta)
     shareable = fobs.loads(fobs.dumps(encryptor.process(dxo.to_shareable(), fl_ctx(site))))
     shareable = server_loader(encryptor.tenseal_context).process(shareable, fl_ctx(site))
-    shareable.set_peer_props({ReservedKey.IDENTITY_NAME: site})
     shareable.add_cookie(AppConstants.CONTRIBUTION_ROUND, rnd)
+    return authenticated(shareable, site)
+
+
+def authenticated(shareable: Shareable, site: str, claimed: str | None = None) -> Shareable:
+    """A result as NVFlare's server hands it on: the client it authenticated (by token) in the FL_CLIENT
+    header, and the peer context the studio sent (which names ``claimed``, by default the same site)."""
+    shareable.set_header(ServerCommandKey.FL_CLIENT, Client(site, "token"))
+    shareable.set_peer_props({ReservedKey.IDENTITY_NAME: claimed or site})
     return shareable
 
 
@@ -264,8 +274,7 @@ def test_guard_refuses_plaintext_partial_and_secret_key_carrying_updates(context
     private_dxo = DXO(DataKind.WEIGHT_DIFF, data=private, meta=dict(half_dxo.meta))
     for dxo, reason in ((plain, "not marked as CKKS"), (half_dxo, "not as a CKKS ciphertext"),
                         (private_dxo, "secret key")):
-        shareable = dxo.to_shareable()
-        shareable.set_peer_props({ReservedKey.IDENTITY_NAME: "studio-b"})
+        shareable = authenticated(dxo.to_shareable(), "studio-b")
         with pytest.raises(PlaintextUpdate, match=reason):
             guard.process(shareable, fl_ctx(run_root=tmp_path))
         record = json.loads((tmp_path / "job" / HE_OUTPUT_DIR / RECEIVED_DIR / "round-000-studio-b.json").read_text())
@@ -418,7 +427,7 @@ def test_job_refuses_a_mode_that_shares_nothing():
 
 def test_studios_noise_then_encrypt_then_record(tmp_path):
     """Filter order on the way out with client-level DP: DP on the plaintext DIFF, HE, the outbound record."""
-    build_he_job(profile("test").with_overrides({"privacy.dp": "client"})).export_job(str(tmp_path))
+    build_he_job(he_job_config(profile("test").with_overrides({"privacy.dp": "client"}))).export_job(str(tmp_path))
     config = json.loads((tmp_path / HE_JOB_NAME / "app" / "config" / "config_fed_client.json").read_text())
     (chain,) = config["task_result_filters"]
     assert [f["path"].rsplit(".", 1)[-1] for f in chain["filters"]] == [
@@ -431,7 +440,7 @@ def test_studios_noise_then_encrypt_then_record(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("dp", ["none", "client"])
 def test_two_studio_he_simulation_aggregates_ciphertexts_only(demo_root, tmp_path, dp):
-    cfg = profile("test").with_overrides({"privacy.dp": dp, "privacy.noise_multiplier": 0.1})
+    cfg = he_job_config(profile("test").with_overrides({"privacy.dp": dp, "privacy.noise_multiplier": 0.1}))
     folders = sorted(p for p in demo_root.iterdir() if p.is_dir())
     sites = {"studio-a": folders[0], "studio-b": folders[1]}
     workspace = tmp_path / "nvflare"

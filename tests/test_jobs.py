@@ -189,11 +189,11 @@ def test_committed_job_runs_the_paper_schedule():
     assert (cfg["fed"]["rounds"], cfg["train"]["epochs"], cfg["fed"]["mode"]) == (11, 11, "fedgai")
 
 
-def test_studio_map_and_output_root_become_script_args(tmp_path):
-    args = client_args({"studio-02": tmp_path / "b", "studio-01": tmp_path / "a"}, tmp_path / "out")
-    assert args == f"--studio studio-01={tmp_path}/a --studio studio-02={tmp_path}/b --output-root {tmp_path}/out"
+def test_studio_map_becomes_script_args(tmp_path):
+    args = client_args({"studio-02": tmp_path / "b", "studio-01": tmp_path / "a"})
+    assert args == f"--studio studio-01={tmp_path}/a --studio studio-02={tmp_path}/b"
     with pytest.raises(ValueError, match="spaces"):
-        client_args({"studio-01": Path("/my studios/a")}, None)
+        client_args({"studio-01": Path("/my studios/a")})
 
 
 def test_client_level_dp_filter_runs_before_the_audit(tmp_path):

@@ -32,7 +32,7 @@ from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.client.tracking import SummaryWriter
 
 from fedgai.config import FedgaiConfig
-from fedgai.federated.controller import config_hash
+from fedgai.federated.server_state import config_hash
 from fedgai.federated.fingerprint import FINGERPRINT_META_KEY, check_global_model, studio_feature_space
 from fedgai.federated.keys import CONFIG_META_KEY, DP_EPSILON_META_KEY
 from fedgai.layout import ROUND_RECORDS
@@ -191,7 +191,7 @@ def budget_exhausted_notice(trainer: StudioTrainer, reason: str) -> FLModel:
 
 def resume_owner(job_id: str | None, job_config: Mapping) -> dict[str, str | None]:
     """What a studio's checkpoint belongs to: the job's id and the hash of its config, as the server keys its
-    own resume state (federated/controller.py)."""
+    own resume state (federated/server_state.py)."""
     return {"job_id": job_id, "config_hash": config_hash(job_config)}
 
 

@@ -15,6 +15,7 @@ Both check the version when the job starts (START_RUN) and stop the job with a c
 
 from __future__ import annotations
 
+import shlex
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from nvflare.app_common.executors.client_api_executor import ClientAPIExecutor, 
 from nvflare.client.config import ExchangeFormat
 
 from fedgai.federated import client
+from fedgai.safe_paths import relative_only
 
 DISTRIBUTION = "fedgai"
 CLIENT_SCRIPT = str(Path(client.__file__).resolve())
@@ -36,6 +38,14 @@ def installed_version() -> str | None:
         return version(DISTRIBUTION)
     except PackageNotFoundError:
         return None
+
+
+def check_script_args(task_script_args: str) -> None:
+    """Raise UnsafePathError when the job names an absolute (or '..') --output-root: a job must not choose
+    where on the studio's disk it writes. The studio's own $FEDGAI_OUTPUT_ROOT may be anywhere."""
+    named = client.parse_args(shlex.split(task_script_args)).output_root
+    if named != client.parse_args([]).output_root:
+        relative_only(str(named), "--output-root in the job's task_script_args")
 
 
 def version_problem(required: str, site: str) -> str | None:
@@ -58,6 +68,7 @@ class StudioExecutor(ClientAPIExecutor):
     """
 
     def __init__(self, fedgai_version: str, task_script_args: str = ""):
+        check_script_args(task_script_args)
         super().__init__(execution_mode=ExecutionMode.IN_PROCESS, task_script_path=CLIENT_SCRIPT,
                          task_script_args=task_script_args, params_exchange_format=ExchangeFormat.PYTORCH)
         self.fedgai_version = fedgai_version

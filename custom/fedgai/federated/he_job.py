@@ -31,9 +31,43 @@ from fedgai.federated.he_server import (
 )
 from fedgai.federated.he_studio import PackedHEModelEncryptor, ShapedHEModelDecryptor
 from fedgai.federated.he_wire import PackedCiphertextLoader
-from fedgai.federated.job import TASK, add_dp_filter, add_studio_trainer, export, new_job
+from fedgai.federated.job import (
+    DEFAULT_CHECKPOINT_DIR,
+    TASK,
+    add_dp_filter,
+    add_studio_trainer,
+    export,
+    new_job,
+    site_folders,
+)
 
 HE_JOB_NAME = "fedgai_he"
+# The fed.* defences the server cannot apply to updates it cannot read: switched off by he_job_config (the
+# exported HE job, ``fedgai simulate --he``); build_he_job refuses a config that still asks for them.
+HE_UNREADABLE_BOUNDS = ("max_update_norm", "norm_bound_factor")
+
+
+def he_job_config(cfg: FedgaiConfig) -> FedgaiConfig:
+    """``cfg`` with the norm bounds an HE server cannot apply switched off (set to null, as the job then says)."""
+    data = cfg.to_dict()
+    data["fed"].update(dict.fromkeys(HE_UNREADABLE_BOUNDS))
+    return FedgaiConfig.from_dict(data)
+
+
+def he_refusals(cfg: FedgaiConfig) -> list[str]:
+    """The settings of ``cfg`` an HE server cannot honour, each with the reason (empty: none)."""
+    fed, unreadable = cfg.fed, "the server cannot read encrypted updates"
+    out = []
+    if fed.aggregator != "fedavg":
+        out.append(f"fed.aggregator = {fed.aggregator!r} needs every update's values coordinate by coordinate, and "
+                   f"{unreadable}; use fedavg (the weight caps still apply)")
+    if fed.max_update_norm is not None:
+        out.append(f"fed.max_update_norm = {fed.max_update_norm:g} needs each update's norm, and {unreadable}; "
+                   "set it to null")
+    if fed.norm_bound_factor is not None:
+        out.append(f"fed.norm_bound_factor = {fed.norm_bound_factor:g} clips updates to the round's median norm, "
+                   f"and {unreadable}; set it to null")
+    return out
 
 
 def build_he_job(
@@ -41,24 +75,30 @@ def build_he_job(
     studios: Mapping[str, Path] | None = None,
     *,
     output_root: Path | None = None,
-    checkpoint_dir: str = "fedgai_state",
+    checkpoint_dir: str = DEFAULT_CHECKPOINT_DIR,
     save_outbound_arrays: bool = False,
 ) -> FedJob:
     """The FedGAI job with HE for ``cfg`` (privacy.he is set to true in what the studios receive).
 
+    Raises ValueError for fed.mode local and for settings an HE server cannot honour (he_refusals; apply
+    he_job_config to switch off the norm bounds).
+
     Args:
         studios: site name -> studio folder (simulator, tests); None for a portable job whose sites find
             ``$FEDGAI_DATA_ROOT/<site>``.
-        output_root: where studios write their outputs (default: ./fedgai_output at each site).
-        checkpoint_dir: where the server keeps resume states (as FilteredFedAvg's; "" disables resuming).
+        output_root: where the studios of a simulator run write their outputs (as job.build_job's).
+        checkpoint_dir: where the server keeps resume states (as job.build_job's; "" disables resuming).
         save_outbound_arrays: passed to OutboundAudit (it stores plaintext arrays only; under HE none leave).
     """
     if cfg.fed.mode == "local":
         raise ValueError("fed.mode 'local' shares nothing, so there is nothing to encrypt; use the plain job")
+    refusals = he_refusals(cfg)
+    if refusals:  # a defence the config asks for must never be skipped silently
+        raise ValueError("under HE these settings cannot be honoured: " + "; ".join(refusals))
     config = cfg.with_overrides({"privacy.he": True}).to_dict()
     job = new_job(HE_JOB_NAME, cfg)  # config only, pinned to the installed fedgai (see job.py)
-    _add_server(job, cfg, config, checkpoint_dir)
-    add_studio_trainer(job, studios, output_root)
+    _add_server(job, cfg, config, site_folders(job, output_root, checkpoint_dir))
+    add_studio_trainer(job, studios)
     job.to_clients(ShapedHEModelDecryptor(tenseal_context_file=CLIENT_CONTEXT), tasks=[TASK],
                    filter_type=FilterType.TASK_DATA)
     # Result filters run in order: client-level DP on the plaintext DIFF (if configured), encrypt (weighted by
@@ -76,7 +116,7 @@ def _add_server(job: FedJob, cfg: FedgaiConfig, config: dict, checkpoint_dir: st
     job.to_server(DiscriminatorPersistor(config=config, filter_id="he_serialize_filter",
                                          checkpoint_dir=checkpoint_dir), id=PERSISTOR_ID)
     job.to_server(FedgaiHEShareableGenerator(config=config), id="shareable_generator")
-    # Studios multiply by their pair count before encrypting, so the server only sums and divides.
+    # Studios multiply by their pair count before encrypting; the aggregator caps the weights and sums.
     job.to_server(FeatureSpaceHEAggregator(expected_data_kind=DataKind.WEIGHT_DIFF, weigh_by_local_iter=False),
                   id="aggregator")
     job.to_server(TBAnalyticsReceiver(), id="tb_receiver")
@@ -95,7 +135,7 @@ def _add_server(job: FedJob, cfg: FedgaiConfig, config: dict, checkpoint_dir: st
 
 def export_he(out: Path, profile_name: str = "paper") -> Path:
     """Write the portable HE job folder ``out/fedgai_he``; returns it."""
-    build_he_job(profile(profile_name)).export_job(str(out))
+    build_he_job(he_job_config(profile(profile_name))).export_job(str(out))
     return Path(out) / HE_JOB_NAME
 
 

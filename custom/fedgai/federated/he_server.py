@@ -15,9 +15,13 @@ HEModelEncryptor, HEModelSerializeFilter; subclassed or our own:
   and the round summaries (FilteredFedAvg's format, read by ``read_round_summaries``);
 - ``CiphertextOnlyGuard``: server-side result filter that refuses any update not made of public-key-only CKKS
   ciphertexts, or whose clear meta (count, epsilon, feature-space fingerprint) fails screening, and records
-  what arrived (the evidence that the server never holds a plaintext update);
-- ``FeatureSpaceHEAggregator``: holds round 0's contributions until all are in, adopts their majority
-  feature space and aggregates only those that fit it (later rounds: the guard refuses the others);
+  what arrived under the name NVFlare authenticated (the evidence that the server never holds a plaintext update);
+- ``FeatureSpaceHEAggregator``: holds a round's contributions until all are in, adopts the majority feature
+  space (round 0), caps the weights as the plain server does and sums the weighted ciphertexts.
+
+What the plain server shares with this one (resume, state folder, summaries, clear-meta screening,
+feature-space adoption) lives in server_state.py, summary.py and screening.py. What HE cannot do - read an
+update to bound its norm, or aggregate with a trimmed mean or median - he_job.build_he_job refuses to configure.
 - ``ResumableScatterAndGather``: starts at the round after the one the persistor resumed.
 """
 
@@ -31,10 +35,10 @@ from typing import Any
 
 import numpy as np
 import tenseal as ts
-import torch
+from nvflare.apis.client import Client
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.filter import Filter
-from nvflare.apis.fl_constant import ReservedKey, ReturnCode
+from nvflare.apis.fl_constant import FLContextKey, ReturnCode, ServerCommandKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.abstract.model import ModelLearnable, ModelLearnableKey, make_model_learnable
@@ -48,22 +52,22 @@ from nvflare.app_opt.he.model_shareable_generator import HEModelShareableGenerat
 
 from fedgai.config import FedgaiConfig
 from fedgai.federated import fingerprint as fp
-from fedgai.federated.aggregation import site_cap
-from fedgai.federated.controller import (
-    Federation,
-    config_hash,
-    initial_global,
-    job_identity,
-    resume_refusal,
-    save_params,
-    state_folder_name,
-    unusable_reasons,
-    write_round_summary,
-)
+from fedgai.federated.aggregation import capped_weights, site_cap
+from fedgai.federated.controller import initial_global
 from fedgai.federated.he_keys import LAYOUT_META_KEY, SERVER_CONTEXT, layout_of
 from fedgai.federated.he_wire import add_to_plain_global, packed_size
 from fedgai.federated.keys import CONFIG_META_KEY, DP_EPSILON_META_KEY
-from fedgai.federated.validation import clean_epsilon, clean_metrics, sample_count
+from fedgai.federated.screening import adopt_feature_space, screen_meta
+from fedgai.federated.server_state import (
+    Federation,
+    job_identity,
+    load_state,
+    resume_decision,
+    save_state,
+    state_path,
+)
+from fedgai.federated.summary import round_summary, write_round_summary
+from fedgai.safe_paths import inside, safe_name
 
 # Server run-folder subfolder: encrypted global per round + one record per received contribution.
 HE_OUTPUT_DIR = "fedgai_he"
@@ -86,23 +90,15 @@ def federation_of(fl_ctx: FLContext) -> Federation:
     return fl_ctx.get_engine().get_component(PERSISTOR_ID).federation
 
 
-def he_state_path(fl_ctx: FLContext, checkpoint_dir: str, identity: Mapping[str, Any]) -> Path | None:
-    """``<workspace root>/<checkpoint_dir>/<job name>/he_server_state.pt`` (None when resuming is off)."""
-    if not checkpoint_dir:
-        return None
-    root = Path(checkpoint_dir)
-    if not root.is_absolute():
-        root = Path(fl_ctx.get_engine().get_workspace().get_root_dir()) / root
-    return root / state_folder_name(identity) / HE_STATE_FILE
+def he_state_path(fl_ctx: FLContext, checkpoint_dir: str) -> Path | None:
+    """The HE resume state of the running job (server_state.state_path; None when resuming is off)."""
+    root = fl_ctx.get_engine().get_workspace().get_root_dir()
+    return state_path(root, checkpoint_dir, identity_of(fl_ctx), HE_STATE_FILE)
 
 
-def load_he_state(path: Path | None, reference: Mapping[str, np.ndarray]) -> dict[str, Any] | None:
-    """A saved HE state (params as ciphertext bytes) holding exactly ``reference``'s entries, else None."""
-    if path is None or not path.is_file():
-        return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    params = {key: value.numpy().tobytes() for key, value in state["params"].items()}
-    return {**state, "params": params} if set(params) == set(reference) else None
+def identity_of(fl_ctx: FLContext) -> dict[str, str | None]:
+    """The running job's identity (server_state.job_identity)."""
+    return job_identity(fl_ctx.get_job_id(), fl_ctx.get_prop(FLContextKey.JOB_META))
 
 
 class DiscriminatorPersistor(ModelPersistor):
@@ -127,26 +123,22 @@ class DiscriminatorPersistor(ModelPersistor):
     def load_model(self, fl_ctx: FLContext) -> ModelLearnable:
         cfg = FedgaiConfig.from_dict(self.config)
         reference = initial_global(cfg)
-        identity = job_identity(fl_ctx)
-        path = he_state_path(fl_ctx, self.checkpoint_dir, identity)
-        saved = load_he_state(path, reference)
-        if saved is None:
+        try:
+            path = he_state_path(fl_ctx, self.checkpoint_dir)
+        except ValueError as err:  # UnsafePathError: an absolute or escaping checkpoint_dir
+            raise ResumeRefused(f"refusing the job's resume folder: {err}") from err
+        decision = resume_decision(load_state(path, reference, encrypted=True), path, identity_of(fl_ctx),
+                                   self.config, cfg.fed.rounds, cfg.fed.resume)
+        if decision.refusal:
+            raise ResumeRefused(decision.refusal)
+        if decision.note:
+            self.log_info(fl_ctx, decision.note)
+        if decision.saved is None:
             return make_model_learnable(reference, {})
-        if saved["round"] + 1 >= saved.get("total_rounds", cfg.fed.rounds):
-            self.log_info(fl_ctx, f"{path} holds a finished run; starting a new one")
-            return make_model_learnable(reference, {})
-        if cfg.fed.resume == "never":
-            self.log_info(fl_ctx, f"fed.resume is never: starting over (the state in {path} will be replaced)")
-            return make_model_learnable(reference, {})
-        refusal = resume_refusal(saved, identity, self.config, cfg.fed.resume)
-        if refusal:
-            raise ResumeRefused(f"refusing to continue the saved encrypted global model in {path}: {refusal}. Set "
-                                "fed.resume to never to start over (the state is then replaced), or remove that folder")
-        self.federation = Federation(**saved.get("federation", {}))
-        self.next_round = saved["round"] + 1
-        self.log_info(fl_ctx, f"resuming from {path}: round {saved['round']} was the last one saved")
+        self.federation = Federation(**decision.saved.get("federation", {}))
+        self.next_round = decision.start
         meta = {MetaKey.PROCESSED_ALGORITHM: HE_ALGORITHM_CKKS, MetaKey.PROCESSED_KEYS: dict.fromkeys(reference, True)}
-        return make_model_learnable(saved["params"], meta)
+        return make_model_learnable(decision.saved["params"], meta)
 
     def save_model(self, model: ModelLearnable, fl_ctx: FLContext) -> None:
         rnd = fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)
@@ -154,13 +146,12 @@ class DiscriminatorPersistor(ModelPersistor):
                   for key, value in model[ModelLearnableKey.WEIGHTS].items()}
         self._global_bytes = int(sum(a.nbytes for a in arrays.values()))
         np.savez(he_output_dir(fl_ctx) / f"global-round-{rnd:03d}.npz", **arrays)
-        identity = job_identity(fl_ctx)
-        path = he_state_path(fl_ctx, self.checkpoint_dir, identity)
         # Only an encrypted global is a resume state (the plaintext initial D is rebuilt from the config).
-        if path is not None and all(isinstance(v, bytes) for v in model[ModelLearnableKey.WEIGHTS].values()):
-            save_params(path, arrays, round=rnd, total_rounds=FedgaiConfig.from_dict(self.config).fed.rounds,
-                        identity=identity, config=self.config, config_hash=config_hash(self.config),
-                        federation=vars(self.federation))
+        if all(isinstance(v, bytes) for v in model[ModelLearnableKey.WEIGHTS].values()):
+            rounds = FedgaiConfig.from_dict(self.config).fed.rounds
+            save_state(he_state_path(fl_ctx, self.checkpoint_dir), arrays, rnd=rnd, rounds=rounds,
+                       finished=rnd + 1 >= rounds, identity=identity_of(fl_ctx), config=self.config,
+                       federation=self.federation)
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         if event_type == AppEventType.ROUND_STARTED:
@@ -169,23 +160,8 @@ class DiscriminatorPersistor(ModelPersistor):
             started, targets = self._round_started
             write_round_summary(he_output_dir(fl_ctx), round_summary(
                 FedgaiConfig.from_dict(self.config), fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0), targets,
-                round_records(fl_ctx), self.federation.feature_space, self._global_bytes, started))
-
-
-def round_summary(cfg: FedgaiConfig, rnd: int, targets: Sequence[str], records: Mapping[str, dict[str, Any]],
-                  feature_space: Mapping[str, Any] | None, global_bytes: int, started: float) -> dict[str, Any]:
-    """A round summary in FilteredFedAvg's format; under HE only what the server sees in clear is in it."""
-    summary: dict[str, Any] = {
-        "round": rnd, "total_rounds": cfg.fed.rounds, "mode": cfg.fed.mode, "aggregator": "mean (HE)", "he": True,
-        "started_at": started, "aggregated": sum(bool(r["accepted"]) for r in records.values()),
-        "contributions": dict(records),
-        "dropped": [{"site": s, "reason": r["reason"]} for s, r in records.items() if not r["accepted"]],
-        "no_result": sorted(set(targets) - set(records)), "feature_space": feature_space,
-        "bytes_sent_per_site": global_bytes, "finished": None, "ended_at": time.time(),
-        "wall_time_s": round(time.time() - started, 3),
-    }
-    summary["unusable"] = unusable_reasons(summary)
-    return summary
+                round_records(fl_ctx), started=started, he=True, feature_space=self.federation.feature_space,
+                bytes_sent=self._global_bytes))
 
 
 class FedgaiHEShareableGenerator(HEModelShareableGenerator):
@@ -267,26 +243,27 @@ class CiphertextOnlyGuard(Filter):
             return shareable
         if self._expected is None:
             self._expected = {key: packed_size(value.size) for key, value in initial_global(self._cfg).items()}
+        site = authenticated_site(shareable)
+        if site is None:
+            raise PlaintextUpdate("a result without a client NVFlare authenticated is refused")
         federation = federation_of(fl_ctx)
         dxo = from_shareable(shareable)
-        site, rnd = site_of(shareable), round_of(shareable)
-        count, count_problem = sample_count(dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND))
-        epsilon, epsilon_problem = clean_epsilon(dxo.get_meta_prop(DP_EPSILON_META_KEY))
-        space, space_problem = fp.parse(dxo.get_meta_prop(fp.FINGERPRINT_META_KEY))
-        metrics, nonfinite = clean_metrics(dxo.get_meta_prop(MetaKey.INITIAL_METRICS))
+        rnd = round_of(shareable)
+        clear = screen_meta(dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND), dxo.get_meta_prop(DP_EPSILON_META_KEY),
+                            dxo.get_meta_prop(MetaKey.INITIAL_METRICS), dxo.get_meta_prop(fp.FINGERPRINT_META_KEY),
+                            count_required=True)
         algorithm = dxo.get_meta_prop(MetaKey.PROCESSED_ALGORITHM)
         record: dict[str, Any] = {"site": site, "round": rnd, "data_kind": str(dxo.data_kind),
                                   "algorithm": algorithm if isinstance(algorithm, str) else None,
-                                  "num_samples": count, "dp_epsilon": epsilon, "metrics": metrics,
-                                  "nonfinite_metrics": nonfinite, "feature_space": space}
-        problem = (self._problem(dxo) or self._count_problem(site, count, count_problem, federation)
-                   or epsilon_problem or space_problem
-                   or fp.update_problem(space, federation.feature_space or fp.config_expectations(self._cfg)))
+                                  **clear.record, "feature_space": clear.feature_space}
+        expected_space = federation.feature_space or fp.config_expectations(self._cfg)
+        problem = (self._problem(dxo) or clear.problem or self._count_problem(site, clear.count, federation)
+                   or fp.update_problem(clear.feature_space, expected_space))
         record.update(accepted=problem is None, reason=problem)
         if problem is None:
             record["entries"] = describe_ciphertexts(dxo.data)
             record.update(keys=len(dxo.data), bytes=sum(e["ciphertext_bytes"] for e in record["entries"].values()))
-            federation.first_counts.setdefault(site, count)
+            federation.first_counts.setdefault(site, clear.count)
         write_record(fl_ctx, record)
         if problem is not None:
             raise PlaintextUpdate(f"update of {site} in round {rnd} refused: {problem}")
@@ -301,11 +278,8 @@ class CiphertextOnlyGuard(Filter):
             return f"the update is a {type(dxo.data).__name__}, expected a dict of ciphertexts"
         return ciphertext_problem(dxo.data, self._expected or {})
 
-    def _count_problem(self, site: str, count: int | None, problem: str | None,
-                       federation: Federation) -> str | None:
-        """The ciphertext is pre-multiplied by this count: it must be valid, capped and stable."""
-        if problem:
-            return problem
+    def _count_problem(self, site: str, count: int, federation: Federation) -> str | None:
+        """The ciphertext is pre-multiplied by this (valid) count: it must be capped and stable."""
         cap = site_cap(self._cfg.fed, site)
         if cap is not None and count > cap:
             return f"sample count {count} exceeds the cap of {cap} pairs per site"
@@ -316,44 +290,64 @@ class CiphertextOnlyGuard(Filter):
 
 
 class FeatureSpaceHEAggregator(HEInTimeAccumulateWeightedAggregator):
-    """HEInTimeAccumulateWeightedAggregator that fixes the federation's feature space from round 0's majority.
+    """The HE server's aggregation: the plain server's feature-space adoption and weight caps, on ciphertexts.
 
-    Until the feature space is adopted, contributions (already screened by the guard) are held back; at
-    aggregation the majority of their fingerprints is adopted and only the fitting ones are accumulated, the
-    others are recorded as dropped with the reason. From then on the guard refuses other feature spaces itself.
+    Contributions (already screened by the guard) are held until the round closes. Then, as on the plain
+    server: while the federation has no feature space, the majority of the fitting fingerprints is adopted and
+    the others are dropped with the reason (screening.adopt_feature_space); every kept studio's weight is its
+    count after ``capped_weights`` - per-site cap, first-seen count and fed.max_weight_factor x the round's
+    median, computed on the counts the server sees in clear. A studio sent ``count x update``; it is multiplied
+    by ``weight / (count x total weight)`` and the products are summed: the capped weighted mean with one
+    plaintext multiplication per ciphertext, the depth the CKKS parameters allow. Each record gets the weight.
     """
 
     def __init__(self, expected_data_kind: str = DataKind.WEIGHT_DIFF, weigh_by_local_iter: bool = False):
         super().__init__(expected_data_kind=expected_data_kind, weigh_by_local_iter=weigh_by_local_iter)
-        self._pending: list[Shareable] = []
+        self._pending: dict[str, Shareable] = {}
 
     def accept(self, shareable: Shareable, fl_ctx: FLContext) -> bool:
-        if federation_of(fl_ctx).feature_space is None:
-            self._pending.append(shareable)
-            return True
-        return super().accept(shareable, fl_ctx)
+        site = site_of(shareable)
+        if site in self._pending:
+            self.log_warning(fl_ctx, f"a second result of {site} in round {round_of(shareable)} is ignored")
+            return False
+        self._pending[site] = shareable
+        return True
 
     def aggregate(self, fl_ctx: FLContext) -> Shareable:
-        if self._pending:
-            self._adopt_and_accept(fl_ctx)
-        return super().aggregate(fl_ctx)
+        pending, self._pending = self._pending, {}
+        persistor = fl_ctx.get_engine().get_component(PERSISTOR_ID)
+        cfg, federation = FedgaiConfig.from_dict(persistor.config), persistor.federation
+        dxos = {site: from_shareable(s) for site, s in pending.items()}
+        spaces = {site: dxo.get_meta_prop(fp.FINGERPRINT_META_KEY) for site, dxo in dxos.items()}
+        for site, problem in adopt_feature_space(federation, spaces, cfg).items():
+            update_record(fl_ctx, site, round_of(pending[site]), accepted=False, reason=problem)
+            self.log_warning(fl_ctx, f"dropping the update of {site}: {problem}")
+            del dxos[site]
+        counts = {site: int(dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND)) for site, dxo in dxos.items()}
+        weights = capped_weights(counts, cfg.fed, federation.first_counts)
+        for site, weight in weights.items():
+            update_record(fl_ctx, site, round_of(pending[site]), weight=weight.value, weight_note=weight.note)
+        total = sum(w.value for w in weights.values())  # 0 only when nothing is left to aggregate
+        factors = {site: weights[site].value / (counts[site] * total) for site in dxos}
+        result = DXO(DataKind.WEIGHT_DIFF, data=weighted_sum({s: d.data for s, d in dxos.items()}, factors))
+        result.set_meta_prop(MetaKey.PROCESSED_ALGORITHM, HE_ALGORITHM_CKKS)
+        result.set_meta_prop(MetaKey.PROCESSED_KEYS, {key: isinstance(value, ts.CKKSVector)
+                                                      for key, value in result.data.items()})
+        return result.to_shareable()
 
     def reset(self, fl_ctx: FLContext) -> None:
         super().reset(fl_ctx)
-        self._pending = []
+        self._pending = {}
 
-    def _adopt_and_accept(self, fl_ctx: FLContext) -> None:
-        federation = federation_of(fl_ctx)
-        spaces = {site_of(s): from_shareable(s).get_meta_prop(fp.FINGERPRINT_META_KEY) for s in self._pending}
-        federation.feature_space = fp.majority(spaces)
-        for shareable in self._pending:
-            problem = fp.update_problem(spaces[site_of(shareable)], federation.feature_space)
-            if problem:
-                drop_record(fl_ctx, site_of(shareable), round_of(shareable), problem)
-                self.log_warning(fl_ctx, f"dropping the update of {site_of(shareable)}: {problem}")
-            else:
-                super().accept(shareable, fl_ctx)
-        self._pending = []
+
+def weighted_sum(updates: Mapping[str, Mapping[str, Any]], factors: Mapping[str, float]) -> dict[str, Any]:
+    """sum over studios of ``factor x update``, key by key (ciphertexts or arrays alike)."""
+    out: dict[str, Any] = {}
+    for site, data in updates.items():
+        for key, value in data.items():
+            term = value * factors[site]
+            out[key] = term if key not in out else out[key] + term
+    return out
 
 
 class ResumableScatterAndGather(ScatterAndGather):
@@ -372,8 +366,20 @@ class ResumableScatterAndGather(ScatterAndGather):
             fl_ctx.set_prop(AppConstants.START_ROUND, resumed, private=True, sticky=True)
 
 
+def authenticated_site(shareable: Shareable) -> str | None:
+    """The name of the client NVFlare authenticated for this result (from its token, set by the server on the
+    message: ``ServerCommandKey.FL_CLIENT``), or None. Never the studio-sent peer context, which a studio
+    fills in itself."""
+    client = shareable.get_header(ServerCommandKey.FL_CLIENT)
+    return client.name if isinstance(client, Client) and isinstance(client.name, str) and client.name else None
+
+
 def site_of(shareable: Shareable) -> str:
-    return str(shareable.get_peer_prop(ReservedKey.IDENTITY_NAME, "unknown"))
+    """The authenticated site of a result the guard let through (it refuses results without one)."""
+    site = authenticated_site(shareable)
+    if site is None:
+        raise PlaintextUpdate("a result without a client NVFlare authenticated reached the aggregator")
+    return site
 
 
 def round_of(shareable: Shareable) -> int:
@@ -381,8 +387,13 @@ def round_of(shareable: Shareable) -> int:
     return int(shareable.get_cookie(AppConstants.CONTRIBUTION_ROUND, 0))
 
 
+def record_name(rnd: int, site: str) -> str:
+    """``round-NNN-<site>.json`` with the site name sanitised (safe_paths.safe_name): one path component."""
+    return f"round-{rnd:03d}-{safe_name(site)}.json"
+
+
 def record_path(fl_ctx: FLContext, rnd: int, site: str) -> Path:
-    return he_output_dir(fl_ctx) / RECEIVED_DIR / f"round-{rnd:03d}-{site}.json"
+    return inside(he_output_dir(fl_ctx), RECEIVED_DIR, record_name(rnd, site))
 
 
 def write_record(fl_ctx: FLContext, record: Mapping[str, Any]) -> None:
@@ -391,10 +402,10 @@ def write_record(fl_ctx: FLContext, record: Mapping[str, Any]) -> None:
     path.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
 
 
-def drop_record(fl_ctx: FLContext, site: str, rnd: int, reason: str) -> None:
-    """Mark a recorded contribution as dropped after the guard let it through."""
+def update_record(fl_ctx: FLContext, site: str, rnd: int, **fields: Any) -> None:
+    """Add what aggregation decided (dropped and why, the weight) to a contribution the guard recorded."""
     record = json.loads(record_path(fl_ctx, rnd, site).read_text())
-    record.update(accepted=False, reason=reason)
+    record.update(fields)
     write_record(fl_ctx, record)
 
 
@@ -410,7 +421,7 @@ def received_records(run_dir: Path, rounds: int, sites: Sequence[str]) -> list[d
     """The guard's records of a finished HE run (server run folder), round by round; raises
     FileNotFoundError naming the missing ones (a studio that sent nothing, or a run that stopped early)."""
     folder = Path(run_dir) / HE_OUTPUT_DIR / RECEIVED_DIR
-    paths = [folder / f"round-{rnd:03d}-{site}.json" for rnd in range(rounds) for site in sites]
+    paths = [inside(folder, record_name(rnd, site)) for rnd in range(rounds) for site in sites]
     missing = [p.name for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"no record of {', '.join(missing)} in {folder}: the HE run is incomplete")

@@ -18,6 +18,7 @@ filter when privacy.dp = "client", and OutboundAudit as the last result filter (
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,11 +31,15 @@ from nvflare.job_config.api import FedJob
 from nvflare.job_config.defs import FilterType
 
 from fedgai.config import FedgaiConfig, profile
+from fedgai.environment import scoped_env
 from fedgai.federated.audit import OutboundAudit, OutboundEventAudit
+from fedgai.federated.client import OUTPUT_ROOT_ENV
 from fedgai.federated.controller import FilteredFedAvg
 from fedgai.federated.executor import FedgaiVersionCheck, StudioExecutor, installed_version
 from fedgai.federated.kits import allow_fedgai
+from fedgai.federated.server_state import STATE_DIR_ENV
 from fedgai.privacy import GaussianDPFilter
+from fedgai.safe_paths import relative_only
 
 JOB_NAME = "fedgai"
 DP_JOB_NAME = "fedgai_dp"
@@ -44,16 +49,16 @@ DP_JOB_NAME = "fedgai_dp"
 DP_JOB_SETTINGS = {"privacy.dp": "client", "privacy.noise_multiplier": 4.0, "privacy.clip_norm": 1.0,
                    "privacy.target_epsilon": 10.0}
 TASK = "train"
+DEFAULT_CHECKPOINT_DIR = "fedgai_state"
 VERSION_META_KEY = "fedgai_version"
 
 
-def client_args(studios: Mapping[str, Path] | None, output_root: Path | None) -> str:
-    """Script arguments; with neither, sites use $FEDGAI_DATA_ROOT/<site> and ./fedgai_output."""
+def client_args(studios: Mapping[str, Path] | None) -> str:
+    """Script arguments; without studios, sites use $FEDGAI_DATA_ROOT/<site>. Where a studio writes is never
+    in them: that is the site's own choice ($FEDGAI_OUTPUT_ROOT, else ./fedgai_output)."""
     args = [f"--studio {site}={Path(folder).resolve()}" for site, folder in sorted((studios or {}).items())]
-    if output_root is not None:
-        args.append(f"--output-root {Path(output_root).resolve()}")
     text = " ".join(args)
-    if any(" " in str(p) for p in [*(studios or {}).values(), output_root or ""]):
+    if any(" " in str(p) for p in (studios or {}).values()):
         raise ValueError(f"paths passed to the studios must not contain spaces: {text}")
     return text
 
@@ -70,16 +75,35 @@ def required_version() -> str:
 class FedgaiJob(FedJob):
     """A FedJob whose simulator sites allow exactly what a hardened studio allows (kits.py): NVFlare's
     default classes plus the installed fedgai package, enforced. Without that, NVFlare's default list
-    refuses a config-only job's fedgai classes in the simulator too."""
+    refuses a config-only job's fedgai classes in the simulator too.
+
+    ``site_env``: folders on this machine for a simulator run (studios' output root, server's resume folder),
+    handed to the simulated sites through their environment, as a real site sets its own. A job never names
+    absolute paths, so a job that has them is refused for export.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.site_env: dict[str, str] = {}
 
     def simulator_run(self, workspace: str, *args: Any, **kwargs: Any) -> int:
         local = Path(workspace) / "local"  # the simulator copies this folder into every site
         local.mkdir(parents=True, exist_ok=True)
         (local / "resources.json").write_text(json.dumps(allow_fedgai({"format_version": 2}), indent=2) + "\n")
-        return super().simulator_run(workspace, *args, **kwargs)
+        with contextlib.ExitStack() as stack:  # the simulated sites are started (and inherit it) in here
+            for name, value in self.site_env.items():
+                stack.enter_context(scoped_env(name, value))
+            return super().simulator_run(workspace, *args, **kwargs)
+
+    def export_job(self, job_root: str) -> None:
+        if self.site_env:
+            raise ValueError(f"this job names folders on this machine ({', '.join(sorted(self.site_env))}), "
+                             "which only a simulator run may: export it without output_root and with a "
+                             "relative checkpoint_dir; each site sets its own folders")
+        super().export_job(job_root)
 
 
-def new_job(name: str, cfg: FedgaiConfig) -> FedJob:
+def new_job(name: str, cfg: FedgaiConfig) -> FedgaiJob:
     """An empty config-only job pinned to the installed fedgai: the server checks its version first."""
     pinned = required_version()
     job = FedgaiJob(name=name, min_clients=cfg.fed.min_clients, meta_props={VERSION_META_KEY: pinned})
@@ -88,9 +112,21 @@ def new_job(name: str, cfg: FedgaiConfig) -> FedJob:
     return job
 
 
-def add_studio_trainer(job: FedJob, studios: Mapping[str, Path] | None, output_root: Path | None) -> None:
+def site_folders(job: FedgaiJob, output_root: Path | None, checkpoint_dir: str) -> str:
+    """Hand this machine's folders to a simulator run's sites (FedgaiJob.site_env); returns the job's
+    ``checkpoint_dir``: an absolute one becomes the simulated server's own resume folder, and the job keeps
+    only the default relative name (which also keeps resuming on)."""
+    if output_root is not None:
+        job.site_env[OUTPUT_ROOT_ENV] = str(Path(output_root).resolve())
+    if checkpoint_dir and Path(checkpoint_dir).is_absolute():
+        job.site_env[STATE_DIR_ENV] = checkpoint_dir
+        return DEFAULT_CHECKPOINT_DIR
+    return relative_only(checkpoint_dir, "checkpoint_dir") if checkpoint_dir else ""
+
+
+def add_studio_trainer(job: FedJob, studios: Mapping[str, Path] | None) -> None:
     """The studios' executor (installed client.py, version-checked) and their metrics forwarding."""
-    executor = StudioExecutor(fedgai_version=required_version(), task_script_args=client_args(studios, output_root))
+    executor = StudioExecutor(fedgai_version=required_version(), task_script_args=client_args(studios))
     job.to_clients(executor, tasks=[TASK])
     job.to_clients(ConvertToFedEvent(events_to_convert=[ANALYTIC_EVENT_TYPE]), id="event_to_fed")
     job.to_clients(OutboundEventAudit(), id="outbound_event_audit")  # the event stream leaves the site too
@@ -111,7 +147,7 @@ def build_job(
     studios: Mapping[str, Path] | None = None,
     *,
     output_root: Path | None = None,
-    checkpoint_dir: str = "fedgai_state",
+    checkpoint_dir: str = DEFAULT_CHECKPOINT_DIR,
     save_outbound_arrays: bool = False,
     name: str = JOB_NAME,
 ) -> FedJob:
@@ -120,18 +156,21 @@ def build_job(
     Args:
         studios: site name -> studio folder, passed to the studios as script arguments (simulator, tests);
             None for a portable job whose sites find ``$FEDGAI_DATA_ROOT/<site>``.
-        output_root: where studios write their outputs (default: ./fedgai_output at each site).
-        checkpoint_dir: the server's resume-state folder (see FilteredFedAvg).
+        output_root: where the studios of a simulator run write their outputs (FedgaiJob.site_env; an
+            exported job leaves it to each site: $FEDGAI_OUTPUT_ROOT, else ./fedgai_output).
+        checkpoint_dir: the server's resume-state folder, relative to its workspace (see FilteredFedAvg);
+            an absolute one is for a simulator run (site_folders).
         save_outbound_arrays: also store every sent array at the studios (OutboundAudit; for tests).
         name: the job's name (its folder name when exported).
     """
     if cfg.privacy.he:  # never fall back to plaintext updates silently
         raise ValueError("privacy.he is set: build the encrypted job with fedgai.federated.he_job.build_he_job")
     job = new_job(name, cfg)
+    checkpoint_dir = site_folders(job, output_root, checkpoint_dir)
     job.to_server(FilteredFedAvg(config=cfg.to_dict(), checkpoint_dir=checkpoint_dir, task_name=TASK),
                   id="controller")
     job.to_server(TBAnalyticsReceiver(), id="tb_receiver")
-    add_studio_trainer(job, studios, output_root)
+    add_studio_trainer(job, studios)
     add_dp_filter(job, cfg)
     job.to_clients(OutboundAudit(save_arrays=save_outbound_arrays), tasks=[TASK],
                    filter_type=FilterType.TASK_RESULT)

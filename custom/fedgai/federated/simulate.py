@@ -25,9 +25,10 @@ from nvflare.fuel.utils import log_utils
 from fedgai.config import FedgaiConfig
 from fedgai.config import profile as load_profile
 from fedgai.environment import scoped_env
-from fedgai.federated.controller import OUTPUT_DIR, SummaryError, read_round_summaries
+from fedgai.federated.controller import OUTPUT_DIR
 from fedgai.federated.job import build_job
 from fedgai.federated.progress import RoundProgress
+from fedgai.federated.summary import SummaryError, read_round_summaries
 from fedgai.polling import Poller
 
 SIM_JOB_DIR = "simulate_job"
@@ -164,11 +165,12 @@ def simulate(
     sites = studio_folders(Path(data_dir), studios)
     sim_workspace = workspace / "nvflare"
     if cfg.privacy.he:
-        from fedgai.federated.he_job import build_he_job
+        from fedgai.federated.he_job import HE_UNREADABLE_BOUNDS, build_he_job, he_job_config
         from fedgai.federated.he_keys import prepare_simulator_he
         from fedgai.federated.he_server import HE_OUTPUT_DIR
 
-        job = build_he_job(cfg, sites, output_root=workspace / "studios",
+        log.warning("HE: the server cannot read updates, so fed.%s are off", " and fed.".join(HE_UNREADABLE_BOUNDS))
+        job = build_he_job(he_job_config(cfg), sites, output_root=workspace / "studios",
                            checkpoint_dir=str(workspace / "server_state"), save_outbound_arrays=save_outbound_arrays)
         prepare_simulator_he(sim_workspace)
         out = server_dir(workspace) / HE_OUTPUT_DIR
