@@ -32,9 +32,9 @@ from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.client.tracking import SummaryWriter
 
 from fedgai.config import FedgaiConfig
-from fedgai.federated.server_state import config_hash
 from fedgai.federated.fingerprint import FINGERPRINT_META_KEY, check_global_model, studio_feature_space
 from fedgai.federated.keys import CONFIG_META_KEY, DP_EPSILON_META_KEY
+from fedgai.federated.server_state import config_hash
 from fedgai.layout import ROUND_RECORDS
 from fedgai.privacy import BUDGET_EXHAUSTED_KEY, LEDGER_FILE, PrivacyBudgetExceeded, budget_allows_next_round
 from fedgai.privacy.accountant import reported_epsilon
