@@ -2,7 +2,7 @@
 
 FedGAI jobs carry no code (no ``app/custom``): server and studios run the fedgai package installed at the
 site, pinned to the version the job was exported with. The job names these classes by path; a studio
-allows them through ``"fedgai."`` in its ``local/resources.json`` class allow-list.
+allows them by name in its ``local/resources.json`` class allow-list (kits.py: the shipped jobs' classes).
 
 - ``StudioExecutor``: NVFlare's in-process Client-API executor running the installed
   ``fedgai/federated/client.py`` (the same script the simulator runs). A relative script path would be

@@ -6,7 +6,8 @@ writes ``jobs/fedgai/`` (meta.json, app/config/config_fed_{server,client}.json),
 ``jobs/fedgai_dp/`` and the homomorphic-encryption variant ``jobs/fedgai_he/`` (he_job.py, which also holds
 ``export_jobs``, the whole set). The jobs are configuration only: no ``app/custom`` folder, every class is
 named by path from NVFlare or from the fedgai package installed at the server and the studios (``make wheel``;
-docs/deployment.md). So studios can forbid custom code (BYOC) altogether and allow ``fedgai.`` classes only.
+docs/deployment.md). So studios can forbid custom code (BYOC) altogether and allow only the classes these
+jobs name (kits.job_classes).
 Each job records the fedgai version it was exported with (meta.json ``fedgai_version`` and the components'
 ``fedgai_version`` argument); a site with another version stops the job when it starts
 (fedgai.federated.executor).
@@ -73,8 +74,8 @@ def required_version() -> str:
 
 
 class FedgaiJob(FedJob):
-    """A FedJob whose simulator sites allow exactly what a hardened studio allows (kits.py): NVFlare's
-    default classes plus the installed fedgai package, enforced. Without that, NVFlare's default list
+    """A FedJob whose simulator sites allow what hardened kits allow (kits.py): the classes the shipped jobs
+    name (both sides': the simulator has one ``local`` folder), enforced. Without that, NVFlare's default list
     refuses a config-only job's fedgai classes in the simulator too.
 
     ``site_env``: folders on this machine for a simulator run (studios' output root, server's resume folder),
