@@ -33,6 +33,7 @@ from nvflare.client.tracking import SummaryWriter
 
 from fedgai.config import FedgaiConfig
 from fedgai.federated.fingerprint import FINGERPRINT_META_KEY, check_global_model, studio_feature_space
+from fedgai.federated.he_studio import GLOBAL_REFUSED_META_KEY
 from fedgai.federated.keys import CONFIG_META_KEY, DP_EPSILON_META_KEY
 from fedgai.federated.server_state import config_hash
 from fedgai.layout import ROUND_RECORDS
@@ -163,7 +164,12 @@ def local_round(trainer: StudioTrainer, received: FLModel, ledger_path: Path | N
     own_space = studio_feature_space(trainer)  # refuse a global D trained on another encoder's features
     if federated:
         check_global_model(own_space, (received.meta or {}).get(FINGERPRINT_META_KEY))
-    baseline = load_global(trainer, received.params or {}) if federated else {}
+    if federated and (received.meta or {}).get(GLOBAL_REFUSED_META_KEY):
+        # The studio's HE decryptor refused the global (he_studio.GlobalCheck, reason in the site log): this
+        # round trains from the studio's own D, and the DIFF is taken from it.
+        baseline = trainer.shared_state()
+    else:
+        baseline = load_global(trainer, received.params or {}) if federated else {}
     started = time.perf_counter()
     try:
         losses = trainer.train_epochs(cfg.train.epochs, tag=f" round {received.current_round}")

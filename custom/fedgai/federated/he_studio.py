@@ -1,10 +1,20 @@
 """The studio side of the FedGAI job with homomorphic encryption: the filter that encrypts the studio's update
 in the compact format (he_wire.py), the filter that decrypts the global discriminator entries the server
-sends, and decrypting a saved encrypted global with a studio's context."""
+sends and checks them before the studio loads them, and decrypting a saved encrypted global with a studio's
+context.
+
+Why the studio checks the global: each studio multiplies its own update by its own pair count before
+encrypting, and the server cannot look inside a ciphertext, so one studio can put 1e9 x its update (or 1e12,
+which also corrupts every other slot through CKKS precision) into the aggregate. Only the studios can see the
+result: ``GlobalCheck`` refuses a decrypted global that is not finite or that moved further from the last one
+than the recent rounds' changes allow; the studio then keeps its own D for that round (client.py).
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +30,52 @@ from fedgai.config import FedgaiConfig
 from fedgai.federated.controller import initial_global
 from fedgai.federated.he_keys import CLIENT_CONTEXT, LAYOUT_META_KEY, layout_of, restore_layout
 from fedgai.federated.he_wire import decrypt_packed, encrypt_packed
+
+# DXO meta key (decryptor -> client script): why the studio refused the decrypted global; absent when loaded.
+GLOBAL_REFUSED_META_KEY = "fedgai_global_refused"
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GlobalCheck:
+    """A studio's check of each decrypted global before it loads it, against the last global it accepted.
+
+    Refused: any non-finite value; a change (L2 over all shared entries) larger than ``factor`` x the largest
+    of the last ``history`` accepted changes, or, before any change was seen, larger than ``first_factor`` x
+    the last global's own norm. The bounds are loose on purpose (an honest round moves D by about as much as
+    the previous one; the first round can move it by about its own norm): they stop a scaled or corrupted
+    aggregate, not a small poisoned step inside them. A refused global does not become the reference.
+    """
+
+    factor: float = 10.0
+    history: int = 3
+    first_factor: float = 10.0
+    last: dict[str, np.ndarray] | None = None
+    changes: list[float] = field(default_factory=list)
+
+    def review(self, params: Mapping[str, np.ndarray]) -> str | None:
+        """Why ``params`` must not be loaded, or None (then it is the new reference)."""
+        nonfinite = sorted(key for key, value in params.items() if not np.isfinite(value).all())
+        if nonfinite:
+            return f"{len(nonfinite)} entries hold non-finite values: {nonfinite[:3]}"
+        if self.last is not None and set(self.last) == set(params):
+            change = float(np.sqrt(sum(np.sum((np.asarray(params[k], np.float64) - self.last[k]) ** 2)
+                                       for k in params)))
+            bound, basis = self.bound()
+            if change > bound:
+                return f"it moved by {change:.3g} since the last global, more than the bound {bound:.3g} ({basis})"
+            self.changes = [*self.changes, change][-self.history:]
+        self.last = {key: np.array(value, dtype=np.float64) for key, value in params.items()}
+        return None
+
+    def bound(self) -> tuple[float, str]:
+        """The largest change accepted now, and what it is derived from."""
+        if self.changes:
+            return self.factor * max(self.changes), (f"{self.factor:g} x the largest of the last "
+                                                     f"{len(self.changes)} changes")
+        norm = float(np.sqrt(sum(np.sum(value ** 2) for value in (self.last or {}).values())))
+        return self.first_factor * norm, f"{self.first_factor:g} x the last global's norm, before any change was seen"
 
 
 class PackedHEModelEncryptor(HEModelEncryptor):
@@ -49,9 +105,11 @@ class ShapedHEModelDecryptor(HEModelDecryptor):
     layout sent by ``FedgaiHEShareableGenerator`` restores each entry.
     """
 
-    def __init__(self, tenseal_context_file: str = CLIENT_CONTEXT):
+    def __init__(self, tenseal_context_file: str = CLIENT_CONTEXT, change_factor: float = 10.0,
+                 change_history: int = 3, first_change_factor: float = 10.0):
         super().__init__(tenseal_context_file=tenseal_context_file)
         self._layout: Mapping[str, Mapping[str, Any]] = {}
+        self.check = GlobalCheck(factor=change_factor, history=change_history, first_factor=first_change_factor)
 
     def decryption(self, params: dict, encrypted_layers: dict, fl_ctx: FLContext) -> dict:
         for key, value in params.items():
@@ -67,11 +125,25 @@ class ShapedHEModelDecryptor(HEModelDecryptor):
     def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> DXO | None:
         self._layout = dxo.get_meta_prop(LAYOUT_META_KEY) or {}
         result = super().process_dxo(dxo, shareable, fl_ctx)
-        if result is None:
-            return None
-        result.data = restore_layout(result.data, self._layout)
+        if result is None:  # nothing encrypted (round 0's plaintext seeded D): checked, and the first reference
+            result = dxo
+        else:
+            result.data = restore_layout(result.data, self._layout)
+        self._review(result, fl_ctx)
         result.update_shareable(shareable)
         return result
+
+    def _review(self, dxo: DXO, fl_ctx: FLContext) -> None:
+        """Refuse a global the check rejects: the studio gets the reason and the last accepted global (none if
+        there is none yet) instead, so nothing refused reaches the training script."""
+        reason = self.check.review(dxo.data)
+        if reason is None:
+            return
+        reason = f"refusing the decrypted global model: {reason}; keeping this studio's own D for the round"
+        self.log_warning(fl_ctx, reason)
+        dxo.data = {key: value.astype(self._layout.get(key, {}).get("dtype", value.dtype))
+                    for key, value in (self.check.last or {}).items()}
+        dxo.set_meta_prop(GLOBAL_REFUSED_META_KEY, reason)
 
 
 def load_encrypted_global(npz_file: str | Path, client_context: str | Path, cfg: FedgaiConfig
