@@ -110,9 +110,11 @@ def test_machine_folders_run_in_the_simulator_but_never_go_into_an_exported_job(
         job.export_job(str(tmp_path / "export"))
     with pytest.raises(UnsafePathError, match="checkpoint_dir"):
         build_job(test_cfg, checkpoint_dir="../outside")
-    for args in ("--output-root /etc", "--output /etc", "--output-root ../../x"):
+    version = installed_version() or "0"
+    for args in ("--output-root /etc", "--output=/etc", "--studio a=/d --output-root ../../x"):
         with pytest.raises(UnsafePathError, match="output-root"):
-            StudioExecutor(fedgai_version=installed_version() or "0", task_script_args=args)
+            StudioExecutor(fedgai_version=version, task_script_args=args)
+    StudioExecutor(fedgai_version=version, task_script_args="--studio a=/data/a --output-root outputs")
 
 
 # ----------------------------------------------------------------------------------------------- HE limits

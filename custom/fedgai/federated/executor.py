@@ -30,6 +30,7 @@ from fedgai.safe_paths import relative_only
 
 DISTRIBUTION = "fedgai"
 CLIENT_SCRIPT = str(Path(client.__file__).resolve())
+OUTPUT_ROOT_OPTION = "--output-root"
 
 
 def installed_version() -> str | None:
@@ -42,10 +43,17 @@ def installed_version() -> str | None:
 
 def check_script_args(task_script_args: str) -> None:
     """Raise UnsafePathError when the job names an absolute (or '..') --output-root: a job must not choose
-    where on the studio's disk it writes. The studio's own $FEDGAI_OUTPUT_ROOT may be anywhere."""
-    named = client.parse_args(shlex.split(task_script_args)).output_root
-    if named != client.parse_args([]).output_root:
-        relative_only(str(named), "--output-root in the job's task_script_args")
+    where on the studio's disk it writes. The studio's own $FEDGAI_OUTPUT_ROOT may be anywhere.
+
+    Read token by token, as client.py's argparse reads them (``--output-root X``, ``--output-root=X`` and any
+    unambiguous prefix such as ``--output``), without parsing the rest, which the script checks itself.
+    """
+    tokens = shlex.split(task_script_args)
+    for i, token in enumerate(tokens):
+        name, eq, value = token.partition("=")
+        if name.startswith("--o") and OUTPUT_ROOT_OPTION.startswith(name):  # no other option starts with --o
+            named = value if eq else (tokens[i + 1] if i + 1 < len(tokens) else "")
+            relative_only(named, "--output-root in the job's task_script_args")
 
 
 def version_problem(required: str, site: str) -> str | None:
