@@ -237,17 +237,33 @@ def test_the_epsilon_a_record_level_studio_sends_does_not_reveal_its_pair_count(
 
 # ----------------------------------------------------------------------------------------------- resume
 def test_a_studio_resumes_only_its_own_jobs_checkpoint(studio_dir, tmp_path, test_cfg):
-    mine = resume_owner("job-1", test_cfg.to_dict())
-    first = open_trainer(test_cfg, studio_dir, tmp_path, resume=False, device="cpu", owner=mine)
+    """Keyed as the server keys its state: job id and config hash (fed.resume = same_job), or the config hash
+    alone (same_config, the default; the server also matches name and submitter). Today any job resumes it."""
+    strict = test_cfg.with_overrides({"fed.resume": "same_job"})
+    mine = resume_owner("job-1", strict.to_dict())
+    first = open_trainer(strict, studio_dir, tmp_path, resume=False, device="cpu", owner=mine)
     first.epoch = 3
     first.save_checkpoint()
     with pytest.raises(StudioResumeRefused, match="written by job 'job-1'.*this is job 'job-2'"):
-        open_trainer(test_cfg, studio_dir, tmp_path, resume=True, device="cpu",
-                     owner=resume_owner("job-2", test_cfg.to_dict()))
-    changed = resume_owner("job-1", test_cfg.with_overrides({"train.lr_d": 1e-3}).to_dict())
+        open_trainer(strict, studio_dir, tmp_path, resume=True, device="cpu",
+                     owner=resume_owner("job-2", strict.to_dict()))
+    changed = strict.with_overrides({"train.lr_d": 1e-3})
     with pytest.raises(StudioResumeRefused):
-        open_trainer(test_cfg, studio_dir, tmp_path, resume=True, device="cpu", owner=changed)
-    assert open_trainer(test_cfg, studio_dir, tmp_path, resume=True, device="cpu", owner=mine).epoch == 3
+        open_trainer(changed, studio_dir, tmp_path, resume=True, device="cpu",
+                     owner=resume_owner("job-1", changed.to_dict()))
+    assert open_trainer(strict, studio_dir, tmp_path, resume=True, device="cpu", owner=mine).epoch == 3
+
+    # same_config: another job with the very same config continues, another config does not
+    first = open_trainer(test_cfg, studio_dir, tmp_path, resume=False, device="cpu",
+                         owner=resume_owner("job-1", test_cfg.to_dict()))
+    first.save_checkpoint()
+    again = open_trainer(test_cfg, studio_dir, tmp_path, resume=True, device="cpu",
+                         owner=resume_owner("job-2", test_cfg.to_dict()))
+    assert again.epoch == first.epoch
+    changed = test_cfg.with_overrides({"train.lr_d": 1e-3})
+    with pytest.raises(StudioResumeRefused):
+        open_trainer(changed, studio_dir, tmp_path, resume=True, device="cpu",
+                     owner=resume_owner("job-3", changed.to_dict()))
 
 
 # ----------------------------------------------------------------------------------------------- end to end

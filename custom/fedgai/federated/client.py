@@ -13,7 +13,7 @@ metrics.jsonl and a local TensorBoard log.
 
 The site decides its own privacy: with a policy in ``local/fedgai_privacy.json`` (privacy/policy.py) a job
 that asks for less is refused before any pair is read, and the DP ledgers are the site's, in its workspace.
-A checkpoint is resumed only by the job that wrote it (its job id and config hash), as on the server.
+A checkpoint is resumed only as the server resumes its state: keyed by job id and config hash (fed.resume).
 """
 
 from __future__ import annotations
@@ -201,10 +201,16 @@ def resume_owner(job_id: str | None, job_config: Mapping) -> dict[str, str | Non
     return {"job_id": job_id, "config_hash": config_hash(job_config)}
 
 
-def check_resume_owner(checkpoint: Path, owner: Mapping[str, str | None]) -> None:
-    """Refuse to continue a checkpoint that another job (or this job with another config) left behind."""
+def check_resume_owner(checkpoint: Path, owner: Mapping[str, str | None], policy: str) -> None:
+    """Refuse to continue a checkpoint that another job (or this job with another config) left behind.
+
+    As the server decides (server_state.resume_refusal): the same job id and config hash always continue;
+    under fed.resume = same_config another job with the same config hash does too (the server also checks
+    the job's name and submitter, which a studio does not see), under same_job it does not.
+    """
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["metadata"].get(RESUME_OWNER_KEY) or {}
-    if saved != owner:
+    same_config = policy == "same_config" and saved.get("config_hash") == owner.get("config_hash")
+    if saved != owner and not same_config:
         raise StudioResumeRefused(
             f"refusing to resume the studio's checkpoint {checkpoint}: it was written by job "
             f"{saved.get('job_id')!r} (config {saved.get('config_hash')!r}), this is job {owner.get('job_id')!r} "
@@ -220,7 +226,8 @@ def open_trainer(cfg: FedgaiConfig, studio_dir: Path, out_dir: Path, resume: boo
     checkpoint = RunFolder(out_dir).checkpoint
     resuming = resume and checkpoint.is_file()
     if resuming:
-        check_resume_owner(checkpoint, owner)  # before the trainer exists: it releases the sketch statistics
+        check_resume_owner(checkpoint, owner, cfg.fed.resume)  # before the trainer exists: it releases the
+        # sketch statistics
     with site_ledger(ledger):
         trainer = StudioTrainer(cfg, studio_dir, out_dir, device=device)
     if resuming:
