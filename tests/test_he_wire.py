@@ -114,3 +114,15 @@ def test_loader_reads_ciphertexts_and_leaves_anything_else_for_the_guard(context
     assert loaded["junk"] == data["junk"] and loaded["plain"] is not None
     problem = ciphertext_problem(loaded, {"good": 3, "junk": 3, "plain": 3})
     assert problem is not None and "not as a CKKS ciphertext" in problem
+
+
+def test_loader_takes_only_fresh_uploads_at_the_contexts_level_and_scale(contexts):
+    server_ctx, client_ctx = contexts
+    other_scale = client_ctx.copy()
+    other_scale.global_scale = 2 ** 30
+    summed = ts.ckks_vector_from(server_ctx, encrypt_packed(client_ctx, np.ones(8))) * 0.5  # one level down
+    loader = PackedCiphertextLoader()
+    loader.tenseal_context = server_ctx
+    for data in (encrypt_packed(other_scale, np.ones(8)), summed.serialize()):
+        dxo = DXO(DataKind.WEIGHT_DIFF, data={"w": data}, meta={MetaKey.PROCESSED_ALGORITHM: HE_ALGORITHM_CKKS})
+        assert from_shareable(loader.process(dxo.to_shareable(), FLContext())).data["w"] == data

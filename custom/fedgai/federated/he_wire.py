@@ -176,8 +176,10 @@ def add_to_plain_global(weights: dict[str, Any], aggregate: Mapping[str, Any], c
 class PackedCiphertextLoader(Filter):
     """Server-side task-result filter, before the guard: each entry that arrived as bytes and reads as a
     CKKSVector under the server's context becomes that CKKSVector (SEAL expands a seeded ciphertext as it
-    loads, checking it against the parameters). Anything else passes unchanged, for the guard to refuse and
-    record."""
+    loads, checking it against the parameters). Only a fresh upload is taken: two polynomials at the first
+    data level and the context's scale, since a studio sending another level or scale would make the
+    server's sum throw and fail the round for everyone. Anything else passes unchanged, for the guard to
+    refuse and record."""
 
     def __init__(self, tenseal_context_file: str = SERVER_CONTEXT):
         super().__init__()
@@ -200,9 +202,18 @@ class PackedCiphertextLoader(Filter):
         if not isinstance(value, bytes):
             return value
         try:
-            return ts.ckks_vector_from(self.tenseal_context, value)
+            vector = ts.ckks_vector_from(self.tenseal_context, value)
         except (ValueError, RuntimeError, TypeError):  # not a ciphertext for these parameters: the guard says so
             return value
+        return vector if is_fresh_upload(vector, self.tenseal_context) else value
+
+
+def is_fresh_upload(vector: ts.CKKSVector, context: ts.Context) -> bool:
+    """Whether every ciphertext of ``vector`` is as a studio's encryption leaves it: two polynomials at the
+    first data level, at the context's scale."""
+    primes = len(context.seal_context().data.first_context_data().parms().coeff_modulus())
+    return all(ct.size() == 2 and ct.coeff_modulus_size() == primes and ct.scale == context.global_scale
+               for ct in vector.ciphertext())
 
 
 # TenSEAL's CKKSVectorProto: 1 = repeated uint32 sizes (packed), 2 = repeated bytes ciphertexts, 3 = double scale.
