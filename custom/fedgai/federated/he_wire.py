@@ -13,7 +13,7 @@ global entries: one plaintext multiplication, no relinearisation, no rotation. S
   by a real) acts on real and imaginary parts alike, so packing halves the ciphertexts (TenSEAL's
   CKKSVector only fills the real parts);
 - seeded symmetric encryption for uploads: a studio holds the secret key (NVFlare's HEBuilder makes
-  symmetric contexts: the server's has no key at all), so it sends the seed of the uniform half of each
+  symmetric contexts: the server's holds no secret or public key), so it sends the seed of the uniform half of each
   ciphertext instead of the half itself (SEAL expands it on load; TenSEAL's own symmetric encryption
   expands it before serialising). Downloads are sums, which have no seed;
 - SEAL's own compression (zstd) of each ciphertext, which drops the unused high bits of every 64-bit word.
