@@ -14,6 +14,7 @@ from scipy.ndimage import binary_dilation
 from skimage import data as skdata
 from skimage.morphology import skeletonize
 
+from fedgai.cli import main
 from fedgai.data import (
     DEMO_STYLES,
     MIN_SIZE,
@@ -86,9 +87,10 @@ def test_studio_json_fields_and_mixed_extension_case(tmp_path: Path) -> None:
     assert [(p.name, s.name) for p, s in studio.pairs] == [("look1.JPG", "look1.webp")]
 
 
-def _unmatched_photo(root: Path) -> str:
-    _save(root / "photos" / "abc.png")
-    return "photos/abc.png: no matching sketch"
+def _unreadable_unpaired(root: Path) -> str:
+    (root / "photos-unpaired").mkdir()
+    (root / "photos-unpaired" / "p.png").write_bytes(b"not a png")
+    return "photos-unpaired/p.png: cannot be read"
 
 
 def _unmatched_sketch(root: Path) -> str:
@@ -128,7 +130,7 @@ def _wrong_json_type(root: Path) -> str:
     return "studio.json: 'name' must be a string, got 3"
 
 
-@pytest.mark.parametrize("breaks", [_unmatched_photo, _unmatched_sketch, _corrupt, _truncated, _too_small,
+@pytest.mark.parametrize("breaks", [_unreadable_unpaired, _unmatched_sketch, _corrupt, _truncated, _too_small,
                                     _duplicate, _bad_json, _wrong_json_type])
 def test_each_bad_input_is_reported_naming_the_file(tmp_path: Path, breaks: object) -> None:
     root = _studio(tmp_path / "studio")
@@ -136,6 +138,18 @@ def test_each_bad_input_is_reported_naming_the_file(tmp_path: Path, breaks: obje
     problems = _problems(root)
     assert len(problems) == 1
     assert problems[0].startswith(expected)
+
+
+def test_photos_without_a_sketch_are_unpaired_not_problems(tmp_path: Path, capsys) -> None:
+    root = _studio(tmp_path / "studio", ("a", "b"))
+    _save(root / "photos" / "drawn-later.png")
+    for stem in ("u1", "u2"):
+        _save(root / "photos-unpaired" / f"{stem}.jpg")
+    studio = load_studio(root)
+    assert [p.stem for p, _ in studio.pairs] == ["a", "b"]
+    assert [p.name for p in studio.unpaired] == ["drawn-later.png", "u1.jpg", "u2.jpg"]
+    assert main(["data", "check", str(root)]) == 0
+    assert "2 photo-sketch pairs, 3 unpaired photos" in capsys.readouterr().out
 
 
 def test_empty_and_missing_folders(tmp_path: Path) -> None:
@@ -151,7 +165,7 @@ def test_empty_and_missing_folders(tmp_path: Path) -> None:
 
 def test_all_problems_arrive_in_one_error_with_a_headline(tmp_path: Path) -> None:
     root = _studio(tmp_path / "messy", ("a", "b", "c"))
-    breakers = (_unmatched_photo, _unmatched_sketch, _corrupt, _too_small, _bad_json)
+    breakers = (_unreadable_unpaired, _unmatched_sketch, _corrupt, _too_small, _bad_json)
     expected = [breaks(root) for breaks in breakers]
     with pytest.raises(StudioDataError) as caught:
         load_studio(root)

@@ -135,3 +135,47 @@ def test_record_level_dp_trains_the_structure_critic_per_pair(test_cfg, studio_d
     out = trainer.train_epochs(1)
     assert {"structure", "feature_matching"} <= set(out) and out["dp_epsilon"] > 0
     assert not torch.equal(before, patch.head.weight)
+
+
+@pytest.fixture(scope="module")
+def unpaired_studio(tmp_path_factory):
+    from fedgai.data import make_demo
+
+    return make_demo(tmp_path_factory.mktemp("unpaired") / "s", studios=1, seed=0, size=64, progress=False,
+                     unpaired=6)[0]
+
+
+def test_unpaired_photos_reach_g_only_through_the_critics(test_cfg, unpaired_studio, tmp_path):
+    cfg = test_cfg.with_overrides({"model.image_size": 64, "model.structure_critic": 8, "train.unpaired_batch": 3})
+    t = StudioTrainer(cfg, unpaired_studio, tmp_path / "u")
+    photo, sketch = next(iter(t.loader()))
+    real = t._real_features(photo, sketch)
+    fake = t.generator(real.photo_taps)
+    fake_taps = t.encoder(fake)
+    others = [t.unpaired_batch(), t.unpaired_batch().flip(-2)]  # two different sets of unpaired photos
+    terms = [t.objective.generator_terms(fake, fake_taps, sketch, real.sketch_deep, real.sketch_grams, photo,
+                                         t._generate_unpaired(u)) for u in others]
+    for paired in ("gram", "content", "pixel_l1"):
+        assert terms[0][paired].item() == terms[1][paired].item()
+    for critic in ("adversarial", "structure"):
+        assert terms[0][critic].item() != terms[1][critic].item()
+    assert json.loads((t.run_dir / "metadata.json").read_text())["unpaired_photos"] == 6
+    assert t.train_epochs(1)["adversarial"] == pytest.approx(t.train_epochs(1)["adversarial"], abs=10)  # it runs
+
+
+def test_unpaired_photos_change_nothing_unless_asked(test_cfg, unpaired_studio, tmp_path):
+    from fedgai.data import make_demo
+
+    cfg = test_cfg.with_overrides({"model.image_size": 64})
+    without = make_demo(tmp_path / "plain", studios=1, seed=0, size=64, progress=False)[0]  # the same pairs
+    with_photos = StudioTrainer(cfg, unpaired_studio, tmp_path / "a")
+    assert with_photos.unpaired is None and with_photos.unpaired_batch() is None
+    first = with_photos.train_epochs(1)
+    assert StudioTrainer(cfg, without, tmp_path / "b").train_epochs(1) == first
+
+
+def test_record_level_dp_refuses_unpaired_photos(test_cfg):
+    from fedgai.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unpaired_batch > 0 is refused under record-level DP"):
+        test_cfg.with_overrides({"privacy.dp": "record", "train.unpaired_batch": 2})

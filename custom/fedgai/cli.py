@@ -99,10 +99,11 @@ def add_follow_symlinks_arg(p: argparse.ArgumentParser) -> None:
 def cmd_data_demo(args: argparse.Namespace) -> None:
     from fedgai.data import make_demo
 
-    folders = make_demo(args.out, studios=args.studios, seed=args.seed, size=args.size)
+    folders = make_demo(args.out, studios=args.studios, seed=args.seed, size=args.size, unpaired=args.unpaired)
     print(f"{len(folders)} demo studios in {args.out}:")
     for folder in folders:
-        print(f"  {folder.name}: {len(list((folder / 'sketches').iterdir()))} pairs")
+        extra = f", {args.unpaired} unpaired photos" if args.unpaired else ""
+        print(f"  {folder.name}: {len(list((folder / 'sketches').iterdir()))} pairs{extra}")
 
 
 def cmd_data_sketchify(args: argparse.Namespace) -> None:
@@ -116,7 +117,8 @@ def cmd_data_check(args: argparse.Namespace) -> None:
     from fedgai.data import load_studio
 
     studio = load_studio(args.studio, follow_symlinks=bool(args.follow_symlinks))
-    print(f"studio '{studio.name}' OK: {len(studio.pairs)} photo-sketch pairs")
+    print(f"studio '{studio.name}' OK: {len(studio.pairs)} photo-sketch pairs, {len(studio.unpaired)} unpaired "
+          "photos (photos-unpaired/ or photos/ without a sketch: used only by the terms that need no sketch)")
 
 
 def cmd_train_local(args: argparse.Namespace) -> None:
@@ -262,6 +264,8 @@ def add_data_parsers(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (must be new or empty)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     p.add_argument("--size", type=int, default=256, help="image side in px (default 256)")
+    p.add_argument("--unpaired", type=int, default=0, metavar="N",
+                   help="N extra photos per studio without a sketch, in photos-unpaired/ (default 0)")
     p.set_defaults(func=cmd_data_demo)
 
     styles = "; ".join(f"{k}: {v}" for k, v in SKETCH_STYLES.items())

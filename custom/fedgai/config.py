@@ -113,9 +113,15 @@ class TrainConfig:
     # bf16 autocast on CUDA: "auto" = on where the GPU supports bf16; "off". CPU always runs float32.
     # (No fp16: the 256 px Gram matrices overflow its range.)
     amp: Literal["auto", "off", "bf16"] = "auto"
+    # Unpaired photos (photos-unpaired/, or photos without a sketch) per training step, drawn at random with a
+    # flip; they enter only the critics' adversarial terms on G(photo), never a paired term. 0 = not used.
+    unpaired_batch: int = 0
 
     def validate(self) -> None:
         _positive("train.batch_size", self.batch_size)
+        if self.unpaired_batch < 0:
+            raise ConfigError(f"train.unpaired_batch must be >= 0 (0 = unpaired photos unused), got "
+                              f"{self.unpaired_batch}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         _choice("train.amp", self.amp, ("auto", "off", "bf16"))
@@ -285,8 +291,12 @@ class DataConfig:
     follow_symlinks: bool = False
     # Images declaring more pixels are refused before decoding (40 MP as float RGB is ~480 MB).
     max_megapixels: float = 40.0
+    # Unpaired photos per studio in the demo studios `fedgai simulate` generates (fedgai data demo --unpaired).
+    demo_unpaired: int = 0
 
     def validate(self) -> None:
+        if self.demo_unpaired < 0:
+            raise ConfigError(f"data.demo_unpaired must be >= 0, got {self.demo_unpaired}")
         if self.max_megapixels <= 0:
             raise ConfigError(f"data.max_megapixels must be > 0, got {self.max_megapixels}")
 
@@ -308,6 +318,11 @@ class FedgaiConfig:
     def validate(self) -> FedgaiConfig:
         for part in (self.model, self.loss, self.train, self.fed, self.privacy, self.edge, self.data):
             part.validate()
+        if self.train.unpaired_batch and self.privacy.dp == "record":
+            # Its per-pair argument (privacy/record.py) has no unit for a photo without a sketch yet.
+            raise ConfigError("train.unpaired_batch > 0 is refused under record-level DP: its accounting is per "
+                              "pair, and unpaired photos would reach the released D through G(photo) unaccounted "
+                              "(docs/privacy.md); set train.unpaired_batch to 0 or privacy.dp to none/client")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -48,6 +48,26 @@ class RealFeatures:
         )
 
 
+@dataclass
+class Unpaired:
+    """A batch of unpaired photos and G's sketches of them: the critics judge these (adversarial terms), no
+    paired term can (there is no real sketch)."""
+
+    photo: torch.Tensor
+    fake: torch.Tensor
+    fake_grams: list[torch.Tensor]
+
+    def detached(self) -> Unpaired:
+        return Unpaired(self.photo, self.fake.detach(), [g.detach() for g in self.fake_grams])
+
+
+def _with_unpaired(paired: list[torch.Tensor], unpaired: Unpaired | None) -> list[torch.Tensor]:
+    """Gram matrices of the paired fakes, followed by those of the unpaired fakes (if any)."""
+    if unpaired is None:
+        return paired
+    return [torch.cat([p, u]) for p, u in zip(paired, unpaired.fake_grams, strict=True)]
+
+
 class Objective:
     """G's and D's losses on one studio's batches. Holds references (not copies) to the networks, so a D
     loaded from the federation is the D the next loss sees."""
@@ -70,30 +90,33 @@ class Objective:
 
     # ------------------------------------------------------------------ batched
     def generator_terms(self, fake: torch.Tensor, fake_taps: list[torch.Tensor], sketch: torch.Tensor,
-                        sketch_deep: torch.Tensor, sketch_grams: list[torch.Tensor], photo: torch.Tensor
-                        ) -> dict[str, torch.Tensor]:
+                        sketch_deep: torch.Tensor, sketch_grams: list[torch.Tensor], photo: torch.Tensor,
+                        unpaired: Unpaired | None = None) -> dict[str, torch.Tensor]:
         """G's unweighted terms for generated sketches against their real pairs, through the current D (the
-        structure critic, where it is on, also sees the photos)."""
-        d, fm = self.discriminator, self.weights.feature_matching > 0
+        structure critic, where it is on, also sees the photos). Unpaired fakes join the critics' adversarial
+        terms only (their means run over paired and unpaired fakes alike)."""
+        d, fm, n = self.discriminator, self.weights.feature_matching > 0, fake.shape[0]
         fake_grams = [gram_matrix(t) for t in fake_taps]
-        fake_critic = d.features(fake_grams)
+        critic = d.features(_with_unpaired(fake_grams, unpaired))
         terms = {
             "gram": gram_loss(sketch_grams, fake_grams),
-            "adversarial": hinge_g_loss(d.score(fake_critic)),
+            "adversarial": hinge_g_loss(d.score(critic)),
             "content": content_loss(sketch_deep, fake_taps[-1]),
             "pixel_l1": (fake - sketch).abs().mean(),
         }
         if fm:
             with torch.no_grad():
                 real_critic = d.features(sketch_grams)
-            terms["feature_matching"] = feature_matching_loss(real_critic, fake_critic)
+            terms["feature_matching"] = feature_matching_loss(real_critic, critic[:n])
         if d.patch is not None:
-            fake_patch = d.patch.features(photo, fake)
-            terms["structure"] = hinge_g_loss(d.patch.score(fake_patch))
+            photos, fakes = (photo, fake) if unpaired is None else (torch.cat([photo, unpaired.photo]),
+                                                                    torch.cat([fake, unpaired.fake]))
+            patch = d.patch.features(photos, fakes)
+            terms["structure"] = hinge_g_loss(d.patch.score(patch))
             if fm:
                 with torch.no_grad():
                     real_patch = d.patch.features(photo, sketch)
-                terms["feature_matching"] = terms["feature_matching"] + feature_matching_loss(real_patch, fake_patch)
+                terms["feature_matching"] = terms["feature_matching"] + feature_matching_loss(real_patch, patch[:n])
         if self.clip is not None:
             terms["clip"] = self.clip(sketch, fake)
         return terms
@@ -103,17 +126,22 @@ class Objective:
         return sum(getattr(self.weights, name) * value for name, value in terms.items())
 
     def discriminator_loss(self, real_grams: list[torch.Tensor], fake_grams: list[torch.Tensor],
-                           photo: torch.Tensor, sketch: torch.Tensor, fake: torch.Tensor
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+                           photo: torch.Tensor, sketch: torch.Tensor, fake: torch.Tensor,
+                           unpaired: Unpaired | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Hinge + FedDecorr on the real features (real and fake share one BatchNorm batch), plus the structure
-        critic's hinge on (photo, sketch) pairs where it is on. Returns (loss, FedDecorr term)."""
+        critic's hinge on (photo, sketch) pairs where it is on; unpaired fakes (detached) join the fake side.
+        Returns (loss, FedDecorr term)."""
         n = real_grams[0].shape[0]
-        logits, feats = self.discriminator([torch.cat([r, f]) for r, f in zip(real_grams, fake_grams, strict=True)])
+        fakes = _with_unpaired(fake_grams, unpaired)
+        logits, feats = self.discriminator([torch.cat([r, f]) for r, f in zip(real_grams, fakes, strict=True)])
         decorr = feddecorr_loss(feats[:n])
         loss = hinge_d_loss(logits[:n], logits[n:]) + self.weights.feddecorr * decorr
         patch = self.discriminator.patch
         if patch is not None:
-            scores = patch.score(patch.features(torch.cat([photo, photo]), torch.cat([sketch, fake])))
+            photos, sketches = [photo, photo], [sketch, fake]
+            if unpaired is not None:
+                photos, sketches = [*photos, unpaired.photo], [*sketches, unpaired.fake]
+            scores = patch.score(patch.features(torch.cat(photos), torch.cat(sketches)))
             loss = loss + hinge_d_loss(scores[:n], scores[n:])
         return loss, decorr
 

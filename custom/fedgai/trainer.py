@@ -18,7 +18,7 @@ from torchvision.utils import save_image
 from tqdm import tqdm
 
 from fedgai.config import FedgaiConfig
-from fedgai.data import SketchPairDataset, load_studio
+from fedgai.data import PhotoDataset, SketchPairDataset, load_studio
 from fedgai.data.split import run_split
 from fedgai.device import amp_dtype, resolve_device
 from fedgai.evaluation.ink import ink_iou
@@ -26,7 +26,7 @@ from fedgai.federated.keys import load_shared, shared_state
 from fedgai.layout import METADATA
 from fedgai.losses import gram_loss, load_clip
 from fedgai.models import build_gan, gram_matrix, per_sample_networks
-from fedgai.objective import Objective, RealFeatures
+from fedgai.objective import Objective, RealFeatures, Unpaired
 from fedgai.pair_features import PairFeatureCache
 from fedgai.privacy.record import RecordLevelDP
 from fedgai.rundir import RunFolder
@@ -74,6 +74,9 @@ class StudioTrainer:
         # Held-out pairs for grids and the per-round quality score (the test side is never touched here).
         self.val = SketchPairDataset(self.studio, size, stems=self.split.val) if self.split.val else self.dataset
         self.num_samples = len(self.dataset)
+        # Photos without a sketch, for the critics' adversarial terms only (train.unpaired_batch > 0).
+        self.unpaired = PhotoDataset(self.studio.unpaired, size) if t.unpaired_batch and self.studio.unpaired \
+            else None
         gan = build_gan(cfg)
         self.encoder = gan.encoder.to(self.device)
         self.generator = gan.generator.to(self.device)
@@ -93,6 +96,7 @@ class StudioTrainer:
             "studio": self.studio.name,
             "studio_dir": str(Path(studio_dir).resolve()),
             "num_samples": self.num_samples,
+            "unpaired_photos": len(self.unpaired) if self.unpaired is not None else 0,
             "encoder": self.encoder.name,
             "encoder_pretrained": self.encoder.pretrained,
             "clip_enabled": clip_status.enabled,
@@ -159,9 +163,11 @@ class StudioTrainer:
                                               photo)
 
     # ------------------------------------------------------------------ training
-    def step(self, photo: torch.Tensor, sketch: torch.Tensor, real: RealFeatures | None = None) -> dict[str, float]:
+    def step(self, photo: torch.Tensor, sketch: torch.Tensor, real: RealFeatures | None = None,
+             unpaired: torch.Tensor | None = None) -> dict[str, float]:
         """One discriminator update then one generator update on a batch (moved to the trainer's device).
-        ``real``: the batch's encoder features when the caller has them (the cache); computed otherwise."""
+        ``real``: the batch's encoder features when the caller has them (the cache); computed otherwise.
+        ``unpaired``: photos without a sketch, judged by the critics alongside the paired fakes."""
         photo, sketch = photo.to(self.device), sketch.to(self.device)
         real = real or self._real_features(photo, sketch)
         with self._autocast():
@@ -169,10 +175,12 @@ class StudioTrainer:
                 fake = self.generator(real.photo_taps)
             with record_function("encoder: generated sketch"):
                 fake_taps = self.encoder(fake)
+            extra = None if unpaired is None else self._generate_unpaired(unpaired.to(self.device))
             with record_function("D loss (Gram + structure critic)"):
                 fake_grams = [gram_matrix(t) for t in fake_taps]
                 loss_d, decorr = self.objective.discriminator_loss(
-                    real.sketch_grams, [g.detach() for g in fake_grams], photo, sketch, fake.detach())
+                    real.sketch_grams, [g.detach() for g in fake_grams], photo, sketch, fake.detach(),
+                    None if extra is None else extra.detached())
         with record_function("D backward + optimiser"):
             self.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
@@ -181,7 +189,7 @@ class StudioTrainer:
         with self._autocast():
             with record_function("G loss terms"):
                 terms = self.objective.generator_terms(fake, fake_taps, sketch, real.sketch_deep, real.sketch_grams,
-                                                       photo)
+                                                       photo, extra)
                 loss_g = self.objective.weighted(terms)
             with record_function("G backward"):
                 self.opt_g.zero_grad(set_to_none=True)
@@ -191,6 +199,21 @@ class StudioTrainer:
         out = {name: value.item() for name, value in terms.items()}
         out.update(loss_g=loss_g.item(), loss_d=loss_d.item(), feddecorr=decorr.item())
         return out
+
+    def _generate_unpaired(self, photo: torch.Tensor) -> Unpaired:
+        with torch.no_grad():
+            taps = self.encoder(photo)
+        fake = self.generator(taps)
+        return Unpaired(photo, fake, [gram_matrix(t) for t in self.encoder(fake)])
+
+    def unpaired_batch(self) -> torch.Tensor | None:
+        """train.unpaired_batch random unpaired photos, each flipped with probability 1/2 (None when unused)."""
+        if self.unpaired is None:
+            return None
+        picks = torch.randint(len(self.unpaired), (self.cfg.train.unpaired_batch,))
+        flips = torch.rand(len(picks)) < 0.5
+        return torch.stack([self.unpaired[int(i)].flip(-1) if f else self.unpaired[int(i)]
+                            for i, f in zip(picks, flips, strict=True)])
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast for the forward passes on a GPU that has it (train.amp); a no-op otherwise."""
@@ -232,7 +255,10 @@ class StudioTrainer:
             bar = tqdm(batches, desc=f"{self.studio.name}{tag} epoch {self.epoch + 1}", leave=False)
             epoch_totals: dict[str, float] = {}
             for batch in bar:
-                losses = self.step(*self.features.batch(*batch)) if self.record_dp is None else self.private_step()
+                if self.record_dp is None:
+                    losses = self.step(*self.features.batch(*batch), unpaired=self.unpaired_batch())
+                else:
+                    losses = self.private_step()
                 for k, v in losses.items():
                     epoch_totals[k] = epoch_totals.get(k, 0.0) + v
                 steps += 1

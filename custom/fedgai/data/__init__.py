@@ -4,6 +4,7 @@ from fedgai.data.demo import DEMO_STYLES, make_demo
 from fedgai.data.sketchify import SKETCH_STYLES, sketchify_folder, sketchify_image
 from fedgai.data.studio import (
     MIN_SIZE,
+    PhotoDataset,
     SketchPairDataset,
     Studio,
     StudioDataError,
@@ -16,6 +17,7 @@ __all__ = [
     "DEMO_STYLES",
     "MIN_SIZE",
     "SKETCH_STYLES",
+    "PhotoDataset",
     "SketchPairDataset",
     "Studio",
     "StudioDataError",

@@ -1,7 +1,9 @@
 """One studio's paired photos and sketches on disk: validation, decoding and the training dataset.
 
 Layout: ``ROOT/photos/`` and ``ROOT/sketches/`` hold images paired by file stem, and an optional
-``ROOT/studio.json`` names the studio. Nothing here ever writes into a studio folder.
+``ROOT/studio.json`` names the studio. Photos without a sketch - in ``ROOT/photos-unpaired/``, or in
+``photos/`` with no sketch of their stem - are *unpaired*: product photos a studio has not drawn, which only
+the terms that need no real sketch use. Nothing here ever writes into a studio folder.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ MIN_SIZE = 64
 MAX_PIXELS = 40_000_000
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 STUDIO_FIELDS = ("name", "designer", "licence")
+UNPAIRED = "photos-unpaired"
 
 # What Pillow raises for truncated, corrupt or non-image files (SyntaxError/EOFError come from some plugins).
 _DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError)
@@ -49,6 +52,7 @@ class Studio:
     designer: str | None
     licence: str | None
     pairs: tuple[tuple[Path, Path], ...]
+    unpaired: tuple[Path, ...] = ()
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -82,11 +86,14 @@ def load_studio(root: str | Path, min_size: int = MIN_SIZE, *, follow_symlinks: 
                                    min_size=min_size, max_pixels=max_pixels)
             by_kind[kind] = images
     pairs: list[tuple[Path, Path]] = []
+    unpaired: list[Path] = []
     if len(by_kind) == 2:
-        pairs = _match(by_kind["photos"], by_kind["sketches"], root, problems)
+        pairs, unpaired = _match(by_kind["photos"], by_kind["sketches"], root, problems)
         if not pairs:
             extensions = ", ".join(IMAGE_EXTENSIONS)
             problems.append(f"studio is empty: no photo-sketch pairs (images must end in {extensions})")
+    unpaired += _unpaired_folder(root, problems, follow_symlinks=follow_symlinks, min_size=min_size,
+                                 max_pixels=max_pixels)
     if problems:
         raise StudioDataError(root, problems)
     return Studio(
@@ -95,7 +102,19 @@ def load_studio(root: str | Path, min_size: int = MIN_SIZE, *, follow_symlinks: 
         designer=meta.get("designer"),
         licence=meta.get("licence"),
         pairs=tuple(pairs),
+        unpaired=tuple(unpaired),
     )
+
+
+def _unpaired_folder(root: Path, problems: list[str], **checks) -> list[Path]:
+    """The usable photos of the optional photos-unpaired/ folder (its problems are the studio's problems)."""
+    folder = root / UNPAIRED
+    if not folder.is_dir():
+        return []
+    if not checks["follow_symlinks"] and (target := outside_link(folder, root)):
+        problems.append(f"{UNPAIRED}/: {target}")
+        return []
+    return [path for _, path in sorted(_index_folder(root, UNPAIRED, problems, **checks).items())]
 
 
 def outside_link(path: Path, root: Path) -> str | None:
@@ -204,6 +223,24 @@ class SketchPairDataset(torch.utils.data.Dataset):
         return self._cache[index]
 
 
+class PhotoDataset(torch.utils.data.Dataset):
+    """Photo tensors (unpaired photos: no sketch); decoded on first use and kept in memory."""
+
+    def __init__(self, paths: Sequence[Path], image_size: int) -> None:
+        self.paths = tuple(paths)
+        self.image_size = image_size
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        index = range(len(self.paths))[index]
+        if index not in self._cache:
+            self._cache[index] = read_image(self.paths[index], 3, self.image_size)
+        return self._cache[index]
+
+
 def _read_meta(root: Path, problems: list[str]) -> dict[str, str]:
     path = root / "studio.json"
     if not path.exists():
@@ -252,15 +289,15 @@ def _file_problem(path: Path, root: Path, label: str, follow_symlinks: bool, min
 
 
 def _match(photos: dict[str, Path], sketches: dict[str, Path], root: Path,
-           problems: list[str]) -> list[tuple[Path, Path]]:
-    """Pairs by stem, sorted; an unmatched file is a problem only if its own folder has no issue with it."""
+           problems: list[str]) -> tuple[list[tuple[Path, Path]], list[Path]]:
+    """(pairs by stem, photos without a sketch), sorted. A sketch without a photo is a problem (no term can
+    use it) unless its own folder already has an issue with that stem."""
     photo_stems = {p.stem for p in list_images(root / "photos")}
     sketch_stems = {p.stem for p in list_images(root / "sketches")}
-    for stem in sorted(set(photos) - sketch_stems):
-        problems.append(f"photos/{photos[stem].name}: no matching sketch")
     for stem in sorted(set(sketches) - photo_stems):
         problems.append(f"sketches/{sketches[stem].name}: no matching photo")
-    return [(photos[stem], sketches[stem]) for stem in sorted(set(photos) & set(sketches))]
+    unpaired = [photos[stem] for stem in sorted(set(photos) - sketch_stems)]
+    return [(photos[stem], sketches[stem]) for stem in sorted(set(photos) & set(sketches))], unpaired
 
 
 def _to_array(img: Image.Image) -> np.ndarray:

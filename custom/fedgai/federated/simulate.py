@@ -29,6 +29,7 @@ from fedgai.federated.controller import OUTPUT_DIR
 from fedgai.federated.job import build_job
 from fedgai.federated.progress import RoundProgress
 from fedgai.federated.summary import SummaryError, read_round_summaries
+from fedgai.losses import clip_preflight
 from fedgai.polling import Poller
 
 SIM_JOB_DIR = "simulate_job"
@@ -153,6 +154,7 @@ def simulate(
     base = load_profile(profile) if isinstance(profile, str) else profile
     cfg = base.with_overrides({"fed.rounds": rounds, "fed.mode": mode, "privacy.he": he or None})
     check_request(cfg, studios, data_dir)
+    clip_preflight(cfg.loss)
     if cfg.train.num_threads is None:  # studios run side by side: split the cores (at least one torch thread each)
         cfg = cfg.with_overrides({"train.num_threads": max(1, (os.cpu_count() or 1) // threads)})
     workspace = Path(workspace).resolve()
@@ -161,7 +163,7 @@ def simulate(
         if not data_dir.is_dir():
             from fedgai.data import make_demo
 
-            make_demo(data_dir, studios=studios, size=max(64, cfg.model.image_size))
+            make_demo(data_dir, studios=studios, size=max(64, cfg.model.image_size), unpaired=cfg.data.demo_unpaired)
     sites = studio_folders(Path(data_dir), studios)
     sim_workspace = workspace / "nvflare"
     if cfg.privacy.he:
