@@ -35,10 +35,10 @@ import psutil
 
 from fedgai.config import profile
 from fedgai.data import make_demo
-from fedgai.federated.keys import shared_state
 from fedgai.federated.simulate import check_run, simulate
 from fedgai.models import build_gan
 from fedgai.polling import Poller
+from fedgai.sharing import shared_state
 
 MODES = ("fedgai", "fedavg_bn", "fedavg_full")
 RSS_POLL_S = 1.0

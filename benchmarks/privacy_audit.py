@@ -47,12 +47,12 @@ from fedgai.config import FedgaiConfig, profile
 from fedgai.data import SketchPairDataset, Studio, load_studio, make_demo
 from fedgai.data.demo import studio_sizes
 from fedgai.evaluation import discriminator_scores, roc_auc
-from fedgai.federated.keys import shared_keys, split_key
 from fedgai.losses import gram_loss
 from fedgai.models import gram_matrix
 from fedgai.privacy import Step, clip_and_noise, compute_epsilon
 from fedgai.privacy.accountant import client_level_noise
 from fedgai.privacy.record import calibrate_record_noise
+from fedgai.sharing import shared_keys, split_key
 from fedgai.trainer import StudioTrainer, ink_iou
 
 

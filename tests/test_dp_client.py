@@ -17,12 +17,13 @@ from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
 from fedgai.config import profile
 from fedgai.federated.audit import AUDIT_DIR, EVENT_LOG_FILE, LOG_FILE, OutboundEventAudit
-from fedgai.federated.client import DP_RELEASABLE_META, local_round, releasable
+from fedgai.federated.client import local_round, releasable
 from fedgai.federated.controller import initial_global
 from fedgai.federated.simulate import check_run, simulate
-from fedgai.privacy import BUDGET_EXHAUSTED_KEY, GaussianDPFilter, PrivacyLedger
+from fedgai.privacy import GaussianDPFilter, PrivacyLedger
 from fedgai.privacy.accountant import reported_epsilon
 from fedgai.trainer import StudioTrainer
+from fedgai.wire import BUDGET_EXHAUSTED_KEY, DP_RELEASABLE_META
 
 NUM_STEPS = FLMetaKey.NUM_STEPS_CURRENT_ROUND
 CLIENT_DP = {"privacy.dp": "client", "privacy.noise_multiplier": 2.0, "privacy.target_epsilon": 10.0}

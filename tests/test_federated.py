@@ -28,14 +28,14 @@ from fedgai.federated.controller import (
     apply_update,
     initial_global,
 )
-from fedgai.federated.fingerprint import FINGERPRINT_META_KEY
 from fedgai.federated.job import build_job
-from fedgai.federated.keys import MODE_NETWORKS, norm_keys, shared_keys, spectral_state_keys
 from fedgai.federated.simulate import SimulationError, check_run, server_dir, simulate
 from fedgai.federated.validation import contribution_problem, update_norm, update_norm_bound
 from fedgai.models import build_discriminator
 from fedgai.privacy import clip_and_noise
+from fedgai.sharing import MODE_NETWORKS, norm_keys, shared_keys, spectral_state_keys
 from fedgai.trainer import StudioTrainer
+from fedgai.wire import FINGERPRINT_META_KEY
 
 NUM_STEPS = FLMetaKey.NUM_STEPS_CURRENT_ROUND
 

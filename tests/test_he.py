@@ -33,7 +33,6 @@ from fedgai.federated.controller import initial_global
 from fedgai.federated.he_job import HE_JOB_NAME, build_he_job, export_he, he_job_config
 from fedgai.federated.he_keys import (
     CLIENT_CONTEXT,
-    LAYOUT_META_KEY,
     SERVER_CONTEXT,
     SIMULATOR_MARKER,
     SecretKeyFound,
@@ -59,9 +58,9 @@ from fedgai.federated.he_server import (
 )
 from fedgai.federated.he_studio import PackedHEModelEncryptor, ShapedHEModelDecryptor, load_encrypted_global
 from fedgai.federated.he_wire import PackedCiphertextLoader, decrypt_packed, encrypt_packed, packed_size
-from fedgai.federated.keys import CONFIG_META_KEY, DP_EPSILON_META_KEY
 from fedgai.federated.progress import RoundProgress
 from fedgai.federated.summary import read_round_summaries
+from fedgai.wire import CONFIG_META_KEY, DP_EPSILON_META_KEY, LAYOUT_META_KEY
 
 REPO = Path(__file__).resolve().parent.parent
 CKKS_TOLERANCE = 1e-6

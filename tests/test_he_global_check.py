@@ -27,14 +27,10 @@ from fedgai.federated.client import local_round
 from fedgai.federated.controller import Federation, initial_global
 from fedgai.federated.he_keys import make_contexts
 from fedgai.federated.he_server import PERSISTOR_ID, FedgaiHEShareableGenerator
-from fedgai.federated.he_studio import (
-    GLOBAL_REFUSED_META_KEY,
-    GlobalCheck,
-    PackedHEModelEncryptor,
-    ShapedHEModelDecryptor,
-)
+from fedgai.federated.he_studio import GlobalCheck, PackedHEModelEncryptor, ShapedHEModelDecryptor
 from fedgai.federated.he_wire import PackedCiphertextLoader
 from fedgai.trainer import StudioTrainer
+from fedgai.wire import GLOBAL_REFUSED_META_KEY
 
 SITES = ("studio-a", "studio-b", "studio-c")
 

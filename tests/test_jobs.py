@@ -22,8 +22,9 @@ from fedgai.config import profile
 from fedgai.federated import executor
 from fedgai.federated.executor import CLIENT_SCRIPT, FedgaiVersionCheck, StudioExecutor
 from fedgai.federated.he_job import export_jobs
-from fedgai.federated.job import DP_JOB_SETTINGS, VERSION_META_KEY, build_job, client_args
+from fedgai.federated.job import DP_JOB_SETTINGS, build_job, client_args
 from fedgai.federated.kits import STUDIO_POLICY, allow_fedgai
+from fedgai.wire import VERSION_META_KEY
 
 REPO = Path(__file__).resolve().parent.parent
 COMMITTED = REPO / "jobs" / "fedgai"

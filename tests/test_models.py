@@ -3,7 +3,6 @@ import torch
 from torch import nn
 
 from fedgai.config import ModelConfig
-from fedgai.federated.keys import shared_keys
 from fedgai.models import (
     VGG16_FILE,
     AdaINSD,
@@ -15,6 +14,7 @@ from fedgai.models import (
     build_gan,
     gram_matrix,
 )
+from fedgai.sharing import shared_keys
 
 
 def _fake_vgg_weights(tmp_path):

@@ -18,7 +18,6 @@ from nvflare.apis.workspace import Workspace
 
 from fedgai.config import PrivacyConfig
 from fedgai.privacy import (
-    BUDGET_EXHAUSTED_KEY,
     LEDGER_FILE,
     GaussianDPFilter,
     LedgerError,
@@ -34,6 +33,7 @@ from fedgai.privacy import (
     record_level_schedule,
     update_norm,
 )
+from fedgai.wire import BUDGET_EXHAUSTED_KEY
 
 torch.set_num_threads(1)
 DELTA = 1e-5

@@ -21,7 +21,6 @@ from nvflare.app_common.widgets.component_path_authorizer import ComponentPathAu
 from fedgai.config import PrivacyConfig, profile
 from fedgai.federated.audit import AUDIT_DIR, LOG_FILE, OutboundAudit
 from fedgai.federated.client import StudioResumeRefused, open_trainer, resume_owner, site_config
-from fedgai.federated.fingerprint import FINGERPRINT_META_KEY
 from fedgai.federated.kits import SIDES, allow_fedgai, config_classes, harden_kit, job_classes
 from fedgai.privacy import GaussianDPFilter, PrivacyBudgetExceeded, PrivacyLedger, Step, compute_epsilon
 from fedgai.privacy.accountant import reported_epsilon
@@ -33,6 +32,7 @@ from fedgai.privacy.policy import (
     write_site_policy,
 )
 from fedgai.privacy.record import record_level_steps
+from fedgai.wire import FINGERPRINT_META_KEY
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_STEPS = FLMetaKey.NUM_STEPS_CURRENT_ROUND

@@ -22,7 +22,6 @@ from fedgai.data import PhotoDataset, SketchPairDataset, load_studio
 from fedgai.data.split import run_split
 from fedgai.device import amp_dtype, resolve_device
 from fedgai.evaluation.ink import ink_iou
-from fedgai.federated.keys import load_shared, shared_state
 from fedgai.layout import METADATA
 from fedgai.losses import gram_loss, load_clip
 from fedgai.models import build_gan, gram_matrix, per_sample_networks
@@ -30,6 +29,7 @@ from fedgai.objective import Objective, RealFeatures, Unpaired
 from fedgai.pair_features import PairFeatureCache
 from fedgai.privacy.record import RecordLevelDP
 from fedgai.rundir import RunFolder
+from fedgai.sharing import load_shared, shared_state
 
 log = logging.getLogger(__name__)
 

@@ -28,21 +28,13 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
 
-from fedgai.federated.fingerprint import FINGERPRINT_META_KEY
-from fedgai.federated.keys import DP_EPSILON_META_KEY
-from fedgai.privacy.filter import BUDGET_EXHAUSTED_KEY
 from fedgai.privacy.policy import load_site_policy
+from fedgai.wire import DP_META, RELEASABLE_META
 
 AUDIT_DIR = "fedgai_outbound"
 LOG_FILE = "outbound.jsonl"
 EVENT_LOG_FILE = "events.jsonl"
 SCALARS = (bool, int, float, str)
-# The DP bookkeeping (client.py, privacy/filter.py): its presence marks a DP result.
-DP_META = frozenset({DP_EPSILON_META_KEY, "dp_delta", "dp_noise_multiplier", "dp_clip_norm", BUDGET_EXHAUSTED_KEY})
-# Everything a result's meta may carry across the wire: the weight, the metrics (not under DP), the encoder
-# fingerprint, the DP bookkeeping, NVFlare's filter history and the HE encryptor's record of what it encrypted.
-RELEASABLE_META = DP_META | {MetaKey.NUM_STEPS_CURRENT_ROUND, MetaKey.INITIAL_METRICS, FINGERPRINT_META_KEY,
-                             MetaKey.FILTER_HISTORY, MetaKey.PROCESSED_KEYS, MetaKey.PROCESSED_ALGORITHM}
 DP_WEIGHT = 1  # under DP every studio weighs the same (client.DP_EQUAL_WEIGHT)
 
 

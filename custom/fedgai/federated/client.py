@@ -32,26 +32,28 @@ from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.client.tracking import SummaryWriter
 
 from fedgai.config import FedgaiConfig
-from fedgai.federated.fingerprint import FINGERPRINT_META_KEY, check_global_model, studio_feature_space
-from fedgai.federated.he_studio import GLOBAL_REFUSED_META_KEY
-from fedgai.federated.keys import CONFIG_META_KEY, DP_EPSILON_META_KEY
+from fedgai.federated.fingerprint import check_global_model, studio_feature_space
 from fedgai.federated.server_state import config_hash
 from fedgai.layout import ROUND_RECORDS
-from fedgai.privacy import BUDGET_EXHAUSTED_KEY, LEDGER_FILE, PrivacyBudgetExceeded, budget_allows_next_round
+from fedgai.privacy import LEDGER_FILE, PrivacyBudgetExceeded, budget_allows_next_round
 from fedgai.privacy.accountant import reported_epsilon
 from fedgai.privacy.policy import SitePolicy, SitePolicyError, load_site_policy
 from fedgai.privacy.record import site_ledger
 from fedgai.rundir import RunFolder
 from fedgai.trainer import StudioTrainer
+from fedgai.wire import (
+    BUDGET_EXHAUSTED_KEY,
+    CONFIG_META_KEY,
+    DP_EPSILON_META_KEY,
+    DP_RELEASABLE_META,
+    FINGERPRINT_META_KEY,
+    GLOBAL_REFUSED_META_KEY,
+)
 
 DATA_ROOT_ENV = "FEDGAI_DATA_ROOT"
 OUTPUT_ROOT_ENV = "FEDGAI_OUTPUT_ROOT"
 # Under DP every studio weighs the same: the true pair count would leak the dataset size un-noised.
 DP_EQUAL_WEIGHT = 1
-# The only meta a DP result may carry: the weight above, the epsilon bookkeeping, the budget flag and the
-# encoder fingerprint (derived from the config, not from the studio's data). Everything else is dropped.
-DP_RELEASABLE_META = frozenset({FLMetaKey.NUM_STEPS_CURRENT_ROUND, DP_EPSILON_META_KEY, BUDGET_EXHAUSTED_KEY,
-                                FINGERPRINT_META_KEY})
 RESUME_OWNER_KEY = "resume_owner"  # in the checkpoint's metadata: {"job_id", "config_hash"} of the job that wrote it
 
 

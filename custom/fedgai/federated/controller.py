@@ -30,13 +30,6 @@ from fedgai.federated.aggregation import (
     clip_to_median_norm,
     update_norm,
 )
-from fedgai.federated.keys import (
-    BUDGET_EXHAUSTED_KEY,
-    CONFIG_META_KEY,
-    DP_EPSILON_META_KEY,
-    MODE_NETWORKS,
-    shared_state,
-)
 from fedgai.federated.progress import RoundProgress
 from fedgai.federated.screening import adopt_feature_space, screen_meta
 from fedgai.federated.server_state import (
@@ -51,6 +44,8 @@ from fedgai.federated.server_state import (
 from fedgai.federated.summary import BUDGET_SPENT, round_summary, unusable_reasons, write_round_summary
 from fedgai.federated.validation import contribution_problem, update_norm_bound
 from fedgai.models import build_discriminator, build_gan, per_sample_networks
+from fedgai.sharing import MODE_NETWORKS, shared_state
+from fedgai.wire import BUDGET_EXHAUSTED_KEY, CONFIG_META_KEY, DP_EPSILON_META_KEY
 
 OUTPUT_DIR = "fedgai"
 STATE_FILE = "server_state.pt"

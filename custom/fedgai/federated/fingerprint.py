@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from fedgai.config import FedgaiConfig
+from fedgai.wire import FINGERPRINT_META_KEY
 
 # Meta key of the fingerprint: studio -> server in every result, server -> studio with the global model.
-FINGERPRINT_META_KEY = "fedgai_feature_space"
 FIELDS = ("encoder", "encoder_weights", "clip", "image_size", "discriminator")
 MAX_VALUE_LENGTH = 200
 NO_MAJORITY = ("no feature space is reported by a strict majority of the studios, so none is adopted (a tie cannot "

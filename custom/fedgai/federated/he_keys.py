@@ -21,7 +21,6 @@ from nvflare.lighter.constants import ProvFileName
 from nvflare.lighter.impl.he import HEBuilder
 
 # DXO meta key (server -> studio): {wire key: {"shape": [...], "dtype": "float32"}} of the global entries.
-LAYOUT_META_KEY = "fedgai_layout"
 SERVER_CONTEXT = ProvFileName.SERVER_CONTEXT_TENSEAL
 CLIENT_CONTEXT = ProvFileName.CLIENT_CONTEXT_TENSEAL
 # CKKS parameters for aggregation by additions and one plaintext multiplication (why: he_wire.py), used by

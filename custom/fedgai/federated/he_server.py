@@ -54,9 +54,8 @@ from fedgai.config import FedgaiConfig
 from fedgai.federated import fingerprint as fp
 from fedgai.federated.aggregation import capped_weights, site_cap
 from fedgai.federated.controller import initial_global
-from fedgai.federated.he_keys import LAYOUT_META_KEY, SERVER_CONTEXT, layout_of
+from fedgai.federated.he_keys import SERVER_CONTEXT, layout_of
 from fedgai.federated.he_wire import add_to_plain_global, packed_size
-from fedgai.federated.keys import CONFIG_META_KEY, DP_EPSILON_META_KEY
 from fedgai.federated.screening import adopt_feature_space, screen_meta
 from fedgai.federated.server_state import (
     Federation,
@@ -68,6 +67,7 @@ from fedgai.federated.server_state import (
 )
 from fedgai.federated.summary import round_summary, write_round_summary
 from fedgai.safe_paths import inside, safe_name
+from fedgai.wire import CONFIG_META_KEY, DP_EPSILON_META_KEY, LAYOUT_META_KEY
 
 # Server run-folder subfolder: encrypted global per round + one record per received contribution.
 HE_OUTPUT_DIR = "fedgai_he"

@@ -28,11 +28,11 @@ from nvflare.app_opt.he.model_encryptor import HEModelEncryptor
 
 from fedgai.config import FedgaiConfig
 from fedgai.federated.controller import initial_global
-from fedgai.federated.he_keys import CLIENT_CONTEXT, LAYOUT_META_KEY, layout_of, restore_layout
+from fedgai.federated.he_keys import CLIENT_CONTEXT, layout_of, restore_layout
 from fedgai.federated.he_wire import decrypt_packed, encrypt_packed
+from fedgai.wire import GLOBAL_REFUSED_META_KEY, LAYOUT_META_KEY
 
 # DXO meta key (decryptor -> client script): why the studio refused the decrypted global; absent when loaded.
-GLOBAL_REFUSED_META_KEY = "fedgai_global_refused"
 
 logger = logging.getLogger(__name__)
 

@@ -41,6 +41,7 @@ from fedgai.federated.kits import allow_fedgai
 from fedgai.federated.server_state import STATE_DIR_ENV
 from fedgai.privacy import GaussianDPFilter
 from fedgai.safe_paths import relative_only
+from fedgai.wire import VERSION_META_KEY
 
 JOB_NAME = "fedgai"
 DP_JOB_NAME = "fedgai_dp"
@@ -51,7 +52,6 @@ DP_JOB_SETTINGS = {"privacy.dp": "client", "privacy.noise_multiplier": 4.0, "pri
                    "privacy.target_epsilon": 10.0}
 TASK = "train"
 DEFAULT_CHECKPOINT_DIR = "fedgai_state"
-VERSION_META_KEY = "fedgai_version"
 
 
 def client_args(studios: Mapping[str, Path] | None) -> str:

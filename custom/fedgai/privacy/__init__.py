@@ -14,13 +14,7 @@ from fedgai.privacy.accountant import (
     compute_epsilon,
     record_level_schedule,
 )
-from fedgai.privacy.filter import (
-    BUDGET_EXHAUSTED_KEY,
-    LEDGER_FILE,
-    GaussianDPFilter,
-    budget_allows_next_round,
-    site_ledger_path,
-)
+from fedgai.privacy.filter import LEDGER_FILE, GaussianDPFilter, budget_allows_next_round, site_ledger_path
 from fedgai.privacy.mechanism import (
     UnsafeUpdateError,
     check_parameters,
@@ -30,6 +24,7 @@ from fedgai.privacy.mechanism import (
     validate_update,
 )
 from fedgai.privacy.record import RecordLevelDP, fresh_noise_generator, noised_mean, noised_sum, statistics_sum
+from fedgai.wire import BUDGET_EXHAUSTED_KEY
 
 __all__ = [
     "ACCOUNTANTS",

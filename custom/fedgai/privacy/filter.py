@@ -42,9 +42,15 @@ from fedgai.privacy.accountant import (
 )
 from fedgai.privacy.mechanism import UnsafeUpdateError, check_parameters, clip_and_noise, validate_update
 from fedgai.privacy.policy import SitePolicy, SitePolicyError, load_site_policy
+from fedgai.wire import (
+    BUDGET_EXHAUSTED_KEY,
+    DP_CLIP_META_KEY,
+    DP_DELTA_META_KEY,
+    DP_EPSILON_META_KEY,
+    DP_NOISE_META_KEY,
+)
 
 LEDGER_FILE = "fedgai_dp_ledger.json"
-BUDGET_EXHAUSTED_KEY = "dp_budget_exhausted"
 
 logger = logging.getLogger(__name__)
 
@@ -193,8 +199,8 @@ class GaussianDPFilter(DXOFilter):
 
     def _dp_meta(self, epsilon: float) -> dict[str, float]:
         return {
-            "dp_epsilon": epsilon,
-            "dp_delta": self.delta,
-            "dp_noise_multiplier": self.noise_multiplier,
-            "dp_clip_norm": self.clip_norm,
+            DP_EPSILON_META_KEY: epsilon,
+            DP_DELTA_META_KEY: self.delta,
+            DP_NOISE_META_KEY: self.noise_multiplier,
+            DP_CLIP_META_KEY: self.clip_norm,
         }

@@ -23,13 +23,6 @@ from torch.nn.utils.spectral_norm import SpectralNorm
 
 from fedgai.models import AdaINSD
 
-# FLModel meta keys of the wire format: the job's settings (server -> studio), a DP epsilon and the notice that
-# a studio's privacy budget is spent (studio -> server). Here, not in privacy/ (which imports Opacus), so that
-# the server reads them without loading the DP machinery.
-CONFIG_META_KEY = "fedgai_config"
-DP_EPSILON_META_KEY = "dp_epsilon"
-BUDGET_EXHAUSTED_KEY = "dp_budget_exhausted"
-
 # Names that mark normalisation state even when the module type is hidden (e.g. a state dict from elsewhere).
 NORM_NAME_PATTERN = re.compile(
     r"(^|\.)(bn\d*|batch_?norm\d*|norm\d*)\.|(^|\.)(running_mean|running_var|num_batches_tracked)$"
