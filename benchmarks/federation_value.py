@@ -95,15 +95,18 @@ def he_mean(updates: Mapping[str, Mapping[str, np.ndarray]], weights: Mapping[st
     return out
 
 
-def server_step(cfg: FedgaiConfig, transport: str, diffs: dict[str, dict[str, np.ndarray]],
-                claims: dict[str, int], first_seen: dict[str, int]) -> dict[str, np.ndarray]:
-    """The server's round: cap weights, bound update norms, aggregate (or the HE sum of ciphertexts)."""
-    from fedgai.federated.aggregation import aggregate, capped_weights, clip_to_median_norm
+def server_round(cfg: FedgaiConfig, transport: str, global_params: dict[str, np.ndarray],
+                 diffs: dict[str, dict[str, np.ndarray]], claims: dict[str, int] | None) -> dict[str, np.ndarray]:
+    """The server's round: the product's server step (federated/round.py), or under HE the sum of ciphertexts
+    (the server sees no update: no norm bound; weights applied at the studio)."""
+    from fedgai.federated.aggregation import capped_weights
+    from fedgai.federated.round import apply_update, server_step
+    from fedgai.federated.validation import update_norm_floor
 
-    weights = capped_weights(claims, cfg.fed, first_seen)
-    if transport == "he":  # the server sees ciphertexts only: no norm bound, weights applied at the studio
-        return he_mean(diffs, {s: w.value for s, w in weights.items()})
-    return aggregate(clip_to_median_norm(diffs, cfg.fed.norm_bound_factor)[0], weights, cfg.fed)
+    if transport == "he":
+        weights = capped_weights(claims or dict.fromkeys(diffs, 1), cfg.fed, claims or dict.fromkeys(diffs, 1))
+        return apply_update(global_params, he_mean(diffs, {s: w.value for s, w in weights.items()}))
+    return server_step(global_params, diffs, claims, cfg, claims or {}, update_norm_floor(cfg, global_params)).params
 
 
 def client_release(diff: dict[str, np.ndarray], cfg: FedgaiConfig) -> dict[str, np.ndarray]:
@@ -133,6 +136,7 @@ def save_test_fakes(trainer, path: Path) -> None:
 def run_federation(variant: str, seed: int, base: dict[str, Any], studios: list[Path], out: Path,
                    scratch: Path, device: str) -> dict[str, Any]:
     """One federation (or local-only run) of every studio; returns per-round val metrics and timings."""
+    from fedgai.federated.round import studio_update
     from fedgai.trainer import StudioTrainer
 
     overrides = dict(VARIANTS[variant])
@@ -144,21 +148,22 @@ def run_federation(variant: str, seed: int, base: dict[str, Any], studios: list[
     federated = cfg.fed.mode != "local"
     global_params = studio_state(next(iter(trainers.values()))) if federated else {}
     # Under DP a studio's true count stays at the studio: equal weights.
-    claims = {site: 1 if cfg.privacy.dp != "none" else t.num_samples for site, t in trainers.items()}
+    claims = None if cfg.privacy.dp != "none" else {site: t.num_samples for site, t in trainers.items()}
     rounds, bytes_up = [], 0
     for rnd in range(cfg.fed.rounds):
         diffs = {}
         for site, trainer in trainers.items():
+            baseline = None
             if federated:
                 trainer.load_shared(global_params)
-            trainer.train_epochs(cfg.train.epochs, tag=f" {name} r{rnd}")
+                baseline = {k: torch.as_tensor(v) for k, v in global_params.items()}
+            update = studio_update(trainer, baseline, tag=f" {name} r{rnd}")
             if federated:
-                diff = {k: v - global_params[k] for k, v in studio_state(trainer).items()}
+                diff = {k: v.float().numpy() for k, v in update.diff.items()}
                 diffs[site] = client_release(diff, cfg) if transport == "client_dp" else diff
                 bytes_up += sum(v.nbytes for v in diff.values())
         if federated:
-            step = server_step(cfg, transport, diffs, claims, claims)
-            global_params = {k: (v + step[k]).astype(v.dtype) for k, v in global_params.items()}
+            global_params = server_round(cfg, transport, global_params, diffs, claims)
             for trainer in trainers.values():  # the studios' networks after the final round's receive
                 trainer.load_shared(global_params)
         rounds.append({site: t.quality() for site, t in trainers.items()})

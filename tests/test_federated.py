@@ -22,13 +22,9 @@ from fedgai.config import FED_MODES, profile
 from fedgai.federated.aggregation import weighted_mean
 from fedgai.federated.audit import AUDIT_DIR, LOG_FILE
 from fedgai.federated.client import load_global, local_round, open_trainer, resolve_studio, save_round, studio_map
-from fedgai.federated.controller import (
-    OUTPUT_DIR,
-    FilteredFedAvg,
-    apply_update,
-    initial_global,
-)
+from fedgai.federated.controller import OUTPUT_DIR, FilteredFedAvg, initial_global
 from fedgai.federated.job import build_job
+from fedgai.federated.round import apply_update
 from fedgai.federated.simulate import SimulationError, check_run, server_dir, simulate
 from fedgai.federated.validation import contribution_problem, update_norm, update_norm_bound
 from fedgai.models import build_discriminator

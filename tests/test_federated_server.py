@@ -226,9 +226,12 @@ def test_hostile_values_never_break_the_round_or_its_json(tmp_path):
 # ----------------------------------------------------------------------------------------------- budget, summaries
 def test_job_ends_normally_when_every_studio_has_spent_its_budget(test_cfg, tmp_path):
     def replies(rnd, g):
-        if rnd == 0:
+        if rnd == 0:  # client-level DP: each update carries the Gaussian noise (sigma C) the job asks for
             space = {**SPACE, **fp.config_expectations(cfg)}
-            return [reply(s, {k: np.full_like(v, 0.01) for k, v in g.items()}, space=space) for s in ("a", "b")]
+            noise = cfg.privacy.noise_multiplier * cfg.privacy.clip_norm
+            rng = np.random.default_rng(rnd)
+            return [reply(s, {k: rng.normal(0.01, noise, v.shape).astype(v.dtype) for k, v in g.items()}, space=space)
+                    for s in ("a", "b")]
         return [FLModel(params={}, params_type=ParamsType.DIFF, metrics={"dp_budget_exhausted": 1.0},
                         meta={"client_name": s, BUDGET_EXHAUSTED_KEY: True, "dp_epsilon": 7.9}) for s in ("a", "b")]
 

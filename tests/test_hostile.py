@@ -155,3 +155,18 @@ def test_under_client_dp_the_widened_bound_lets_one_direction_through(bench, agg
                                 dp=True)
     assert 80 < camouflaged["shift"] < 130
     assert bench.measure(8, aggregator, "z", attacks["zero update"], dp=True)["refused"].startswith("h0:")
+
+
+def test_a_tied_first_round_takes_no_update_and_adopts_no_feature_space():
+    from fedgai.federated.screening import adopt_feature_space
+    from fedgai.federated.server_state import Federation
+
+    cfg = profile("test").with_overrides({"model.encoder": "efficientnet-lite0"})
+    made_up = {**SPACE, "encoder_weights": "00" * 8}
+    federation = Federation()
+    problems = adopt_feature_space(federation, {"honest": SPACE, "liar": made_up}, cfg)
+    assert federation.feature_space is None
+    assert set(problems) == {"honest", "liar"} and all("strict majority" in p for p in problems.values())
+    assert adopt_feature_space(federation, {"a": SPACE, "b": SPACE, "liar": made_up}, cfg) == {
+        "liar": fp.update_problem(made_up, SPACE)}
+    assert federation.feature_space == SPACE

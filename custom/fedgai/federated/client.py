@@ -33,6 +33,7 @@ from nvflare.client.tracking import SummaryWriter
 
 from fedgai.config import FedgaiConfig
 from fedgai.federated.fingerprint import check_global_model, studio_feature_space
+from fedgai.federated.round import studio_update
 from fedgai.federated.server_state import config_hash
 from fedgai.layout import ROUND_RECORDS
 from fedgai.privacy import LEDGER_FILE, PrivacyBudgetExceeded, budget_allows_next_round
@@ -174,18 +175,16 @@ def local_round(trainer: StudioTrainer, received: FLModel, ledger_path: Path | N
         baseline = load_global(trainer, received.params or {}) if federated else {}
     started = time.perf_counter()
     try:
-        losses = trainer.train_epochs(cfg.train.epochs, tag=f" round {received.current_round}")
+        update = studio_update(trainer, baseline if federated else None, tag=f" round {received.current_round}")
     except PrivacyBudgetExceeded as err:  # the trainer's own check, per epoch
         return budget_exhausted_notice(trainer, str(err))
     # train_seconds lets the server tell its own orchestration overhead from the studios' compute.
-    metrics = {**losses, **trainer.quality(), "train_seconds": time.perf_counter() - started}
-    after = trainer.shared_state() if federated else {}
-    diff = {key: after[key] - baseline[key] for key in baseline}
+    metrics = {**update.losses, **trainer.quality(), "train_seconds": time.perf_counter() - started}
     meta = {FLMetaKey.NUM_STEPS_CURRENT_ROUND: trainer.num_samples, FINGERPRINT_META_KEY: own_space}
     epsilon = trainer.dp_epsilon()  # record-level DP-SGD; client-level DP adds its own in the filter
     if epsilon is not None:
         meta[DP_EPSILON_META_KEY] = reported_epsilon(epsilon)
-    return FLModel(params=diff, params_type=ParamsType.DIFF, metrics=metrics, meta=meta)
+    return FLModel(params=update.diff, params_type=ParamsType.DIFF, metrics=metrics, meta=meta)
 
 
 def budget_exhausted_notice(trainer: StudioTrainer, reason: str) -> FLModel:

@@ -23,14 +23,9 @@ from nvflare.app_common.workflows.model_controller import ModelController
 
 from fedgai.config import FedgaiConfig
 from fedgai.federated import fingerprint as fp
-from fedgai.federated.aggregation import (
-    Weight,
-    aggregate,
-    capped_weights,
-    clip_to_median_norm,
-    update_norm,
-)
+from fedgai.federated.aggregation import TooFewStudios
 from fedgai.federated.progress import RoundProgress
+from fedgai.federated.round import server_step
 from fedgai.federated.screening import adopt_feature_space, screen_meta
 from fedgai.federated.server_state import (
     Federation,
@@ -42,19 +37,13 @@ from fedgai.federated.server_state import (
     state_path,
 )
 from fedgai.federated.summary import BUDGET_SPENT, round_summary, unusable_reasons, write_round_summary
-from fedgai.federated.validation import contribution_problem, update_norm_bound
+from fedgai.federated.validation import contribution_problem, update_norm_bound, update_norm_floor
 from fedgai.models import build_discriminator, build_gan, per_sample_networks
 from fedgai.sharing import MODE_NETWORKS, shared_state
 from fedgai.wire import BUDGET_EXHAUSTED_KEY, CONFIG_META_KEY, DP_EPSILON_META_KEY
 
 OUTPUT_DIR = "fedgai"
 STATE_FILE = "server_state.pt"
-
-
-def apply_update(global_params: Mapping[str, np.ndarray], diff: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """global + diff, key by key (a DIFF never removes entries, unlike a partial FULL update)."""
-    return {key: (value + diff[key]).astype(value.dtype) if key in diff else value
-            for key, value in global_params.items()}
 
 
 def initial_global(cfg: FedgaiConfig) -> dict[str, np.ndarray]:
@@ -187,7 +176,11 @@ class FilteredFedAvg(ModelController):
         usable = {s.site: s for s in screened if s.params is not None}
         measured: dict[str, Any] = {}
         if reference and usable:
-            global_params = self._aggregate(usable, global_params, cfg, measured)
+            try:
+                global_params = self._aggregate(usable, global_params, cfg, measured)
+            except TooFewStudios as err:
+                self.panic(f"round {rnd}: {err}")
+                return None
         finished = self._end_reason(targets, screened, cfg)
         summary = round_summary(
             cfg, rnd, targets, {s.site: s.record for s in screened}, started=started, he=False,
@@ -241,7 +234,7 @@ class FilteredFedAvg(ModelController):
         problem = contribution_problem(
             result.params, result.params_type, meta.get(FLMetaKey.NUM_STEPS_CURRENT_ROUND), reference,
             update_norm_bound(cfg, sum(v.size for v in reference.values())),
-            count_required=cfg.privacy.dp == "none",
+            count_required=cfg.privacy.dp == "none", min_update_norm=update_norm_floor(cfg, reference),
         ) or clear.problem
         if problem is not None:
             screened.drop(problem)
@@ -258,21 +251,14 @@ class FilteredFedAvg(ModelController):
 
     def _aggregate(self, usable: Mapping[str, Screened], global_params: dict[str, np.ndarray], cfg: FedgaiConfig,
                    measured: dict[str, Any]) -> dict[str, np.ndarray]:
-        """Cap weights, clip outsized updates, aggregate; notes what was capped into each record and what the
-        aggregation measured into ``measured``."""
-        if cfg.privacy.dp == "none":
-            for s in usable.values():
-                self.federation.first_counts.setdefault(s.site, s.count)
-            weights = capped_weights({s.site: s.count for s in usable.values()}, cfg.fed,
-                                     self.federation.first_counts)
-        else:  # DP studios send no pair count: equal weights
-            weights = {site: Weight(1.0) for site in usable}
-        updates = {site: s.params for site, s in usable.items()}
-        clipped, bound = clip_to_median_norm(updates, cfg.fed.norm_bound_factor)
+        """The server's step (federated/round.py) over the screened updates; notes what was capped or clipped
+        into each record and what the aggregation measured into ``measured``."""
+        counts = {s.site: s.count for s in usable.values()} if cfg.privacy.dp == "none" else None
+        step = server_step(global_params, {site: s.params for site, s in usable.items()}, counts, cfg,
+                           self.federation.first_counts, update_norm_floor(cfg, global_params))
+        self.federation.first_counts = step.first_counts
         for site, s in usable.items():
-            s.record.update(weight=weights[site].value, weight_note=weights[site].note,
-                            update_norm=update_norm(updates[site]),
-                            clipped=clipped[site] is not updates[site])
-        diff = aggregate(clipped, weights, cfg.fed)
-        measured.update(clip_bound=bound, global_update_norm=update_norm(diff))
-        return apply_update(global_params, diff)
+            s.record.update(weight=step.weights[site].value, weight_note=step.weights[site].note,
+                            update_norm=step.norms[site], clipped=step.clipped[site])
+        measured.update(clip_bound=step.clip_bound, global_update_norm=step.step_norm)
+        return step.params

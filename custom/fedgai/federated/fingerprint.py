@@ -18,7 +18,8 @@ from typing import Any
 from fedgai.config import FedgaiConfig
 from fedgai.wire import FINGERPRINT_META_KEY
 
-# Meta key of the fingerprint: studio -> server in every result, server -> studio with the global model.
+# The fingerprint (wire.FINGERPRINT_META_KEY) goes studio -> server in every result, server -> studio with the
+# global model.
 FIELDS = ("encoder", "encoder_weights", "clip", "image_size", "discriminator")
 MAX_VALUE_LENGTH = 200
 NO_MAJORITY = ("no feature space is reported by a strict majority of the studios, so none is adopted (a tie cannot "

@@ -52,6 +52,8 @@ def adopt_feature_space(federation: Federation, spaces: Mapping[str, Any], cfg: 
                    if fp.update_problem(space, expected_by_config) is None}
         if fitting:
             federation.feature_space = fp.majority(fitting)
+            if federation.feature_space is None:  # a tie: no space wins, so no update is taken this round
+                return {site: fp.update_problem(space, None) for site, space in spaces.items()}
     expected = federation.feature_space or expected_by_config
     problems = {site: fp.update_problem(space, expected) for site, space in spaces.items()}
     return {site: problem for site, problem in problems.items() if problem}
