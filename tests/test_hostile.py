@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedgai.config import ConfigError, profile
+from fedgai.config import ConfigError, profile, robust_min_studios
 from fedgai.federated import fingerprint as fp
 from fedgai.federated.aggregation import (
     TooFewStudios,
     Weight,
     aggregate,
     clip_to_median_norm,
-    robust_min_studios,
     size_problem,
     update_norm,
 )

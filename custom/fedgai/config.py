@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from fedgai.federated.aggregation import robust_count_problem
-
 # Each choice list is written once, as the field's type; the tuples (for CLIs and messages) derive from it.
 EncoderName = Literal["auto", "vgg16", "efficientnet-lite0", "random"]
 FedMode = Literal["fedgai", "local", "fedavg_full", "fedavg_bn", "fedbn"]
@@ -26,6 +24,36 @@ DpMode = Literal["none", "client", "record"]
 ENCODERS: tuple[str, ...] = typing.get_args(EncoderName)
 FED_MODES: tuple[str, ...] = typing.get_args(FedMode)
 DP_MODES: tuple[str, ...] = typing.get_args(DpMode)
+
+
+# The aggregators' robustness rule, here (not in federated/aggregation.py, which applies it) so that the config
+# validates fed.min_clients without importing the federation code.
+def robust_min_studios(aggregator: str, trim_fraction: float) -> int | None:
+    """The fewest studios at which ``aggregator`` sets one hostile studio's values aside; None if it never does.
+
+    fedavg weighs every studio by design; the median of two values and a trimmed mean that cuts nothing are
+    the plain mean. From 3 studios on, the median and a trimmed mean with trim_fraction > 0 drop one studio's
+    value at each end of every coordinate.
+    """
+    if aggregator == "fedavg" or (aggregator == "trimmed_mean" and trim_fraction == 0):
+        return None
+    return 3
+
+
+def robust_count_problem(aggregator: str, trim_fraction: float, studios: int) -> str | None:
+    """Why ``aggregator`` cannot be run as configured over ``studios`` studios, or None."""
+    if aggregator == "fedavg":
+        return None
+    needed = robust_min_studios(aggregator, trim_fraction)
+    if needed is None:
+        return (f"fed.aggregator {aggregator} with fed.trim_fraction 0 cuts nothing: it is the plain mean; "
+                "use fedavg, or a trim_fraction > 0")
+    if studios < needed:
+        return (f"fed.aggregator {aggregator} sets one hostile studio's values aside only with {needed} or more "
+                f"studios, got {studios}: with fewer it is the plain mean (use fedavg and trust every studio, or "
+                "federate more studios)")
+    return None
+
 
 
 class ConfigError(ValueError):

@@ -20,12 +20,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # config validates fed.aggregator with robust_min_studios, so it imports this module
-    from fedgai.config import FedConfig
+from fedgai.config import FedConfig, robust_count_problem
 
 Params = Mapping[str, np.ndarray]
 # Relative float32 resolution: an update smaller than this times the model's norm leaves the model as it was.
@@ -145,33 +143,6 @@ def weighted_mean(updates: Sequence[tuple[Params, float]]) -> dict[str, np.ndarr
 def trimmed_count(n: int, fraction: float) -> int:
     """Values cut at each end of a coordinate: ceil(fraction x n), leaving at least one (or two) in the middle."""
     return min(math.ceil(fraction * n), (n - 1) // 2)
-
-
-def robust_min_studios(aggregator: str, trim_fraction: float) -> int | None:
-    """The fewest studios at which ``aggregator`` sets one hostile studio's values aside; None if it never does.
-
-    fedavg weighs every studio by design; the median of two values and a trimmed mean that cuts nothing are
-    the plain mean. From 3 studios on, the median and a trimmed mean with trim_fraction > 0 drop one studio's
-    value at each end of every coordinate.
-    """
-    if aggregator == "fedavg" or (aggregator == "trimmed_mean" and trim_fraction == 0):
-        return None
-    return 3
-
-
-def robust_count_problem(aggregator: str, trim_fraction: float, studios: int) -> str | None:
-    """Why ``aggregator`` cannot be run as configured over ``studios`` studios, or None."""
-    if aggregator == "fedavg":
-        return None
-    needed = robust_min_studios(aggregator, trim_fraction)
-    if needed is None:
-        return (f"fed.aggregator {aggregator} with fed.trim_fraction 0 cuts nothing: it is the plain mean; "
-                "use fedavg, or a trim_fraction > 0")
-    if studios < needed:
-        return (f"fed.aggregator {aggregator} sets one hostile studio's values aside only with {needed} or more "
-                f"studios, got {studios}: with fewer it is the plain mean (use fedavg and trust every studio, or "
-                "federate more studios)")
-    return None
 
 
 def coordinate_wise(updates: Sequence[Params], statistic: str, trim_fraction: float) -> dict[str, np.ndarray]:
