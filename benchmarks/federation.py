@@ -111,7 +111,7 @@ def measure(profile_name: str, studios: int, rounds: int, threads: int | None, r
     load = os.getloadavg()[0]
     cpu0, wall0 = cpu_seconds(), time.perf_counter()
     with PeakRss() as rss:
-        simulate(studios, rounds, workspace, profile=profile_name, data_dir=data, threads=threads)
+        simulate(cfg.with_overrides({"fed.rounds": rounds}), studios, workspace, data, threads=threads)
     wall, cpu = time.perf_counter() - wall0, cpu_seconds() - cpu0
     cores = os.cpu_count() or 1
     rows = round_rows(check_run(workspace, rounds), threads or studios, cores)

@@ -174,10 +174,10 @@ def test_simulate_refuses_an_earlier_run_and_ctrl_c_says_how_to_resume(tmp_path,
     assert main(args) == 2
     assert "already holds a simulation; pass --resume" in capsys.readouterr().err
 
-    def interrupted(**kwargs):
+    def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sim, "simulate", interrupted)
+    monkeypatch.setattr(sim, "run_simulator", interrupted)
     assert main([*args, "--resume"]) == 130
     assert capsys.readouterr().err.strip().endswith(f"resume with: fedgai {' '.join(args)} --resume")
     assert main([*args, "--overwrite"]) == 130

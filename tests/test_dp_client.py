@@ -112,7 +112,7 @@ def test_event_audit_records_federated_events_only(tmp_path):
 def test_under_client_dp_only_noised_updates_and_epsilon_leave(demo_root, tmp_path):
     """Everything that left both studios, recorded by the last result filter and the event listener."""
     cfg = profile("test").with_overrides(CLIENT_DP)
-    simulate(2, 2, tmp_path, profile=cfg, data_dir=demo_root)
+    simulate(cfg.with_overrides({"fed.rounds": 2}), 2, tmp_path, demo_root)
     assert [s["aggregated"] for s in check_run(tmp_path, 2)] == [2, 2]
     for site in ("studio-01", "studio-02"):
         audit = tmp_path / "nvflare" / site / "simulate_job" / AUDIT_DIR

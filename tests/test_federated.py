@@ -413,7 +413,8 @@ def error_lines(log: Path) -> list[str]:
 @pytest.mark.slow
 def test_simulated_federation_trains_d_and_sends_only_allowed_entries(demo_root, tmp_path, capsys):
     cfg = profile("test")
-    out = simulate(2, 2, tmp_path, profile="test", data_dir=demo_root, save_outbound_arrays=True)
+    out = simulate(profile("test").with_overrides({"fed.rounds": 2}), 2, tmp_path, demo_root,
+                   save_outbound_arrays=True)
     printed = capsys.readouterr().out
     assert "FedGAI simulation finished: 2 round(s)" in printed and "global discriminator" in printed
     for log in ("server", "studio-01", "studio-02"):

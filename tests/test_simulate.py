@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from fedgai.config import profile
 from fedgai.federated.progress import RoundProgress
 from fedgai.federated.simulate import ProgressPrinter, check_run, simulate
 
@@ -66,7 +67,7 @@ def test_simulation_prints_one_progress_line_per_round_and_keeps_each_trainer(de
     for folder in sorted(p for p in demo_root.iterdir() if p.is_dir()):
         shutil.copytree(folder, data / folder.name)
     shutil.copytree(data / folder.name, data / "zz-third-studio")
-    simulate(3, 2, tmp_path / "ws", profile="test", data_dir=data)
+    simulate(profile("test").with_overrides({"fed.rounds": 2}), 3, tmp_path / "ws", data)
     printed = capsys.readouterr().out.splitlines()
 
     progress = [line for line in printed if line.startswith("round ") and "[" in line]
@@ -88,4 +89,4 @@ def test_simulation_prints_one_progress_line_per_round_and_keeps_each_trainer(de
 
 def test_threads_outside_one_to_studios_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"threads must be between 1 and the number of studios \(2\), got 3"):
-        simulate(2, 1, tmp_path, profile="test", data_dir=Path(tmp_path), threads=3)
+        simulate(profile("test").with_overrides({"fed.rounds": 1}), 2, tmp_path, Path(tmp_path), threads=3)

@@ -275,7 +275,7 @@ def test_in_the_simulator_a_studio_with_a_policy_refuses_a_job_without_dp(demo_r
 
     write_site_policy(tmp_path / "nvflare", POLICY)
     with pytest.raises(SimulationError):
-        simulate(2, 1, tmp_path, profile="test", data_dir=demo_root)
+        simulate(profile("test").with_overrides({"fed.rounds": 1}), 2, tmp_path, demo_root)
     for site in ("studio-01", "studio-02"):
         log = (tmp_path / "nvflare" / site / "log.txt").read_text()
         assert "this studio's privacy policy refuses the job: the job's privacy.dp = 'none' is weaker" in log

@@ -16,7 +16,6 @@ from fedgai.layout import CHECKPOINT, CONFIG, EPOCH_RECORDS
 from fedgai.models import EncoderUnavailable
 from fedgai.rundir import (
     prepare_train_run,
-    prepare_workspace,
     record_run,
     remove_if_empty,
     resume_hint,
@@ -216,14 +215,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
-    from fedgai.federated.simulate import SimulationError, check_request, simulate
+    from fedgai.federated.simulate import SimulationError, simulate
 
-    cfg = load_config(args, common_overrides(args) | {"data.follow_symlinks": args.follow_symlinks})
-    check_request(cfg, args.studios, args.data)
-    prepare_workspace(args.workspace, resume=args.resume, overwrite=args.overwrite)
+    cfg = load_config(args, common_overrides(args) | {
+        "data.follow_symlinks": args.follow_symlinks, "fed.rounds": args.rounds, "fed.mode": args.mode,
+        "privacy.he": args.he or None})
     try:
-        simulate(studios=args.studios, rounds=args.rounds, workspace=args.workspace, profile=cfg,
-                 data_dir=args.data, mode=args.mode, he=args.he)
+        simulate(cfg, args.studios, args.workspace, args.data, resume=args.resume, overwrite=args.overwrite)
     except SimulationError as err:  # the run failed: the message names the log to read
         raise SystemExit(f"error: {err}") from err
 

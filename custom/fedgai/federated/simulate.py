@@ -13,6 +13,7 @@ nvflare/ (the simulator workspace: server logs, round summaries, global D, Tenso
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -23,7 +24,6 @@ from nvflare.apis.fl_constant import WorkspaceConstants
 from nvflare.fuel.utils import log_utils
 
 from fedgai.config import FedgaiConfig
-from fedgai.config import profile as load_profile
 from fedgai.environment import scoped_env
 from fedgai.federated.controller import OUTPUT_DIR
 from fedgai.federated.job import build_job
@@ -31,6 +31,7 @@ from fedgai.federated.progress import RoundProgress
 from fedgai.federated.summary import SummaryError, read_round_summaries
 from fedgai.losses import clip_preflight
 from fedgai.polling import Poller
+from fedgai.rundir import prepare_workspace
 
 SIM_JOB_DIR = "simulate_job"
 
@@ -128,35 +129,36 @@ class ProgressPrinter(Poller):
 
 
 def simulate(
+    cfg: FedgaiConfig,
     studios: int,
-    rounds: int | None,
     workspace: Path,
-    profile: str | FedgaiConfig = "quick",
     data_dir: Path | None = None,
-    mode: str | None = None,
-    he: bool = False,
     *,
+    resume: bool = False,
+    overwrite: bool = False,
     save_outbound_arrays: bool = False,
     threads: int | None = None,
 ) -> Path:
-    """Simulate ``studios`` studios for ``rounds`` rounds (None = the profile's); returns the server's output
-    folder (round summaries and the global discriminator; encrypted under HE).
+    """Simulate ``studios`` studios with the finished config ``cfg`` (profile, file and overrides already applied:
+    `fedgai simulate`'s load_config, or ``profile(...).with_overrides(...)``); returns the server's output folder
+    (round summaries and the global discriminator; encrypted under HE).
 
-    Without ``data_dir``, demo studios are generated in ``workspace/data`` (at the profile's resolution).
-    ``save_outbound_arrays`` keeps a copy of every array each studio sent (see OutboundAudit).
-    ``threads``: studios run at once (default: all). With fewer threads than studios, NVFlare's simulator
-    swaps studios in and out, restarting each studio's process - and its trainer - every round; with one
-    thread per studio, every studio keeps its process, trainer and data for the whole run.
+    The request is checked here, once, before the workspace is touched; ``resume``/``overwrite`` as
+    rundir.prepare_workspace. Without ``data_dir``, demo studios are generated in ``workspace/data`` (at the
+    profile's resolution). ``save_outbound_arrays`` keeps a copy of every array each studio sent (see
+    OutboundAudit). ``threads``: studios run at once (default: all). With fewer threads than studios, NVFlare's
+    simulator swaps studios in and out, restarting each studio's process - and its trainer - every round; with
+    one thread per studio, every studio keeps its process, trainer and data for the whole run.
     """
     threads = studios if threads is None else threads
     if not 1 <= threads <= studios:
         raise ValueError(f"threads must be between 1 and the number of studios ({studios}), got {threads}")
-    base = load_profile(profile) if isinstance(profile, str) else profile
-    cfg = base.with_overrides({"fed.rounds": rounds, "fed.mode": mode, "privacy.he": he or None})
     check_request(cfg, studios, data_dir)
+    prepare_workspace(Path(workspace), resume=resume, overwrite=overwrite)
     clip_preflight(cfg.loss)
     if cfg.train.num_threads is None:  # studios run side by side: split the cores (at least one torch thread each)
-        cfg = cfg.with_overrides({"train.num_threads": max(1, (os.cpu_count() or 1) // threads)})
+        split = max(1, (os.cpu_count() or 1) // threads)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, num_threads=split))
     workspace = Path(workspace).resolve()
     if data_dir is None:
         data_dir = workspace / "data"
@@ -180,14 +182,19 @@ def simulate(
         job = build_job(cfg, sites, output_root=workspace / "studios",
                         checkpoint_dir=str(workspace / "server_state"), save_outbound_arrays=save_outbound_arrays)
         out = server_dir(workspace) / OUTPUT_DIR
-    log_config = quiet_console_log_config(workspace / LOG_CONFIG)
-    with no_progress_bars(), ProgressPrinter(out):
-        code = job.simulator_run(str(sim_workspace), clients=list(sites), threads=threads, log_config=str(log_config))
-    if code != 0:
-        raise SimulationError(f"the NVFlare simulator exited with code {code}; see {server_dir(workspace)}/log.txt")
+    run_simulator(job, workspace, list(sites), threads, out)
     summaries = check_run(workspace, cfg.fed.rounds, out.name)
     print_summary(workspace, out, sites, summaries)
     return out
+
+
+def run_simulator(job, workspace: Path, sites: list[str], threads: int, out: Path) -> None:
+    """NVFlare's simulator on ``job`` in ``workspace/nvflare``, one progress line per round from ``out``."""
+    log_config = quiet_console_log_config(workspace / LOG_CONFIG)
+    with no_progress_bars(), ProgressPrinter(out):
+        code = job.simulator_run(str(workspace / "nvflare"), clients=sites, threads=threads, log_config=str(log_config))
+    if code != 0:
+        raise SimulationError(f"the NVFlare simulator exited with code {code}; see {server_dir(workspace)}/log.txt")
 
 
 def print_summary(workspace: Path, out: Path, sites: dict[str, Path], summaries: list[dict]) -> None:
