@@ -9,6 +9,8 @@ import torch
 
 from fedgai.config import FedgaiConfig, profile
 
+SITE = "studio-a"
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -34,3 +36,34 @@ def demo_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def studio_dir(demo_root) -> Path:
     return sorted(p for p in demo_root.iterdir() if p.is_dir())[0]
+
+
+class _SiteEngine:
+    """What a studio-side filter needs from the client engine: the site workspace, somewhere to fire events."""
+
+    def __init__(self, workspace) -> None:
+        self._workspace = workspace
+
+    def get_workspace(self):
+        return self._workspace
+
+    def fire_event(self, event_type: str, fl_ctx) -> None:
+        pass
+
+
+@pytest.fixture
+def site_context(tmp_path):
+    """An FLContext as NVFlare's client runner builds it for studio SITE (engine -> a real NVFlare Workspace with
+    startup/ and local/, site identity, job id "job-1"), and the site's workspace root."""
+    from nvflare.apis.fl_constant import ReservedKey
+    from nvflare.apis.fl_context import FLContext
+    from nvflare.apis.workspace import Workspace
+
+    root = tmp_path / SITE
+    for folder in ("startup", "local"):
+        (root / folder).mkdir(parents=True)
+    fl_ctx = FLContext()
+    fl_ctx.set_prop(ReservedKey.ENGINE, _SiteEngine(Workspace(str(root), SITE)), private=True, sticky=False)
+    fl_ctx.set_prop(ReservedKey.IDENTITY_NAME, SITE, private=False, sticky=False)
+    fl_ctx.set_prop(ReservedKey.RUN_NUM, "job-1", private=False, sticky=False)
+    return fl_ctx, root

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
-from nvflare.apis.fl_constant import FilterKey, ReservedKey, ReturnCode
+from nvflare.apis.fl_constant import FilterKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.apis.utils.task_utils import apply_filters
-from nvflare.apis.workspace import Workspace
 
 from fedgai.config import PrivacyConfig
 from fedgai.privacy import (
@@ -269,28 +268,10 @@ def test_check_budget_names_studio_and_numbers(tmp_path):
 # ---------------------------------------------------------------- NVFlare filter
 
 
-class _SiteEngine:
-    """What the filter needs from the client engine: the site workspace, and somewhere to fire log events."""
-
-    def __init__(self, workspace: Workspace) -> None:
-        self._workspace = workspace
-
-    def get_workspace(self) -> Workspace:
-        return self._workspace
-
-    def fire_event(self, event_type: str, fl_ctx: FLContext) -> None:
-        pass
-
-
 @pytest.fixture
-def site(tmp_path) -> tuple[FLContext, Path]:
-    """An FLContext as the client runner builds it: engine (-> real nvflare Workspace) and site identity."""
-    root = tmp_path / STUDIO
-    for folder in ("startup", "local"):
-        (root / folder).mkdir(parents=True)
-    fl_ctx = FLContext()
-    fl_ctx.set_prop(ReservedKey.ENGINE, _SiteEngine(Workspace(str(root), STUDIO)), private=True, sticky=False)
-    fl_ctx.set_prop(ReservedKey.IDENTITY_NAME, STUDIO, private=False, sticky=False)
+def site(site_context) -> tuple[FLContext, Path]:
+    """A studio's FLContext and the client-level ledger path in its workspace."""
+    fl_ctx, root = site_context
     return fl_ctx, root / LEDGER_FILE
 
 

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import yaml
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
-from nvflare.apis.fl_constant import FLMetaKey, ReservedKey
+from nvflare.apis.fl_constant import FLMetaKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.fl_exception import UnsafeComponentError
-from nvflare.apis.workspace import Workspace
 from nvflare.app_common.widgets.component_path_authorizer import ComponentPathAuthorizer
 
 from fedgai.config import PrivacyConfig, profile
@@ -43,28 +42,10 @@ POLICY = SitePolicy(min_dp="client", min_noise_multiplier=2.0, max_clip_norm=1.0
                     epsilon_budget=8.0)
 
 
-class _SiteEngine:
-    def __init__(self, workspace: Workspace) -> None:
-        self._workspace = workspace
-
-    def get_workspace(self) -> Workspace:
-        return self._workspace
-
-    def fire_event(self, event_type: str, fl_ctx: FLContext) -> None:
-        pass
-
-
 @pytest.fixture
-def site(tmp_path) -> tuple[FLContext, Path]:
+def site(site_context) -> tuple[FLContext, Path]:
     """A studio's FLContext (engine -> real NVFlare workspace, identity, job id) and its workspace root."""
-    root = tmp_path / STUDIO
-    for folder in ("startup", "local"):
-        (root / folder).mkdir(parents=True)
-    fl_ctx = FLContext()
-    fl_ctx.set_prop(ReservedKey.ENGINE, _SiteEngine(Workspace(str(root), STUDIO)), private=True, sticky=False)
-    fl_ctx.set_prop(ReservedKey.IDENTITY_NAME, STUDIO, private=False, sticky=False)
-    fl_ctx.set_prop(ReservedKey.RUN_NUM, "job-1", private=False, sticky=False)
-    return fl_ctx, root
+    return site_context
 
 
 def _result(meta: dict | None = None):
