@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import tenseal as ts
+from he_records import received_records
 from nvflare.apis.client import Client
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.event_type import EventType
@@ -54,7 +55,6 @@ from fedgai.federated.he_server import (
     ResumableScatterAndGather,
     ResumeRefused,
     ciphertext_problem,
-    received_records,
 )
 from fedgai.federated.he_studio import PackedHEModelEncryptor, ShapedHEModelDecryptor, load_encrypted_global
 from fedgai.federated.he_wire import PackedCiphertextLoader, decrypt_packed, encrypt_packed, packed_size

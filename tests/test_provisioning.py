@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from he_records import received_records
 from nvflare.apis.fl_exception import FLCommunicationError
 from nvflare.fuel.f3.cellnet.cell_cipher import InvalidCertChain
 from nvflare.fuel.flare_api.api_spec import InvalidJobDefinition, NoConnection
@@ -19,7 +20,6 @@ from scripts import load_script
 from fedgai.config import profile
 from fedgai.federated.controller import OUTPUT_DIR
 from fedgai.federated.he_keys import CLIENT_CONTEXT, HE_PARAMS, SERVER_CONTEXT, SecretKeyFound, check_no_secret_key
-from fedgai.federated.he_server import received_records
 from fedgai.federated.kits import job_classes
 
 REPO = Path(__file__).resolve().parent.parent

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from fedgai.data.split import StudioSplit
-from fedgai.layout import CHECKPOINT, EPOCH_RECORDS, ROUND_RECORDS, ROUND_SUMMARY_GLOB, SPLIT_FILE
+from fedgai.federated.summary import round_summaries_below
+from fedgai.layout import CHECKPOINT, EPOCH_RECORDS, ROUND_RECORDS, SPLIT_FILE
 
 
 class RunLayoutError(ValueError):
@@ -99,12 +100,6 @@ def load_studio_run(folder: Path) -> StudioRun:
     return StudioRun(folder=folder, studio=studio, config=state["config"], metadata=state["metadata"], split=split)
 
 
-def round_summaries(root: Path) -> list[dict[str, Any]]:
-    """The server's per-round summaries below `root`, in round order (none for local runs)."""
-    summaries = [json.loads(p.read_text()) for p in root.rglob(ROUND_SUMMARY_GLOB)]
-    return sorted((s for s in summaries if isinstance(s, dict) and "round" in s), key=lambda s: s["round"])
-
-
 def run_mode(studios: list[StudioRun]) -> str:
     """How the run was trained: local-only (train-local, or the simulator's local baseline) or the federated
     mode, with DP/HE where used. Read from the first studio's checkpoint config."""
@@ -134,7 +129,7 @@ def load_run(root: Path, label: str | None = None) -> Run:
         raise RunLayoutError(f"{root} holds several runs of studio(s) {', '.join(duplicates)}; "
                              "evaluate each run folder separately")
     mode = run_mode(studios)
-    return Run(roots=[root], label=label or mode, mode=mode, studios=studios, rounds=round_summaries(root))
+    return Run(roots=[root], label=label or mode, mode=mode, studios=studios, rounds=round_summaries_below(root))
 
 
 def mergeable(a: Run, b: Run) -> bool:

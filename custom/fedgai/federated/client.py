@@ -245,14 +245,15 @@ def save_round(trainer: StudioTrainer, rnd: int, metrics: Mapping[str, float]) -
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """The studio's loop; the numbered lines are its only contact with NVFlare (as in NVFlare's examples)."""
     args = parse_args(argv)
-    flare.init()
-    site = flare.get_site_name()
+    flare.init()  # (1) join the job
+    site = flare.get_site_name()  # (2) the site's authenticated name: which studio folder to train on
     studio_dir = resolve_studio(site, studio_map(args.studio), args.data_root)
     writer = None
     trainer = None
-    while flare.is_running():
-        received = flare.receive()
+    while flare.is_running():  # (3) until the server ends the job
+        received = flare.receive()  # (4) the global D entries and the job's config
         started, cpu_started = time.perf_counter(), time.process_time()
         rnd = received.current_round
         setup_seconds = 0.0  # stays 0 after the first round: the trainer and its data live as long as the run
@@ -261,13 +262,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             job_config = received.meta[CONFIG_META_KEY]
             cfg = site_config(FedgaiConfig.from_dict(job_config), policy)
             ledger = site_ledger_path(policy, cfg.privacy.dp) if policy and dp_enabled(cfg) else None
+            job_id = flare.get_job_id()  # (5) what a resumed checkpoint must belong to
             trainer = open_trainer(cfg, studio_dir, args.output_root / site, resume=rnd > 0,
-                                   owner=resume_owner(flare.get_job_id(), job_config), device=args.device,
+                                   owner=resume_owner(job_id, job_config), device=args.device,
                                    ledger=ledger if cfg.privacy.dp == "record" else None)
             setup_seconds = time.perf_counter() - started
             # Under DP the scalars stay in the studio's own TensorBoard log: NVFlare's writer streams them to
             # the server as events, past every result filter.
-            writer = trainer.writer if dp_enabled(cfg) else SummaryWriter()
+            writer = trainer.writer if dp_enabled(cfg) else SummaryWriter()  # (6) NVFlare's metric streaming
         result = local_round(trainer, received, ledger)
         save_round(trainer, rnd, result.metrics)
         # All the studio's own work this round (set-up, training, outputs), in wall and in this process's CPU
@@ -276,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                               studio_cpu_seconds=time.process_time() - cpu_started, setup_seconds=setup_seconds)
         for name, value in result.metrics.items():
             writer.add_scalar(name, value, global_step=rnd)
-        flare.send(releasable(result, trainer.cfg))
+        flare.send(releasable(result, trainer.cfg))  # (7) the update, through the site's result filters
     if trainer is not None:
         if trainer.cfg.edge.compress_after_training:  # the site's compressed generator, after the last round
             from fedgai.edge.distill import compress_after_federation

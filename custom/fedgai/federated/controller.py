@@ -38,6 +38,7 @@ from fedgai.federated.server_state import (
 )
 from fedgai.federated.summary import BUDGET_SPENT, round_summary, unusable_reasons, write_round_summary
 from fedgai.federated.validation import contribution_problem, update_norm_bound, update_norm_floor
+from fedgai.layout import global_model_name
 from fedgai.models import build_discriminator, build_gan, per_sample_networks
 from fedgai.sharing import MODE_NETWORKS, shared_state
 from fedgai.wire import BUDGET_EXHAUSTED_KEY, CONFIG_META_KEY, DP_EPSILON_META_KEY
@@ -196,7 +197,7 @@ class FilteredFedAvg(ModelController):
                        f"{cfg.fed.min_clients}; unusable: {unusable_reasons(summary)}")
             return None
         if reference:
-            save_params(out / f"global-round-{rnd:03d}.pt", global_params, round=rnd, mode=cfg.fed.mode,
+            save_params(out / global_model_name(rnd, ".pt"), global_params, round=rnd, mode=cfg.fed.mode,
                         config=self.config, feature_space=self.federation.feature_space)
         self.info(self.progress.line(summary))
         return global_params, finished is not None

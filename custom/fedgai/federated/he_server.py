@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,7 @@ from fedgai.federated.server_state import (
     state_path,
 )
 from fedgai.federated.summary import round_summary, write_round_summary
+from fedgai.layout import global_model_name
 from fedgai.safe_paths import inside, safe_name
 from fedgai.wire import CONFIG_META_KEY, DP_EPSILON_META_KEY, LAYOUT_META_KEY
 
@@ -145,7 +146,7 @@ class DiscriminatorPersistor(ModelPersistor):
         arrays = {key: np.frombuffer(value, dtype=np.uint8).copy() if isinstance(value, bytes) else np.asarray(value)
                   for key, value in model[ModelLearnableKey.WEIGHTS].items()}
         self._global_bytes = int(sum(a.nbytes for a in arrays.values()))
-        np.savez(he_output_dir(fl_ctx) / f"global-round-{rnd:03d}.npz", **arrays)
+        np.savez(he_output_dir(fl_ctx) / global_model_name(rnd, ".npz"), **arrays)
         # Only an encrypted global is a resume state (the plaintext initial D is rebuilt from the config).
         if all(isinstance(v, bytes) for v in model[ModelLearnableKey.WEIGHTS].values()):
             rounds = FedgaiConfig.from_dict(self.config).fed.rounds
@@ -415,17 +416,6 @@ def round_records(fl_ctx: FLContext) -> dict[str, dict[str, Any]]:
     folder = he_output_dir(fl_ctx) / RECEIVED_DIR
     records = [json.loads(p.read_text()) for p in sorted(folder.glob(f"round-{rnd:03d}-*.json"))]
     return {r["site"]: r for r in records}
-
-
-def received_records(run_dir: Path, rounds: int, sites: Sequence[str]) -> list[dict[str, Any]]:
-    """The guard's records of a finished HE run (server run folder), round by round; raises
-    FileNotFoundError naming the missing ones (a studio that sent nothing, or a run that stopped early)."""
-    folder = Path(run_dir) / HE_OUTPUT_DIR / RECEIVED_DIR
-    paths = [inside(folder, record_name(rnd, site)) for rnd in range(rounds) for site in sites]
-    missing = [p.name for p in paths if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"no record of {', '.join(missing)} in {folder}: the HE run is incomplete")
-    return [json.loads(p.read_text()) for p in paths]
 
 
 def he_output_dir(fl_ctx: FLContext) -> Path:

@@ -28,7 +28,7 @@ from fedgai.environment import scoped_env
 from fedgai.federated.controller import OUTPUT_DIR
 from fedgai.federated.job import build_job
 from fedgai.federated.progress import RoundProgress
-from fedgai.federated.summary import SummaryError, read_round_summaries
+from fedgai.federated.summary import SummaryError, new_round_summaries, read_round_summaries
 from fedgai.losses import clip_preflight
 from fedgai.polling import Poller
 from fedgai.rundir import prepare_workspace
@@ -115,16 +115,7 @@ class ProgressPrinter(Poller):
         self.printed: set[str] = set()
 
     def poll(self) -> None:
-        for path in sorted(self.out.glob("round-*.json")):
-            if path.name in self.printed:
-                continue
-            try:
-                summary = json.loads(path.read_text())
-            except (FileNotFoundError, json.JSONDecodeError):  # being written or replaced: read it next time
-                return
-            if summary.get("started_at", 0.0) < self.since:
-                continue
-            self.printed.add(path.name)
+        for summary in new_round_summaries(self.out, self.printed, self.since):
             print(self.progress.line(summary), flush=True)
 
 
