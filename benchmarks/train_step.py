@@ -5,9 +5,9 @@ All in one process, so the ratios compare like with like:
 1. the breakdown of one step (torch.profiler over the step's labelled parts, uncached, so the encoder's
    share on the real pairs shows);
 2. images/s of whole training epochs, interleaved epoch by epoch: before (the same batches, features
-   recomputed every step, Adam as a per-parameter loop), with the cache, and with the cache and fused
-   optimisers (StudioTrainer.train_epochs, the product's path);
-3. the step's FLOPs (torch.utils.flop_counter) and a float32 matmul's GFLOP/s on the same threads.
+   recomputed every step, Adam as a per-parameter loop), with the cache, with fused optimisers, and with
+   bf16 autocast (StudioTrainer.train_epochs, the product's path on a CPU with native bf16);
+3. the step's FLOPs (torch.utils.flop_counter) and float32 and bf16 matmuls' GFLOP/s on the same threads.
 
     python benchmarks/train_step.py [--size 128] [--pairs 32] [--epochs 3] [--out FILE]
 """
@@ -38,7 +38,7 @@ def make_trainer(root: Path, size: int, pairs: int):
     studio = make_demo(root / "demo", studios=1, seed=0, size=size, progress=False)[0]
     cfg = config_profile("quick").with_overrides({"model.image_size": size, "train.max_pairs": pairs,
                                                   "loss.clip_pretrained": "none"})
-    return StudioTrainer(cfg, studio, root / "run")
+    return StudioTrainer(cfg.with_overrides({"train.amp": "off"}), studio, root / "run")  # float32 first
 
 
 def breakdown(trainer, photo: torch.Tensor, sketch: torch.Tensor, steps: int) -> dict[str, float]:
@@ -68,18 +68,28 @@ def looped_adam(trainer) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
 
 
 def throughput(trainer, epochs: int) -> dict[str, dict[str, float]]:
-    """images/s (wall and per CPU second) of three variants, epoch by epoch interleaved on the same networks:
-    before (features recomputed, looped Adam), + cache, + cache and fused optimisers (the product)."""
-    trainer.train_epochs(1)  # fills the cache with the views of one epoch; later epochs add the rest
-    images = (trainer.num_samples // trainer.cfg.train.batch_size) * trainer.cfg.train.batch_size
+    """images/s (wall and per CPU second) of each variant, epoch by epoch interleaved on the same networks:
+    before (float32, features recomputed, looped Adam), + cache, + fused optimisers, + bf16 autocast (the product
+    on a CPU with native bf16: train.amp auto). Each precision has its own feature cache, filled by a first epoch."""
+    from fedgai.pair_features import PairFeatureCache
+
     fused, looped = (trainer.opt_g, trainer.opt_d), looped_adam(trainer)
-    variants = {"before": (looped, uncached_epoch), "cache": (looped, lambda t: t.train_epochs(1)),
-                "cache+fused": (fused, lambda t: t.train_epochs(1))}
+    caches = {}
+    for amp in (None, torch.bfloat16):
+        trainer.amp = amp
+        caches[amp] = trainer.features = PairFeatureCache(trainer.dataset, trainer.objective.real_features,
+                                                          trainer.device, trainer._autocast)
+        trainer.train_epochs(1)
+    images = (trainer.num_samples // trainer.cfg.train.batch_size) * trainer.cfg.train.batch_size
+    cached = lambda t: t.train_epochs(1)  # noqa: E731 - the product's epoch
+    variants = {"before": (looped, None, uncached_epoch), "cache": (looped, None, cached),
+                "cache+fused": (fused, None, cached), "cache+fused+bf16": (fused, torch.bfloat16, cached)}
     wall = dict.fromkeys(variants, 0.0)
     cpu = dict.fromkeys(variants, 0.0)
     for _ in range(epochs):
-        for name, (optimisers, run) in variants.items():
+        for name, (optimisers, amp, run) in variants.items():
             trainer.opt_g, trainer.opt_d = optimisers
+            trainer.amp, trainer.features = amp, caches[amp]
             start, start_cpu = time.perf_counter(), time.process_time()
             run(trainer)
             wall[name] += time.perf_counter() - start
@@ -96,9 +106,9 @@ def step_flops(trainer, photo: torch.Tensor, sketch: torch.Tensor, cached: bool)
     return float(counter.get_total_flops())
 
 
-def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
-    """GFLOP/s of a float32 n x n matmul on torch's threads: the practical peak this step could reach."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of an n x n matmul on torch's threads: the practical peak this step could reach at that precision."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     start = time.perf_counter()
     for _ in range(repeats):
@@ -122,9 +132,9 @@ def main() -> None:
         speed = throughput(trainer, args.epochs)
         flops = {"uncached": step_flops(trainer, photo, sketch, False), "cached": step_flops(trainer, photo, sketch,
                                                                                               True)}
-        peak = matmul_peak()
+        peak, peak_bf16 = matmul_peak(), matmul_peak(torch.bfloat16)
     ips = speed["images_per_s"]
-    step_flop = {"before": flops["uncached"], "cache": flops["cached"], "cache+fused": flops["cached"]}
+    step_flop = {k: flops["uncached"] if k == "before" else flops["cached"] for k in ips}
     achieved = {k: round(step_flop[k] / batch * ips[k] / 1e9, 2) for k in ips}
     result = {
         "machine": {"threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
@@ -137,8 +147,8 @@ def main() -> None:
                         for k, v in speed["images_per_cpu_s"].items()},
         "step_gflop": {k: round(v / 1e9, 2) for k, v in flops.items()},
         "achieved_gflops": achieved,
-        "matmul_peak_gflops": round(peak, 1),
-        "share_of_peak": {k: round(v / peak, 3) for k, v in achieved.items()},
+        "matmul_peak_gflops": {"float32": round(peak, 1), "bf16": round(peak_bf16, 1)},
+        "share_of_peak": {k: round(v / (peak_bf16 if "bf16" in k else peak), 3) for k, v in achieved.items()},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
     print(json.dumps(result, indent=2))

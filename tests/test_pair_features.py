@@ -56,3 +56,17 @@ def test_record_level_dp_steps_read_the_cache(make_trainer):
     t = make_trainer("dp", **{"privacy.dp": "record", "model.structure_critic": 0, "loss.feature_matching": 0.0})
     t.train_epochs(1)
     assert 0 < len(t.features) <= 2 * t.num_samples
+
+
+def test_bf16_autocast_on_cpu_trains_and_caches_at_its_precision(make_trainer):
+    from fedgai.device import amp_dtype
+
+    assert amp_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    assert amp_dtype("off", torch.device("cpu")) is None
+    t = make_trainer("bf16", **{"train.amp": "bf16"})
+    assert t.amp == torch.bfloat16 and t.metadata["amp"] == "bf16"
+    photo, sketch, real = t.features.batch(torch.tensor([0, 1, 2, 3]), torch.tensor([False, True, False, True]))
+    assert real.photo_taps[0].dtype == torch.bfloat16  # the cache holds what the autocast step would compute
+    losses = t.step(photo, sketch, real)
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    assert next(t.generator.parameters()).dtype == torch.float32  # weights and optimiser stay float32

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from fedgai.config import ConfigError
@@ -23,9 +25,19 @@ def resolve_device(setting: str) -> torch.device:
 
 
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA where the GPU supports it ("auto") or is told to ("bf16"); None = float32."""
-    if device.type != "cuda" or setting == "off":
+    """bf16 autocast where the hardware computes it natively ("auto": a CUDA GPU with bf16, a CPU with AVX512-BF16
+    or AMX) or where told to ("bf16"); None = float32."""
+    if setting == "off" or device.type not in ("cuda", "cpu"):
         return None
-    if setting == "auto" and not torch.cuda.is_bf16_supported():
+    if setting == "auto" and not (torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16()):
         return None
     return torch.bfloat16
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic (x86 avx512_bf16 or amx_bf16 in /proc/cpuinfo; False elsewhere)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
