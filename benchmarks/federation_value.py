@@ -65,6 +65,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # learns it from every studio's pairs, and reaches each generator densely through feature matching.
     "local_structure": {"fed.mode": "local", "model.structure_critic": 32, "loss.feature_matching": 10.0},
     "fedgai_structure": {"fed.mode": "fedgai", "model.structure_critic": 32, "loss.feature_matching": 10.0},
+    # Photos without sketches (issue 15 §2): the critics' adversarial terms also judge G(unpaired photo), where a
+    # shared critic is the only teacher. Needs demo data with photos-unpaired/ (fedgai data demo --unpaired N).
+    "local_unpaired": {"fed.mode": "local", "train.unpaired_batch": 8},
+    "fedgai_unpaired": {"fed.mode": "fedgai", "train.unpaired_batch": 8},
 }
 
 
