@@ -63,21 +63,25 @@ def cpu_seconds() -> float:
 
 
 class PeakRss(Poller):
-    """Peak resident memory of this process and all its descendants together (the studios' processes too)."""
+    """Peak memory of this process and all its descendants together (the studios' processes too): the sum of
+    their RSS, which counts the shared library pages (torch's alone are ~400 MB) once per process, and the sum
+    of their PSS, which shares those pages out between the processes - the memory the run really takes."""
 
     def __init__(self) -> None:
         super().__init__(RSS_POLL_S)
         self.peak = 0
+        self.peak_pss = 0
 
     def poll(self) -> None:
         me = psutil.Process()
-        total = 0
+        rss = pss = 0
         for proc in [me, *me.children(recursive=True)]:
             try:
-                total += proc.memory_info().rss
+                info = proc.memory_full_info()
             except psutil.NoSuchProcess:  # a studio process that just ended
                 continue
-        self.peak = max(self.peak, total)
+            rss, pss = rss + info.rss, pss + info.pss
+        self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
 
 
 def round_rows(summaries: list[dict], threads: int, cores: int) -> list[dict]:
@@ -120,6 +124,7 @@ def measure(profile_name: str, studios: int, rounds: int, threads: int | None, r
     return {
         "studios": studios, "rounds": rounds, "threads": threads or studios, "cores": cores,
         "load_average_at_start": round(load, 2), "run_wall_s": round(wall, 1), "peak_rss_gb": round(rss.peak / 1e9, 2),
+        "peak_pss_gb": round(rss.peak_pss / 1e9, 2),
         "rounds_detail": rows,
         "overhead_steady": round(sum(r["overhead"] for r in steady) / len(steady), 3),
         "studio_cpu_share_steady": round(sum(r["studio_cpu_share"] for r in steady) / len(steady), 3),

@@ -316,14 +316,22 @@ def test_he_round_summary_has_the_plain_format_and_is_read_by_the_one_checker(co
     assert RoundProgress().line(summary).startswith("round 0 [1/2]: aggregated 1/3")
 
 
-# ----------------------------------------------------------------------------------------------- feature space
-def test_round_zero_majority_feature_space_is_adopted_sent_and_enforced(contexts, global_d, tmp_path):
-    server_ctx, client_ctx = contexts
+def three_studio_aggregation(client_ctx, global_d, tmp_path: Path):
+    """Round 0 of the HE server for studios a, b and c, ready to accept: (a studio's encryptor, config,
+    persistor, FLContext, guard, aggregator, one random DIFF per studio)."""
     encryptor = client_encryptor(client_ctx)
     config, persistor, ctx = three_studio_round(tmp_path)
     guard, aggregator = CiphertextOnlyGuard(config), FeatureSpaceHEAggregator()
     aggregator.handle_event(EventType.START_RUN, ctx)
     diffs = {site: random_diffs(global_d, seed) for seed, site in enumerate(("studio-a", "studio-b", "studio-c"))}
+    return encryptor, config, persistor, ctx, guard, aggregator, diffs
+
+
+# ----------------------------------------------------------------------------------------------- feature space
+def test_round_zero_majority_feature_space_is_adopted_sent_and_enforced(contexts, global_d, tmp_path):
+    server_ctx, client_ctx = contexts
+    encryptor, config, persistor, ctx, guard, aggregator, diffs = three_studio_aggregation(client_ctx, global_d,
+                                                                                          tmp_path)
     spaces = {"studio-a": studio_space("w1"), "studio-b": studio_space("w1"), "studio-c": studio_space("w2")}
     for site, diff in diffs.items():
         update = encrypted_update(encryptor, diff, 8, site, space=spaces[site])

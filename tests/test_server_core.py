@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 from nvflare.apis.dxo import from_shareable
-from nvflare.apis.event_type import EventType
 from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_opt.he import decomposers
 from test_federated_server import Offline, reply, summary
@@ -21,6 +20,7 @@ from test_he import (  # noqa: F401 - fixtures used by name
     fl_ctx,
     global_d,
     random_diffs,
+    three_studio_aggregation,
     three_studio_round,
 )
 
@@ -33,7 +33,6 @@ from fedgai.federated.he_server import (
     RECEIVED_DIR,
     CiphertextOnlyGuard,
     DiscriminatorPersistor,
-    FeatureSpaceHEAggregator,
     PlaintextUpdate,
     ResumeRefused,
 )
@@ -133,11 +132,8 @@ def test_he_summary_states_what_was_checked_and_caps_weights_at_the_median(conte
     """A studio claiming 10x the pairs of the others counts as the median studio (max_weight_factor 1), the
     aggregate is the equal mean, and the summary says so - and says which checks HE could not run."""
     _, client_ctx = contexts
-    encryptor = client_encryptor(client_ctx)
-    config, persistor, ctx = three_studio_round(tmp_path)
-    guard, aggregator = CiphertextOnlyGuard(config), FeatureSpaceHEAggregator()
-    aggregator.handle_event(EventType.START_RUN, ctx)
-    diffs = {site: random_diffs(global_d, seed) for seed, site in enumerate(("studio-a", "studio-b", "studio-c"))}
+    encryptor, config, persistor, ctx, guard, aggregator, diffs = three_studio_aggregation(client_ctx, global_d,
+                                                                                          tmp_path)
     counts = {"studio-a": 8, "studio-b": 8, "studio-c": 80}
     for site, diff in diffs.items():
         assert aggregator.accept(guard.process(encrypted_update(encryptor, diff, counts[site], site), ctx), ctx)
