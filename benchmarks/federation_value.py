@@ -230,7 +230,9 @@ def evaluate_runs(out: Path, data: Path, image_size: int, device: str) -> list[d
     from fedgai.data.split import StudioSplit
     from fedgai.evaluation.metrics import MetricSuite
     from fedgai.evaluation.style import StyleClassifier
+    from fedgai.models import build_encoder
 
+    encoder = build_encoder(FedgaiConfig.from_dict(json.loads((out / "config.json").read_text())).model)
     runs = sorted(p for p in out.iterdir() if (p / "run.json").is_file())
     sites = list(json.loads((runs[0] / "run.json").read_text())["n_train"])
     studios = {s: load_studio(data / s) for s in sites}
@@ -247,15 +249,17 @@ def evaluate_runs(out: Path, data: Path, image_size: int, device: str) -> list[d
     for run in runs:
         cached = run / "metrics.json"  # a run's scores, kept so that adding runs does not rescore the others
         if cached.is_file() and cached.stat().st_mtime >= (run / "run.json").stat().st_mtime:
-            results.append(json.loads(cached.read_text()))
-            continue
+            record = json.loads(cached.read_text())
+            if all(m in scores for scores in record["studios"].values() for m in METRICS):  # else: older scores
+                results.append(record)
+                continue
         record = json.loads((run / "run.json").read_text())
         record["studios"] = {}
         for site in sites:
             fakes = load_fakes(run / f"{site}.npz")
             photos, reals = test[site]
             fake = torch.stack([fakes[photo.stem] for photo, _ in test_sets[site].pairs])
-            metrics = suite.evaluate(photos, fake, reals, style, site, real_features=real_feats[site])
+            metrics = suite.evaluate(photos, fake, reals, style, site, real_features=real_feats[site], encoder=encoder)
             record["studios"][site] = {**metrics, "n_pairs": len(studios[site].pairs)}
         cached.write_text(json.dumps(record, indent=2) + "\n")
         results.append(record)
@@ -303,8 +307,10 @@ def gains(results: list[dict[str, Any]], fed: str, local: str = "local") -> dict
     """FedGAI vs local-only: relative FD gain for small studios, relative FD change for large ones, style-accuracy
     drop (points / 100). Means over seeds of group means."""
     fd, style = summarise(results, "FD-EffNetLite0"), summarise(results, "style_acc")
+    fd_style = summarise(results, "FD-Style")
     return {"small_fd_gain": 1 - fd[fed]["small"]["mean"] / fd[local]["small"]["mean"],
             "large_fd_change": fd[fed]["large"]["mean"] / fd[local]["large"]["mean"] - 1,
+            "small_fd_style_gain": 1 - fd_style[fed]["small"]["mean"] / fd_style[local]["small"]["mean"],
             "style_drop": style[local]["all"]["mean"] - style[fed]["all"]["mean"]}
 
 
@@ -388,8 +394,8 @@ def save_splits(cfg: FedgaiConfig, studios: list[Path], folder: Path) -> None:
         split_studio(load_studio(s), t.split_seed, t.val_fraction, t.test_fraction).save(folder / f"{s.name}.json")
 
 
-METRICS = ("FD-EffNetLite0", "KD-EffNetLite0", "SSIM", "PSNR", "ink_IoU", "style_acc")
-LOWER_IS_BETTER = {"FD-EffNetLite0", "KD-EffNetLite0"}
+METRICS = ("FD-EffNetLite0", "KD-EffNetLite0", "SSIM", "PSNR", "ink_IoU", "style_acc", "FD-Style", "Gram_dist")
+LOWER_IS_BETTER = {"FD-EffNetLite0", "KD-EffNetLite0", "FD-Style", "Gram_dist"}
 
 
 def evaluate_dir(out: Path, data: Path, device: str) -> dict[str, Any]:
@@ -423,7 +429,8 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {v} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["#### Federated variants against their local-only twin", "",
-              "| variant | vs | small FD gain | large FD change | style-acc drop (points) |", "|---|---|---|---|---|"]
+              "| variant | vs | small FD gain | small FD-Style gain | large FD change | style-acc drop (points) |",
+              "|---|---|---|---|---|---|"]
     for v in variants:
         if v.startswith("local"):
             continue
@@ -431,8 +438,8 @@ def markdown(report: dict[str, Any]) -> str:
         if twin not in variants:
             continue
         g = gains(report["results"], v, twin)
-        lines.append(f"| {v} | {twin} | {g['small_fd_gain']:+.1%} | {g['large_fd_change']:+.1%} | "
-                     f"{100 * g['style_drop']:+.1f} |")
+        lines.append(f"| {v} | {twin} | {g['small_fd_gain']:+.1%} | {g['small_fd_style_gain']:+.1%} | "
+                     f"{g['large_fd_change']:+.1%} | {100 * g['style_drop']:+.1f} |")
     lines += ["", "#### FD-EffNetLite0 per studio (mean ± std over seeds)", ""]
     studios = sorted(report["results"][0]["studios"], key=lambda s: report["results"][0]["studios"][s]["n_pairs"])
     lines += ["| variant | " + " | ".join(f"{s} ({report['results'][0]['studios'][s]['n_pairs']})" for s in studios)

@@ -35,8 +35,11 @@ from fedgai.layout import (
 # What `fedgai train-local` writes into a run folder. The DP ledger is not listed: privacy spent on a
 # studio's data is not undone by starting over.
 TRAIN_FILES = (CHECKPOINTS, GRIDS, TENSORBOARD, EPOCH_RECORDS, METADATA, CONFIG, RUN_RECORD, SPLIT_FILE)
-# What `fedgai simulate` writes into a workspace besides data/ (generated demo studios, kept for reuse).
-SIMULATE_FILES = ("nvflare", "studios", "server_state")
+# What `fedgai simulate` writes into a workspace. Kept by --overwrite: data/ (generated demo studios, reused) and
+# nvflare/local/ (site configuration the user put there, e.g. a studio privacy policy: the simulator copies it to
+# every site).
+SIMULATE_FILES = ("studios", "server_state", "nvflare")
+SIMULATOR_CONFIG = "local"
 
 
 class RunFolderError(ValueError):
@@ -147,7 +150,7 @@ def prepare_workspace(workspace: Path, resume: bool, overwrite: bool) -> None:
     """A simulator workspace is continued (--resume), cleared (--overwrite) or must hold no earlier run."""
     if resume and overwrite:
         raise RunFolderError("--resume and --overwrite contradict each other; pass one")
-    existing = _present(workspace, SIMULATE_FILES)
+    existing = _simulation_outputs(workspace)
     if resume and not (workspace / "server_state").is_dir():
         raise RunFolderError(f"--resume: {workspace} holds no saved federation state (server_state/); drop "
                              "--resume to start a new run")
@@ -156,6 +159,15 @@ def prepare_workspace(workspace: Path, resume: bool, overwrite: bool) -> None:
     elif existing and not resume:
         raise RunFolderError(f"{workspace} already holds a simulation; pass --resume to continue an interrupted "
                              "one, --overwrite to start over, or choose a new --workspace")
+
+
+def _simulation_outputs(workspace: Path) -> list[Path]:
+    """What an earlier simulation left in ``workspace`` (the simulator's site configuration is not an output)."""
+    outputs = _present(workspace, SIMULATE_FILES[:-1])
+    nvflare = workspace / SIMULATE_FILES[-1]
+    if nvflare.is_dir():
+        outputs += sorted(p for p in nvflare.iterdir() if p.name != SIMULATOR_CONFIG)
+    return outputs
 
 
 def resume_hint(argv: Sequence[str], resumable: bool) -> str:
