@@ -109,7 +109,8 @@ def measure(profile_name: str, studios: int, rounds: int, threads: int | None, r
     cfg = profile(profile_name)
     data = root / "data"
     if not data.is_dir():
-        make_demo(data, studios=studios, size=max(64, cfg.model.image_size), progress=False)
+        make_demo(data, studios=studios, size=max(64, cfg.model.image_size), progress=False,
+                  unpaired=cfg.data.demo_unpaired)
     workspace = root / f"run-threads-{threads or studios}"
     shutil.rmtree(workspace, ignore_errors=True)  # a fresh run: no resume state or checkpoints from an earlier one
     load = os.getloadavg()[0]
