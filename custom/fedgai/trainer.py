@@ -339,7 +339,7 @@ class StudioTrainer:
         self.epoch = state["epoch"]
         torch.set_rng_state(state["torch_rng"])
 
-    # ------------------------------------------------------------------ what crosses the wire (federated.keys)
+    # ------------------------------------------------------------------ what crosses the wire (sharing.py)
     def shared_state(self) -> dict[str, torch.Tensor]:
         """Detached CPU copies of the entries this studio shares in its federation mode."""
         return shared_state(self._networks(), self.cfg.fed.mode, per_sample_networks(self.cfg))
