@@ -12,7 +12,7 @@ from typing import Any
 
 from fedgai.config import ENCODERS, FED_MODES, PROFILES, ConfigError, FedgaiConfig, profile
 from fedgai.data import DEMO_STYLES, SKETCH_STYLES, StudioDataError
-from fedgai.layout import CHECKPOINT, CONFIG, EPOCH_RECORDS
+from fedgai.layout import CHECKPOINT, CONFIG, EPOCH_RECORDS, WORKSPACE_STATE
 from fedgai.models import EncoderUnavailable
 from fedgai.rundir import (
     prepare_train_run,
@@ -404,7 +404,7 @@ def add_simulate_parser(sub) -> None:
     add_follow_symlinks_arg(p)
     add_device_arg(p)
     add_config_args(p)
-    p.set_defaults(func=cmd_simulate, resumable=lambda args: (args.workspace / "server_state").is_dir())
+    p.set_defaults(func=cmd_simulate, resumable=lambda args: (args.workspace / WORKSPACE_STATE).is_dir())
 
 
 def add_job_parsers(sub) -> None:

@@ -15,6 +15,14 @@ A studio run folder (`fedgai train-local --out`, or `<output root>/<site>` in a 
     run.json              the studio folder a train-local --resume must match
 
 The server writes ``round-NNN.json`` (one summary per round) and ``global-round-NNN.*`` (the global model).
+
+A `fedgai simulate` workspace::
+
+    data/           generated demo studios (kept by --overwrite, reused)
+    studios/<site>  each studio's run folder (above)
+    server_state/   the server's resume state
+    nvflare/        NVFlare's simulator workspace (server/simulate_job/ holds the round summaries; local/ is
+                    site configuration the simulator copies to every site)
 """
 
 from __future__ import annotations
@@ -33,6 +41,10 @@ TENSORBOARD = "tensorboard"
 DP_LEDGER = "dp_ledger.json"
 RUN_RECORD = "run.json"
 ROUND_SUMMARY_GLOB = "round-[0-9][0-9][0-9].json"
+WORKSPACE_DATA = "data"
+WORKSPACE_STUDIOS = "studios"
+WORKSPACE_STATE = "server_state"
+WORKSPACE_NVFLARE = "nvflare"
 
 
 def round_summary_name(rnd: int) -> str:

@@ -30,6 +30,9 @@ from fedgai.layout import (
     RUN_RECORD,
     SPLIT_FILE,
     TENSORBOARD,
+    WORKSPACE_NVFLARE,
+    WORKSPACE_STATE,
+    WORKSPACE_STUDIOS,
 )
 
 # What `fedgai train-local` writes into a run folder. The DP ledger is not listed: privacy spent on a
@@ -38,7 +41,7 @@ TRAIN_FILES = (CHECKPOINTS, GRIDS, TENSORBOARD, EPOCH_RECORDS, METADATA, CONFIG,
 # What `fedgai simulate` writes into a workspace. Kept by --overwrite: data/ (generated demo studios, reused) and
 # nvflare/local/ (site configuration the user put there, e.g. a studio privacy policy: the simulator copies it to
 # every site).
-SIMULATE_FILES = ("studios", "server_state", "nvflare")
+SIMULATE_FILES = (WORKSPACE_STUDIOS, WORKSPACE_STATE, WORKSPACE_NVFLARE)
 SIMULATOR_CONFIG = "local"
 
 
@@ -151,7 +154,7 @@ def prepare_workspace(workspace: Path, resume: bool, overwrite: bool) -> None:
     if resume and overwrite:
         raise RunFolderError("--resume and --overwrite contradict each other; pass one")
     existing = _simulation_outputs(workspace)
-    if resume and not (workspace / "server_state").is_dir():
+    if resume and not (workspace / WORKSPACE_STATE).is_dir():
         raise RunFolderError(f"--resume: {workspace} holds no saved federation state (server_state/); drop "
                              "--resume to start a new run")
     if existing and overwrite:

@@ -18,7 +18,7 @@ import torch
 
 from fedgai.data.split import StudioSplit
 from fedgai.federated.summary import round_summaries_below
-from fedgai.layout import CHECKPOINT, EPOCH_RECORDS, ROUND_RECORDS, SPLIT_FILE
+from fedgai.layout import CHECKPOINT, EPOCH_RECORDS, ROUND_RECORDS, SPLIT_FILE, WORKSPACE_DATA
 
 
 class RunLayoutError(ValueError):
@@ -68,7 +68,7 @@ class Run:
     @property
     def default_data(self) -> list[Path]:
         """WORKSPACE/data, where `fedgai simulate` generates its demo studios."""
-        return [root / "data" for root in self.roots if (root / "data").is_dir()]
+        return [root / WORKSPACE_DATA for root in self.roots if (root / WORKSPACE_DATA).is_dir()]
 
     def studio(self, name: str) -> StudioRun | None:
         return next((s for s in self.studios if s.studio == name), None)

@@ -29,6 +29,7 @@ from fedgai.federated.controller import OUTPUT_DIR
 from fedgai.federated.job import build_job
 from fedgai.federated.progress import RoundProgress
 from fedgai.federated.summary import SummaryError, new_round_summaries, read_round_summaries
+from fedgai.layout import WORKSPACE_DATA, WORKSPACE_NVFLARE, WORKSPACE_STATE, WORKSPACE_STUDIOS
 from fedgai.losses import clip_preflight
 from fedgai.polling import Poller
 from fedgai.rundir import prepare_workspace
@@ -73,7 +74,7 @@ def studio_folders(data_dir: Path, studios: int) -> dict[str, Path]:
 
 def server_dir(workspace: Path) -> Path:
     """The simulated server's run folder."""
-    return workspace / "nvflare" / "server" / SIM_JOB_DIR
+    return workspace / WORKSPACE_NVFLARE / "server" / SIM_JOB_DIR
 
 
 def check_run(workspace: Path, rounds: int, output_dir: str = OUTPUT_DIR) -> list[dict]:
@@ -152,26 +153,26 @@ def simulate(
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, num_threads=split))
     workspace = Path(workspace).resolve()
     if data_dir is None:
-        data_dir = workspace / "data"
+        data_dir = workspace / WORKSPACE_DATA
         if not data_dir.is_dir():
             from fedgai.data import make_demo
 
             make_demo(data_dir, studios=studios, size=max(64, cfg.model.image_size), unpaired=cfg.data.demo_unpaired)
     sites = studio_folders(Path(data_dir), studios)
-    sim_workspace = workspace / "nvflare"
+    sim_workspace = workspace / WORKSPACE_NVFLARE
     if cfg.privacy.he:
         from fedgai.federated.he_job import HE_UNREADABLE_BOUNDS, build_he_job, he_job_config
         from fedgai.federated.he_keys import prepare_simulator_he
         from fedgai.federated.he_server import HE_OUTPUT_DIR
 
         log.warning("HE: the server cannot read updates, so fed.%s are off", " and fed.".join(HE_UNREADABLE_BOUNDS))
-        job = build_he_job(he_job_config(cfg), sites, output_root=workspace / "studios",
-                           checkpoint_dir=str(workspace / "server_state"), save_outbound_arrays=save_outbound_arrays)
+        job = build_he_job(he_job_config(cfg), sites, output_root=workspace / WORKSPACE_STUDIOS,
+                           checkpoint_dir=str(workspace / WORKSPACE_STATE), save_outbound_arrays=save_outbound_arrays)
         prepare_simulator_he(sim_workspace)
         out = server_dir(workspace) / HE_OUTPUT_DIR
     else:
-        job = build_job(cfg, sites, output_root=workspace / "studios",
-                        checkpoint_dir=str(workspace / "server_state"), save_outbound_arrays=save_outbound_arrays)
+        job = build_job(cfg, sites, output_root=workspace / WORKSPACE_STUDIOS,
+                        checkpoint_dir=str(workspace / WORKSPACE_STATE), save_outbound_arrays=save_outbound_arrays)
         out = server_dir(workspace) / OUTPUT_DIR
     run_simulator(job, workspace, list(sites), threads, out)
     summaries = check_run(workspace, cfg.fed.rounds, out.name)
@@ -183,7 +184,8 @@ def run_simulator(job, workspace: Path, sites: list[str], threads: int, out: Pat
     """NVFlare's simulator on ``job`` in ``workspace/nvflare``, one progress line per round from ``out``."""
     log_config = quiet_console_log_config(workspace / LOG_CONFIG)
     with no_progress_bars(), ProgressPrinter(out):
-        code = job.simulator_run(str(workspace / "nvflare"), clients=sites, threads=threads, log_config=str(log_config))
+        code = job.simulator_run(str(workspace / WORKSPACE_NVFLARE), clients=sites, threads=threads,
+                                 log_config=str(log_config))
     if code != 0:
         raise SimulationError(f"the NVFlare simulator exited with code {code}; see {server_dir(workspace)}/log.txt")
 
