@@ -160,7 +160,8 @@ def test_unpaired_photos_reach_g_only_through_the_critics(test_cfg, unpaired_stu
     for critic in ("adversarial", "structure"):
         assert terms[0][critic].item() != terms[1][critic].item()
     assert json.loads((t.run_dir / "metadata.json").read_text())["unpaired_photos"] == 6
-    assert t.train_epochs(1)["adversarial"] == pytest.approx(t.train_epochs(1)["adversarial"], abs=10)  # it runs
+    t.train_epochs(1)
+    assert len(t.unpaired._cache) > 0  # training drew unpaired photos
 
 
 def test_unpaired_photos_change_nothing_unless_asked(test_cfg, unpaired_studio, tmp_path):

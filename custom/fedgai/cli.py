@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import re
@@ -45,6 +46,7 @@ def setting(text: str) -> tuple[str, Any]:
         return key, raw
 
 
+@functools.cache
 def settings_table() -> str:
     """Every setting --set reaches, with its value in each profile (the help's epilog)."""
     profiles = {name: profile(name).to_dict() for name in sorted(PROFILES)}

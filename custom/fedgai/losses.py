@@ -113,7 +113,7 @@ class ClipLoss(nn.Module):
 
 def load_clip(cfg: LossConfig) -> tuple[ClipLoss | None, ClipStatus]:
     """open_clip's model from a pretrained tag or local checkpoint; offline, say so once and disable the term."""
-    if cfg.clip == 0 or cfg.clip_pretrained == "none":
+    if clip_off(cfg):
         return None, ClipStatus(False, "disabled in config (loss.clip = 0 or loss.clip_pretrained = 'none')")
     visual, reason = _clip_visual(cfg.clip_model, cfg.clip_pretrained)
     if visual is None:
@@ -153,7 +153,12 @@ def _is_file(source: str) -> bool:
     return "/" in source or source.endswith((".pt", ".bin", ".safetensors"))
 
 
-def hub_offline() -> bool:
+def clip_off(cfg: LossConfig) -> bool:
+    """The config switches the CLIP term off (weight 0, or no weights to load)."""
+    return cfg.clip == 0 or cfg.clip_pretrained == "none"
+
+
+def hub_marked_offline() -> bool:
     """HF_HUB_OFFLINE as huggingface_hub reads it."""
     from huggingface_hub import constants
 
@@ -165,7 +170,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub answers a TCP connection, asked once per process. When it does not,
     HF_HUB_OFFLINE is set for this process and the studio processes it starts, so that none of them spends
     the download's retries (and their multi-line errors) on it."""
-    if hub_offline():
+    if hub_marked_offline():
         return False
     from huggingface_hub import constants
 
@@ -192,7 +197,7 @@ def _connects(host: str, port: int, timeout: float) -> bool:
 def clip_preflight(cfg: LossConfig) -> None:
     """Before studios start (``fedgai simulate``): one console line when the CLIP term will be off because the
     hub is out of reach, instead of one download attempt per studio."""
-    if cfg.clip == 0 or cfg.clip_pretrained == "none" or _is_file(cfg.clip_pretrained) or hub_offline():
+    if clip_off(cfg) or _is_file(cfg.clip_pretrained) or hub_marked_offline():
         return
     if not hub_reachable():
         print(f"CLIP: the Hugging Face hub cannot be reached; studios use {cfg.clip_model}/{cfg.clip_pretrained} "

@@ -169,7 +169,8 @@ class StudioTrainer:
         ``real``: the batch's encoder features when the caller has them (the cache); computed otherwise.
         ``unpaired``: photos without a sketch, judged by the critics alongside the paired fakes."""
         photo, sketch = photo.to(self.device), sketch.to(self.device)
-        real = real or self._real_features(photo, sketch)
+        if real is None:
+            real = self._real_features(photo, sketch)
         with self._autocast():
             with record_function("G forward"):
                 fake = self.generator(real.photo_taps)

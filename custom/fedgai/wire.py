@@ -23,6 +23,10 @@ BUDGET_EXHAUSTED_KEY = "dp_budget_exhausted"  # the studio's privacy budget is s
 # inside a studio only: the HE decryptor tells the training script it refused the decrypted global
 GLOBAL_REFUSED_META_KEY = "fedgai_global_refused"
 
+# Under DP every studio sends this count (NUM_STEPS_CURRENT_ROUND): the true pair count would leak the data set's
+# size un-noised, so every studio weighs the same.
+DP_WEIGHT = 1
+
 # The DP bookkeeping (client.py, privacy/filter.py): its presence marks a DP result.
 DP_META = frozenset({DP_EPSILON_META_KEY, DP_DELTA_META_KEY, DP_NOISE_META_KEY, DP_CLIP_META_KEY,
                      BUDGET_EXHAUSTED_KEY})

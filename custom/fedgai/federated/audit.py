@@ -29,13 +29,12 @@ from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
 
 from fedgai.privacy.policy import load_site_policy
-from fedgai.wire import DP_META, RELEASABLE_META
+from fedgai.wire import DP_META, DP_WEIGHT, RELEASABLE_META
 
 AUDIT_DIR = "fedgai_outbound"
 LOG_FILE = "outbound.jsonl"
 EVENT_LOG_FILE = "events.jsonl"
 SCALARS = (bool, int, float, str)
-DP_WEIGHT = 1  # under DP every studio weighs the same (client.DP_EQUAL_WEIGHT)
 
 
 def describe(data: dict) -> dict[str, dict]:

@@ -47,14 +47,13 @@ from fedgai.wire import (
     CONFIG_META_KEY,
     DP_EPSILON_META_KEY,
     DP_RELEASABLE_META,
+    DP_WEIGHT,
     FINGERPRINT_META_KEY,
     GLOBAL_REFUSED_META_KEY,
 )
 
 DATA_ROOT_ENV = "FEDGAI_DATA_ROOT"
 OUTPUT_ROOT_ENV = "FEDGAI_OUTPUT_ROOT"
-# Under DP every studio weighs the same: the true pair count would leak the dataset size un-noised.
-DP_EQUAL_WEIGHT = 1
 RESUME_OWNER_KEY = "resume_owner"  # in the checkpoint's metadata: {"job_id", "config_hash"} of the job that wrote it
 
 
@@ -140,7 +139,7 @@ def releasable(result: FLModel, cfg: FedgaiConfig) -> FLModel:
     if not dp_enabled(cfg):
         return result
     meta = {k: v for k, v in (result.meta or {}).items() if k in DP_RELEASABLE_META}
-    meta[FLMetaKey.NUM_STEPS_CURRENT_ROUND] = DP_EQUAL_WEIGHT
+    meta[FLMetaKey.NUM_STEPS_CURRENT_ROUND] = DP_WEIGHT
     if result.params is None:  # a notice: an empty METRICS result (the DP filter forwards only flagged ones)
         return FLModel(metrics={}, meta=meta, current_round=result.current_round)
     return FLModel(params=result.params, params_type=result.params_type, meta=meta,
