@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from torch.profiler import record_function
 from torch.utils.tensorboard import SummaryWriter
-from torchvision.utils import save_image
 from tqdm import tqdm
 
 from fedgai.config import FedgaiConfig
@@ -307,6 +306,8 @@ class StudioTrainer:
         rows = torch.stack([photo, fake.expand(-1, 3, -1, -1), sketch.expand(-1, 3, -1, -1)], 1).flatten(0, 1)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        from torchvision.utils import save_image  # torchvision costs ~160 MB per process; only grids need it
+
         save_image((rows + 1) / 2, path, nrow=3, padding=2, pad_value=1.0)
         return path
 

@@ -24,12 +24,16 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-from opacus.accountants import PRVAccountant, RDPAccountant
-from opacus.accountants.accountant import IAccountant
-from opacus.accountants.utils import get_noise_multiplier
+from typing import TYPE_CHECKING
 
-ACCOUNTANTS: dict[str, type[IAccountant]] = {"rdp": RDPAccountant, "prv": PRVAccountant}
+import numpy as np
+
+if TYPE_CHECKING:
+    from opacus.accountants.accountant import IAccountant
+
+# Opacus (and the SciPy it pulls in, ~120 MB per process) is imported only when epsilon is computed:
+# every studio process imports this module for its budget check, most never run DP.
+ACCOUNTANTS = ("rdp", "prv")
 CLIENT_LEVEL_SAMPLE_RATE = 1.0
 # Client-level sensitivity in units of the clip norm C: replacing a studio's data moves its clipped update by
 # up to 2C (add/remove would be C, but a studio always sends an update, so only replacement is meaningful).
@@ -65,7 +69,9 @@ class Step:
 def _accountant(name: str) -> IAccountant:
     if name not in ACCOUNTANTS:
         raise ValueError(f"unknown accountant {name!r}; choose one of {', '.join(ACCOUNTANTS)}")
-    return ACCOUNTANTS[name]()
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    return {"rdp": RDPAccountant, "prv": PRVAccountant}[name]()
 
 
 def compute_epsilon(steps: Sequence[Step], delta: float, accountant: str = "rdp") -> float:
@@ -88,6 +94,8 @@ def calibrate_noise(
 ) -> float:
     """Smallest noise multiplier (to 0.01 in epsilon) whose ``steps`` releases stay within target_epsilon."""
     _accountant(accountant)
+    from opacus.accountants.utils import get_noise_multiplier
+
     with np.errstate(divide="ignore"):
         return float(
             get_noise_multiplier(
