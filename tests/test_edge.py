@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import subprocess
@@ -241,6 +242,21 @@ def test_compress_with_a_moved_studio_folder_or_another_studio_is_a_clear_error(
     assert main(["compress", "--model", str(teacher), "--studio", str(other), "--out", str(tmp_path / "c.pt"),
                  *FAST_EDGE]) == 2
     assert "trained on" in capsys.readouterr().err and not (tmp_path / "c.pt").exists()
+
+
+def test_evaluate_scores_the_compressed_generator_beside_the_full_one_on_the_same_test_pairs(teacher, compressed,
+                                                                                            tmp_path, capsys):
+    run = Path(shutil.copytree(teacher, tmp_path / "run"))
+    student = run / "checkpoints" / "compressed.pt"
+    assert main(["compress", "--model", str(run), "--out", str(student), *FAST_EDGE]) == 0  # the recorded studio
+    fast = ["--feature-size", "64", "--style-pairs", "12", "--gallery-rows", "2", "--threads", "1"]
+    assert main(["evaluate", str(run), str(student), "--out", str(tmp_path / "eval"), *fast]) == 0
+    with (tmp_path / "eval" / "metrics.csv").open() as fh:
+        full, lite = csv.DictReader(fh)
+    assert lite["run"] == full["run"] + " compressed" and lite["studio"] == full["studio"]
+    assert lite["n_test"] == full["n_test"] and lite["SSIM"] != full["SSIM"]  # same pairs, other generator
+    assert main(["evaluate", str(compressed), "--out", str(tmp_path / "loose")]) == 2  # no run folder around it
+    assert "no test pairs to score it on" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("dp", ["record", "none"])

@@ -12,7 +12,7 @@ import pytest
 
 from fedgai.config import profile
 from fedgai.federated.progress import RoundProgress
-from fedgai.federated.simulate import ProgressPrinter, check_run, simulate
+from fedgai.federated.simulate import ProgressPrinter, check_run, pool_size, simulate, studio_memory_mb
 
 
 def summary(rnd: int, started: float, ended: float, total: int = 3, **extra) -> dict:
@@ -90,3 +90,27 @@ def test_simulation_prints_one_progress_line_per_round_and_keeps_each_trainer(de
 def test_threads_outside_one_to_studios_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"threads must be between 1 and the number of studios \(2\), got 3"):
         simulate(profile("test").with_overrides({"fed.rounds": 1}), 2, tmp_path, Path(tmp_path), threads=3)
+
+
+def test_the_pool_gives_every_studio_its_process_while_memory_holds_them_else_as_many_as_fit():
+    cfg = profile("test")
+    one = studio_memory_mb(cfg) * 1e6
+    assert pool_size(32, cfg, int(100 * one)) == 32  # all fit: no studio restarts between rounds
+    assert pool_size(32, cfg, int(12.1 * one)) == 9  # 75 % of 12.1 studios' memory holds 9
+    assert pool_size(32, cfg, 0) == 1  # never none
+    assert studio_memory_mb(profile("quick")) > studio_memory_mb(cfg)  # larger batches of larger images
+
+
+def test_simulate_prints_the_pool_it_chose(demo_root, tmp_path, capsys, monkeypatch):
+    """The choice is made (and said) before the simulator starts; here the run is stopped right there."""
+    import fedgai.federated.simulate as sim
+
+    def stop(*args):
+        raise RuntimeError("stopped before the simulator")
+
+    monkeypatch.setattr(sim, "run_simulator", stop)
+    with pytest.raises(RuntimeError, match="stopped"):
+        simulate(profile("test").with_overrides({"fed.rounds": 1}), 2, tmp_path / "ws", demo_root)
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("simulator pool:"))
+    assert re.fullmatch(r"simulator pool: 2 of 2 studios at once \(one process per studio; ~0\.\d GB each, \d+\.\d GB "
+                        r"available, \d+ cores; --threads N to choose\)", line)

@@ -223,7 +223,8 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         "data.follow_symlinks": args.follow_symlinks, "fed.rounds": args.rounds, "fed.mode": args.mode,
         "privacy.he": args.he or None})
     try:
-        simulate(cfg, args.studios, args.workspace, args.data, resume=args.resume, overwrite=args.overwrite)
+        simulate(cfg, args.studios, args.workspace, args.data, resume=args.resume, overwrite=args.overwrite,
+                 threads=args.threads)
     except SimulationError as err:  # the run failed: the message names the log to read
         raise SystemExit(f"error: {err}") from err
 
@@ -401,6 +402,8 @@ def add_simulate_parser(sub) -> None:
     p.add_argument("--mode", choices=FED_MODES,
                    help="fedgai (D without BN, default) or a baseline")
     p.add_argument("--he", action="store_true", help="secure aggregation with CKKS (simulator keys)")
+    p.add_argument("--threads", type=int, help="studio processes at once (default: one per studio while the "
+                   "machine's memory holds them, else as many as fit; a swapped studio restarts every round)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --workspace")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --workspace (keeps data/)")
     add_follow_symlinks_arg(p)

@@ -4,6 +4,8 @@ summaries, and each studio's data folder.
 A *studio run folder* holds checkpoints/last.pt and split.json. It is the folder itself for `fedgai
 train-local`; WORKSPACE/studios/<site>/ for `fedgai simulate`; somewhere inside a POC or provisioned job's
 downloaded result. Round summaries are the server's round-NNN.json files, wherever they are below the run.
+A checkpoint file inside a studio run folder's checkpoints/ (e.g. the compressed generator `fedgai compress`
+wrote there) is a run of its own: that generator, scored on its run folder's test pairs.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 
 from fedgai.data.split import StudioSplit
 from fedgai.federated.summary import round_summaries_below
-from fedgai.layout import CHECKPOINT, EPOCH_RECORDS, ROUND_RECORDS, SPLIT_FILE, WORKSPACE_DATA
+from fedgai.layout import CHECKPOINT, CHECKPOINTS, EPOCH_RECORDS, ROUND_RECORDS, SPLIT_FILE, WORKSPACE_DATA
 
 
 class RunLayoutError(ValueError):
@@ -34,10 +36,7 @@ class StudioRun:
     config: dict[str, Any]
     metadata: dict[str, Any]
     split: StudioSplit
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.folder / CHECKPOINT
+    checkpoint: Path
 
     @property
     def recorded_data(self) -> Path | None:
@@ -81,23 +80,26 @@ def find_studio_folders(root: Path) -> list[Path]:
     return sorted(p.parent.parent for p in root.rglob(str(CHECKPOINT)) if (p.parent.parent / SPLIT_FILE).is_file())
 
 
-def load_studio_run(folder: Path) -> StudioRun:
-    """Read a studio run folder's checkpoint header and split; errors say which file is wrong."""
+def load_studio_run(folder: Path, checkpoint: Path | None = None) -> StudioRun:
+    """Read a studio run folder's checkpoint header (checkpoints/last.pt, or `checkpoint`) and split; errors
+    say which file is wrong."""
+    checkpoint = folder / CHECKPOINT if checkpoint is None else checkpoint
     if not (folder / SPLIT_FILE).is_file():
         raise RunLayoutError(f"{folder} has a checkpoint but no {SPLIT_FILE}: it was trained without a held-out "
                              "split, so there are no test pairs to evaluate on")
     try:  # weights_only: a checkpoint is data; unpickling arbitrary objects would run the code they name
-        state = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True)
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        raise RunLayoutError(f"{folder / CHECKPOINT} is not a fedgai studio checkpoint "
+        raise RunLayoutError(f"{checkpoint} is not a fedgai studio checkpoint "
                              f"({str(err).splitlines()[0]})") from err
     if not isinstance(state, dict) or "config" not in state or "metadata" not in state:
-        raise RunLayoutError(f"{folder / CHECKPOINT} is not a fedgai studio checkpoint (no config/metadata)")
+        raise RunLayoutError(f"{checkpoint} is not a fedgai studio checkpoint (no config/metadata)")
     split = StudioSplit.load(folder / SPLIT_FILE)
     studio = state["metadata"].get("studio", split.studio)
     if split.studio != studio:
         raise RunLayoutError(f"{folder / SPLIT_FILE} is for studio {split.studio!r}, the checkpoint for {studio!r}")
-    return StudioRun(folder=folder, studio=studio, config=state["config"], metadata=state["metadata"], split=split)
+    return StudioRun(folder=folder, studio=studio, config=state["config"], metadata=state["metadata"], split=split,
+                     checkpoint=checkpoint)
 
 
 def run_mode(studios: list[StudioRun]) -> str:
@@ -113,9 +115,24 @@ def run_mode(studios: list[StudioRun]) -> str:
     return mode + "+he" if privacy.get("he") else mode
 
 
+def load_checkpoint_run(checkpoint: Path, label: str | None = None) -> Run:
+    """One generator checkpoint in a studio run folder's checkpoints/ (e.g. compressed.pt): scored on that run
+    folder's test pairs, labelled by its training mode and, for `fedgai compress` output, "compressed"."""
+    folder = checkpoint.parent.parent
+    if checkpoint.parent.name != CHECKPOINTS or not (folder / SPLIT_FILE).is_file():
+        raise RunLayoutError(f"{checkpoint} is not inside a studio run folder's {CHECKPOINTS}/ with a {SPLIT_FILE} "
+                             "beside it, so there are no test pairs to score it on; pass a run folder")
+    studio_run = load_studio_run(folder, checkpoint)
+    mode = run_mode([studio_run]) + (" compressed" if studio_run.metadata.get("compressed") else "")
+    return Run(roots=[checkpoint], label=label or mode, mode=mode, studios=[studio_run])
+
+
 def load_run(root: Path, label: str | None = None) -> Run:
-    """A run folder of any kind (train-local, simulator workspace, downloaded job result)."""
+    """A run folder of any kind (train-local, simulator workspace, downloaded job result), or one checkpoint
+    file inside a studio run folder."""
     root = Path(root)
+    if root.is_file():
+        return load_checkpoint_run(root, label)
     if not root.is_dir():
         raise RunLayoutError(f"run folder {root} does not exist")
     folders = find_studio_folders(root)

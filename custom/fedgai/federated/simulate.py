@@ -1,7 +1,8 @@
 """Run the FedGAI federation on this machine in NVFlare's simulator, then say where everything landed.
 
-Every studio runs in its own simulator thread (process) for the whole run; the console shows one progress
-line per round (progress.py) while NVFlare's full log goes to the log files.
+Every studio runs in its own simulator thread (process) for the whole run when the machine's memory holds them
+all (else a bounded pool: pool_size); the console shows one progress line per round (progress.py) while
+NVFlare's full log goes to the log files.
 
     fedgai simulate --studios 8 --rounds 3 --workspace runs/sim
 
@@ -20,6 +21,7 @@ import os
 import time
 from pathlib import Path
 
+import psutil
 from nvflare.apis.fl_constant import WorkspaceConstants
 from nvflare.fuel.utils import log_utils
 
@@ -41,8 +43,44 @@ LOG_CONFIG = "nvflare_log_config.json"
 PROGRESS_POLL_S = 0.5
 
 
+# What one studio's simulator process takes (PSS, MB; benchmarks/scale.py and benchmarks/federation.py measure
+# it): a fixed part (Python, torch, NVFlare, fedgai, the encoder) and a part that grows with the pixels of a
+# step's batch (activations, the feature cache), calibrated on the test profile (32 px) and the quick one.
+STUDIO_BASE_MB = 600
+STUDIO_MB_PER_BATCH_MPIXEL = 3300
+# Share of the memory available at start that the studios' processes may take (the server and the rest of the
+# machine keep the remainder).
+POOL_MEMORY_SHARE = 0.75
+
+
 class SimulationError(RuntimeError):
     """The simulator did not produce a complete run."""
+
+
+def studio_memory_mb(cfg: FedgaiConfig) -> float:
+    """Estimated peak memory of one studio's simulator process at these settings."""
+    pixels = (cfg.train.batch_size + cfg.train.unpaired_batch) * cfg.model.image_size ** 2
+    return STUDIO_BASE_MB + STUDIO_MB_PER_BATCH_MPIXEL * pixels / 1e6
+
+
+def pool_size(studios: int, cfg: FedgaiConfig, available_bytes: int) -> int:
+    """Studio processes to run at once: one per studio when they all fit in POOL_MEMORY_SHARE of the available
+    memory (each studio keeps its process, trainer and data: no per-round restarts), else as many as fit
+    (at least one). Cores do not bound it: a waiting studio costs memory, not CPU, while a swapped-out one
+    restarts its process every round."""
+    fit = int(POOL_MEMORY_SHARE * available_bytes / 1e6 // studio_memory_mb(cfg))
+    return max(1, min(studios, fit))
+
+
+def choose_pool(studios: int, cfg: FedgaiConfig) -> int:
+    """pool_size for this machine's available memory, and one line that says what was chosen and why."""
+    available = psutil.virtual_memory().available
+    threads = pool_size(studios, cfg, available)
+    how = "one process per studio" if threads == studios else \
+        f"studios swapped through {threads} processes, each restarting every round: fewer than the studios fit"
+    print(f"simulator pool: {threads} of {studios} studios at once ({how}; ~{studio_memory_mb(cfg) / 1e3:.1f} GB "
+          f"each, {available / 1e9:.1f} GB available, {os.cpu_count()} cores; --threads N to choose)", flush=True)
+    return threads
 
 
 def check_request(cfg: FedgaiConfig, studios: int, data_dir: Path | None) -> None:
@@ -138,14 +176,15 @@ def simulate(
     The request is checked here, once, before the workspace is touched; ``resume``/``overwrite`` as
     rundir.prepare_workspace. Without ``data_dir``, demo studios are generated in ``workspace/data`` (at the
     profile's resolution). ``save_outbound_arrays`` keeps a copy of every array each studio sent (see
-    OutboundAudit). ``threads``: studios run at once (default: all). With fewer threads than studios, NVFlare's
-    simulator swaps studios in and out, restarting each studio's process - and its trainer - every round; with
-    one thread per studio, every studio keeps its process, trainer and data for the whole run.
+    OutboundAudit). ``threads``: studios run at once (default: as many as this machine's memory holds, see
+    pool_size). With fewer threads than studios, NVFlare's simulator swaps studios in and out, restarting each
+    studio's process - and its trainer - every round; with one thread per studio, every studio keeps its
+    process, trainer and data for the whole run.
     """
-    threads = studios if threads is None else threads
-    if not 1 <= threads <= studios:
+    if threads is not None and not 1 <= threads <= studios:
         raise ValueError(f"threads must be between 1 and the number of studios ({studios}), got {threads}")
     check_request(cfg, studios, data_dir)
+    threads = threads or choose_pool(studios, cfg)
     prepare_workspace(Path(workspace), resume=resume, overwrite=overwrite)
     clip_preflight(cfg.loss)
     if cfg.train.num_threads is None:  # studios run side by side: split the cores (at least one torch thread each)
