@@ -69,6 +69,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # shared critic is the only teacher. Needs demo data with photos-unpaired/ (fedgai data demo --unpaired N).
     "local_unpaired": {"fed.mode": "local", "train.unpaired_batch": 8},
     "fedgai_unpaired": {"fed.mode": "fedgai", "train.unpaired_batch": 8},
+    # Sharing structure, not style (issue 15 §4): D plus the generator's coarse decoder stages, summed under CKKS
+    # (the mode runs only with HE or client-level DP), each studio's style guard deciding whether it takes them.
+    # "guard": False is a benchmark-only ablation (the product always guards): every studio takes the stages.
+    "fedgai_struct": {"fed.mode": "fedgai_struct", "privacy.he": True, "transport": "he"},
+    "fedgai_struct_noguard": {"fed.mode": "fedgai_struct", "privacy.he": True, "transport": "he", "guard": False},
 }
 
 
@@ -137,6 +142,17 @@ def save_test_fakes(trainer, path: Path) -> None:
                         pngs=np.array([np.frombuffer(png_bytes(f), np.uint8) for f in fakes], dtype=object))
 
 
+def receive(trainer, global_params: Mapping[str, np.ndarray], guard: bool) -> bool | None:
+    """The studio's receive step (federated/round.py, with its style guard in fedgai_struct); ``guard`` False
+    loads every entry (the benchmark's no-guard ablation). Returns whether it took the generator stages."""
+    from fedgai.federated.round import receive_global
+
+    if not guard:
+        trainer.load_shared(global_params)
+        return None
+    return receive_global(trainer, {k: torch.as_tensor(v) for k, v in global_params.items()}).took_shared_stages
+
+
 def run_federation(variant: str, seed: int, base: dict[str, Any], studios: list[Path], out: Path,
                    scratch: Path, device: str) -> dict[str, Any]:
     """One federation (or local-only run) of every studio; returns per-round val metrics and timings."""
@@ -145,6 +161,7 @@ def run_federation(variant: str, seed: int, base: dict[str, Any], studios: list[
 
     overrides = dict(VARIANTS[variant])
     transport = overrides.pop("transport", "plain")
+    guard = overrides.pop("guard", True)
     cfg = FedgaiConfig.from_dict(base).with_overrides({**overrides, "train.seed": seed})
     name = f"{variant}-seed{seed}"
     started = time.perf_counter()
@@ -153,14 +170,15 @@ def run_federation(variant: str, seed: int, base: dict[str, Any], studios: list[
     global_params = studio_state(next(iter(trainers.values()))) if federated else {}
     # Under DP a studio's true count stays at the studio: equal weights.
     claims = None if cfg.privacy.dp != "none" else {site: t.num_samples for site, t in trainers.items()}
-    rounds, bytes_up = [], 0
+    rounds, bytes_up, took = [], 0, {site: [] for site in trainers}
     for rnd in range(cfg.fed.rounds):
         diffs = {}
         for site, trainer in trainers.items():
             baseline = None
             if federated:
-                trainer.load_shared(global_params)
-                baseline = {k: torch.as_tensor(v) for k, v in global_params.items()}
+                took[site].append(receive(trainer, global_params, guard))
+                # The DIFF is taken from what the studio loaded (its own stages where its guard declined).
+                baseline = trainer.shared_state()
             update = studio_update(trainer, baseline, tag=f" {name} r{rnd}")
             if federated:
                 diff = {k: v.float().numpy() for k, v in update.diff.items()}
@@ -169,7 +187,7 @@ def run_federation(variant: str, seed: int, base: dict[str, Any], studios: list[
         if federated:
             global_params = server_round(cfg, transport, global_params, diffs, claims)
             for trainer in trainers.values():  # the studios' networks after the final round's receive
-                trainer.load_shared(global_params)
+                receive(trainer, global_params, guard)
         rounds.append({site: t.quality() for site, t in trainers.items()})
     (out / name).mkdir(parents=True, exist_ok=True)
     for site, trainer in trainers.items():
@@ -178,7 +196,8 @@ def run_federation(variant: str, seed: int, base: dict[str, Any], studios: list[
     record = {"variant": variant, "seed": seed, "seconds": time.perf_counter() - started, "rounds": rounds,
               "bytes_up_per_studio_round": bytes_up / max(1, cfg.fed.rounds * len(trainers)),
               "n_train": {s: t.num_samples for s, t in trainers.items()},
-              "dp_epsilon": {s: t.dp_epsilon() for s, t in trainers.items()}}
+              "dp_epsilon": {s: t.dp_epsilon() for s, t in trainers.items()},
+              "took_shared_stages": took}  # per studio and round: its style guard's decision (None: no guard)
     (out / name / "run.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 

@@ -18,13 +18,13 @@ from torch import nn
 from torch.nn.utils import spectral_norm
 
 from fedgai.cli import main
-from fedgai.config import FED_MODES, profile
+from fedgai.config import FED_MODES, GUARANTEE_BREAKING_MODES, profile
 from fedgai.federated.aggregation import weighted_mean
 from fedgai.federated.audit import AUDIT_DIR, LOG_FILE
-from fedgai.federated.client import load_global, local_round, open_trainer, resolve_studio, save_round, studio_map
+from fedgai.federated.client import local_round, open_trainer, resolve_studio, save_round, studio_map
 from fedgai.federated.controller import OUTPUT_DIR, FilteredFedAvg, initial_global
 from fedgai.federated.job import build_job
-from fedgai.federated.round import apply_update
+from fedgai.federated.round import apply_update, receive_global
 from fedgai.federated.simulate import SimulationError, check_run, server_dir, simulate
 from fedgai.federated.validation import contribution_problem, update_norm, update_norm_bound
 from fedgai.models import build_discriminator
@@ -316,7 +316,7 @@ def _global_for(trainer: StudioTrainer, scale: float) -> dict[str, torch.Tensor]
 def test_studio_loads_the_global_d_but_keeps_its_bn_and_spectral_state(trainer):
     d = trainer.discriminator
     before = {k: v.clone() for k, v in d.state_dict().items()}
-    load_global(trainer, _global_for(trainer, 0.5))
+    receive_global(trainer, _global_for(trainer, 0.5))
     after = d.state_dict()
     local = norm_keys(d) | spectral_state_keys(d)
     for key in before:
@@ -329,12 +329,13 @@ def test_studio_loads_the_global_d_but_keeps_its_bn_and_spectral_state(trainer):
 def test_studio_refuses_entries_it_does_not_share(trainer):
     params = {**_global_for(trainer, 0.0), "discriminator.body.1.running_var": torch.ones(16)}
     with pytest.raises(ValueError, match="unexpected .*running_var"):
-        load_global(trainer, params)
+        receive_global(trainer, params)
 
 
 @pytest.mark.parametrize("mode", FED_MODES)
 def test_studio_round_sends_a_diff_of_the_mode_keys(studio_dir, tmp_path, mode):
-    cfg = profile("test").with_overrides({"fed.mode": mode})
+    # A mode that shares generator stages runs only under secure aggregation or client-level DP.
+    cfg = profile("test").with_overrides({"fed.mode": mode, "privacy.he": mode in GUARANTEE_BREAKING_MODES})
     studio = StudioTrainer(cfg, studio_dir, tmp_path)
     received = {k: torch.from_numpy(v) for k, v in initial_global(cfg).items()}
     if mode == "local":  # whatever a server sends, the local-only baseline never loads it

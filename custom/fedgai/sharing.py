@@ -10,6 +10,11 @@ Never shared, in any mode:
   one power-iteration step per forward re-converges ``u`` on the averaged ``weight_orig`` (which is shared);
 - BatchNorm's ``num_batches_tracked`` (an integer counter, not a model parameter);
 - the generator's AdaIN_SD sketch-set statistics: a summary of the studio's private drawings.
+
+``fedgai_struct`` (opt-in) also shares the generator's coarse decoder stages (STRUCTURE_STAGES): where a garment's
+outline and large shapes are decided, from the deepest encoder taps; the fine stages that draw the strokes stay
+local. It needs secure aggregation or client-level DP (config.py refuses it otherwise), and a studio takes the
+received stages only where they do not worsen its own val style (federated/round.py, the style guard).
 """
 
 from __future__ import annotations
@@ -38,10 +43,20 @@ MODE_NETWORKS: dict[str, tuple[str, ...]] = {
     # FedBN (Li et al., ICLR 2021) on the whole GAN: a baseline that measures what sharing the generator would
     # buy while each studio keeps its normalisation layers (where a style lives in G besides AdaIN_SD).
     "fedbn": ("generator", "discriminator"),
+    # D as in FedGAI, plus the generator's coarse decoder stages only (MODE_STAGES); see the module docstring.
+    "fedgai_struct": ("generator", "discriminator"),
     "local": (),
 }
 # Modes whose normalisation layers never leave a studio.
-NORM_LOCAL_MODES = ("fedgai", "fedbn")
+NORM_LOCAL_MODES = ("fedgai", "fedbn", "fedgai_struct")
+# The generator's coarse decoder stages (models.CoarseToFineGenerator): ``start``, the conv on the deepest
+# (stride-16) tap, and ``blocks.0``, the first fusion block (MRFM: the stride-8 tap fused into it, then the first
+# 2x upsampling). Later blocks, ``upsample`` and ``head`` draw the strokes at stride 4..1 and stay local.
+STRUCTURE_STAGES = ("start.", "blocks.0.")
+# Per mode, the state-dict prefixes a network shares (a network not named here shares every entry the rules allow).
+MODE_STAGES: dict[str, dict[str, tuple[str, ...]]] = {"fedgai_struct": {"generator": STRUCTURE_STAGES}}
+# Modes in which a studio takes the received generator entries only if they keep its val style (round.py).
+STYLE_GUARDED_MODES = ("fedgai_struct",)
 
 
 def _module_entries(module: nn.Module, prefix: str) -> list[str]:
@@ -100,7 +115,8 @@ def shared_keys(networks: Mapping[str, nn.Module], mode: str, groupnorm_is_norm:
 
     fedgai: discriminator without normalisation layers (the paper's BN-excluding FedAvg);
     fedavg_bn: the whole discriminator, BN affine parameters and running statistics included;
-    fedavg_full: generator and discriminator; fedbn: both without normalisation layers; local: nothing.
+    fedavg_full: generator and discriminator; fedbn: both without normalisation layers; fedgai_struct: D as in
+    fedgai plus the generator's STRUCTURE_STAGES without normalisation layers; local: nothing.
     """
     if mode not in MODE_NETWORKS:
         raise ValueError(f"unknown federation mode {mode!r}; choose one of {', '.join(MODE_NETWORKS)}")
@@ -112,8 +128,17 @@ def shared_keys(networks: Mapping[str, nn.Module], mode: str, groupnorm_is_norm:
         never |= {k for k in state if k.endswith("num_batches_tracked")}
         if mode in NORM_LOCAL_MODES:
             never |= norm_keys(net, groupnorm_is_norm)
-        keys += [f"{net_name}.{k}" for k in state if k not in never and state[k].is_floating_point()]
+        stages = MODE_STAGES.get(mode, {}).get(net_name)
+        keys += [f"{net_name}.{k}" for k in state if k not in never and state[k].is_floating_point()
+                 and (stages is None or k.startswith(stages))]
     return sorted(keys)
+
+
+def style_guarded_keys(keys: list[str], mode: str) -> list[str]:
+    """The received entries a studio may decline in ``mode`` (the generator's), after its style guard."""
+    if mode not in STYLE_GUARDED_MODES:
+        return []
+    return [key for key in keys if split_key(key)[0] == "generator"]
 
 
 def split_key(key: str) -> tuple[str, str]:

@@ -20,6 +20,9 @@ DP_DELTA_META_KEY = "dp_delta"
 DP_NOISE_META_KEY = "dp_noise_multiplier"
 DP_CLIP_META_KEY = "dp_clip_norm"
 BUDGET_EXHAUSTED_KEY = "dp_budget_exhausted"  # the studio's privacy budget is spent: no update follows
+# fed.mode fedgai_struct: whether the studio took the received generator stages this round (its style guard's
+# one bit; the scores behind it stay at the studio)
+TOOK_SHARED_STAGES_KEY = "fedgai_took_shared_stages"
 # inside a studio only: the HE decryptor tells the training script it refused the decrypted global
 GLOBAL_REFUSED_META_KEY = "fedgai_global_refused"
 
@@ -30,11 +33,14 @@ DP_WEIGHT = 1
 # The DP bookkeeping (client.py, privacy/filter.py): its presence marks a DP result.
 DP_META = frozenset({DP_EPSILON_META_KEY, DP_DELTA_META_KEY, DP_NOISE_META_KEY, DP_CLIP_META_KEY,
                      BUDGET_EXHAUSTED_KEY})
-# What the studio script lets a DP result carry: the (equal) weight, epsilon, the budget flag and the encoder
-# fingerprint (derived from the config, not from the studio's data).
+# What the studio script lets a DP result carry: the (equal) weight, epsilon, the budget flag, the encoder
+# fingerprint (derived from the config, not from the studio's data) and the style guard's bit (not covered by
+# epsilon: docs/privacy.md).
 DP_RELEASABLE_META = frozenset({MetaKey.NUM_STEPS_CURRENT_ROUND, DP_EPSILON_META_KEY, BUDGET_EXHAUSTED_KEY,
-                                FINGERPRINT_META_KEY})
+                                FINGERPRINT_META_KEY, TOOK_SHARED_STAGES_KEY})
 # Everything a result's meta may carry across the wire: the weight, the metrics (not under DP), the encoder
-# fingerprint, the DP bookkeeping, NVFlare's filter history and the HE encryptor's record of what it encrypted.
+# fingerprint, the DP bookkeeping, the style guard's bit, NVFlare's filter history and the HE encryptor's record of
+# what it encrypted.
 RELEASABLE_META = DP_META | {MetaKey.NUM_STEPS_CURRENT_ROUND, MetaKey.INITIAL_METRICS, FINGERPRINT_META_KEY,
-                             MetaKey.FILTER_HISTORY, MetaKey.PROCESSED_KEYS, MetaKey.PROCESSED_ALGORITHM}
+                             MetaKey.FILTER_HISTORY, MetaKey.PROCESSED_KEYS, MetaKey.PROCESSED_ALGORITHM,
+                             TOOK_SHARED_STAGES_KEY}

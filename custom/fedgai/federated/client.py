@@ -33,7 +33,7 @@ from nvflare.client.tracking import SummaryWriter
 
 from fedgai.config import FedgaiConfig
 from fedgai.federated.fingerprint import check_global_model, studio_feature_space
-from fedgai.federated.round import studio_update
+from fedgai.federated.round import receive_global, studio_update
 from fedgai.federated.server_state import config_hash
 from fedgai.layout import ROUND_RECORDS
 from fedgai.privacy import LEDGER_FILE, PrivacyBudgetExceeded, budget_allows_next_round
@@ -50,6 +50,7 @@ from fedgai.wire import (
     DP_WEIGHT,
     FINGERPRINT_META_KEY,
     GLOBAL_REFUSED_META_KEY,
+    TOOK_SHARED_STAGES_KEY,
 )
 
 DATA_ROOT_ENV = "FEDGAI_DATA_ROOT"
@@ -146,13 +147,6 @@ def releasable(result: FLModel, cfg: FedgaiConfig) -> FLModel:
                    current_round=result.current_round)
 
 
-def load_global(trainer: StudioTrainer, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Load the received global entries into the local networks (only what this studio shares is accepted);
-    returns them as the DIFF baseline."""
-    trainer.load_shared(params)
-    return {key: torch.as_tensor(value).detach().clone().cpu() for key, value in params.items()}
-
-
 def local_round(trainer: StudioTrainer, received: FLModel, ledger_path: Path | None = None) -> FLModel:
     """One federated round at a studio: load the global entries, train, return the DIFF update + metrics.
 
@@ -166,12 +160,16 @@ def local_round(trainer: StudioTrainer, received: FLModel, ledger_path: Path | N
     own_space = studio_feature_space(trainer)  # refuse a global D trained on another encoder's features
     if federated:
         check_global_model(own_space, (received.meta or {}).get(FINGERPRINT_META_KEY))
+    took_shared_stages = None
     if federated and (received.meta or {}).get(GLOBAL_REFUSED_META_KEY):
         # The studio's HE decryptor refused the global (he_studio.GlobalCheck, reason in the site log): this
         # round trains from the studio's own D, and the DIFF is taken from it.
         baseline = trainer.shared_state()
+    elif federated:  # only what this studio shares is accepted; fedgai_struct: after the style guard
+        loaded = receive_global(trainer, received.params or {})
+        baseline, took_shared_stages = loaded.baseline, loaded.took_shared_stages
     else:
-        baseline = load_global(trainer, received.params or {}) if federated else {}
+        baseline = {}
     started = time.perf_counter()
     try:
         update = studio_update(trainer, baseline if federated else None, tag=f" round {received.current_round}")
@@ -180,6 +178,8 @@ def local_round(trainer: StudioTrainer, received: FLModel, ledger_path: Path | N
     # train_seconds lets the server tell its own orchestration overhead from the studios' compute.
     metrics = {**update.losses, **trainer.quality(), "train_seconds": time.perf_counter() - started}
     meta = {FLMetaKey.NUM_STEPS_CURRENT_ROUND: trainer.num_samples, FINGERPRINT_META_KEY: own_space}
+    if took_shared_stages is not None:  # the guard's one bit; its scores stay here (and in the studio's metrics)
+        meta[TOOK_SHARED_STAGES_KEY] = took_shared_stages
     epsilon = trainer.dp_epsilon()  # record-level DP-SGD; client-level DP adds its own in the filter
     if epsilon is not None:
         meta[DP_EPSILON_META_KEY] = reported_epsilon(epsilon)

@@ -31,7 +31,7 @@ from nvflare.app_opt.tracking.tb.tb_receiver import TBAnalyticsReceiver
 from nvflare.job_config.api import FedJob
 from nvflare.job_config.defs import FilterType
 
-from fedgai.config import FedgaiConfig, profile
+from fedgai.config import FedgaiConfig, generator_sharing_problem, profile
 from fedgai.environment import scoped_env
 from fedgai.federated.audit import OutboundAudit, OutboundEventAudit
 from fedgai.federated.client import OUTPUT_ROOT_ENV
@@ -166,6 +166,9 @@ def build_job(
     """
     if cfg.privacy.he:  # never fall back to plaintext updates silently
         raise ValueError("privacy.he is set: build the encrypted job with fedgai.federated.he_job.build_he_job")
+    problem = generator_sharing_problem(cfg.fed, cfg.privacy)  # also for a config changed after validation
+    if problem:
+        raise ValueError(problem)
     job = new_job(name, cfg)
     checkpoint_dir = site_folders(job, output_root, checkpoint_dir)
     job.to_server(FilteredFedAvg(config=cfg.to_dict(), checkpoint_dir=checkpoint_dir, task_name=TASK),

@@ -15,6 +15,43 @@ import torch
 
 from fedgai.config import FedgaiConfig
 from fedgai.federated.aggregation import Params, Weight, aggregate, capped_weights, clip_to_median_norm, update_norm
+from fedgai.sharing import style_guarded_keys
+
+
+@dataclass
+class Received:
+    """What a studio loaded from a round's global: the DIFF baseline (the global's entries, and its own for
+    the stages its style guard declined), and whether it took the generator stages (None: no guard in this mode)."""
+
+    baseline: dict[str, torch.Tensor]
+    took_shared_stages: bool | None = None
+
+
+def val_style_score(trainer) -> float:
+    """The studio's own style score, from its held-out val pairs only (lower is better): the Gram distance
+    of generated and real sketches at the encoder's taps (trainer.quality's ``*_gram``). The cross-studio style
+    classifier is not available at a studio in a federation."""
+    return next(value for key, value in trainer.quality().items() if key.endswith("_gram"))
+
+
+def receive_global(trainer, params: Mapping[str, torch.Tensor]) -> Received:
+    """Load a round's global entries. In a style-guarded mode (sharing.STYLE_GUARDED_MODES) the studio scores
+    its val style with its own generator stages and with the received ones, and keeps its own where the
+    received ones score worse; D is always taken. Only the resulting bit may leave the studio."""
+    received = {key: torch.as_tensor(value).detach().clone().cpu() for key, value in params.items()}
+    guarded = style_guarded_keys(sorted(received), trainer.cfg.fed.mode)
+    if not guarded:
+        trainer.load_shared(received)
+        return Received(received)
+    own = trainer.shared_state()
+    own_score = val_style_score(trainer)
+    trainer.load_shared(received)
+    took = val_style_score(trainer) <= own_score
+    if took:
+        return Received(received, True)
+    kept = {**received, **{key: own[key] for key in guarded}}
+    trainer.load_shared(kept)
+    return Received(kept, False)
 
 
 @dataclass

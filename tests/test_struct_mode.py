@@ -1,0 +1,130 @@
+"""fed.mode fedgai_struct (issue 15 §4): what crosses the wire, the refusals, and the studio's style guard."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from nvflare.app_common.abstract.fl_model import FLModel
+
+from fedgai.config import ConfigError, FedgaiConfig, profile
+from fedgai.federated import round as round_mod
+from fedgai.federated.audit import release_meta
+from fedgai.federated.client import local_round, releasable
+from fedgai.federated.controller import initial_global
+from fedgai.federated.job import build_job
+from fedgai.models import build_gan
+from fedgai.sharing import STRUCTURE_STAGES, norm_keys, private_stats_keys, shared_keys, split_key
+from fedgai.trainer import StudioTrainer
+from fedgai.wire import DP_RELEASABLE_META, TOOK_SHARED_STAGES_KEY
+
+HE = {"fed.mode": "fedgai_struct", "privacy.he": True}
+CLIENT_DP = {"fed.mode": "fedgai_struct", "privacy.dp": "client", "privacy.noise_multiplier": 1.0}
+MARK = "generator.start.1.weight_orig"  # a coarse-stage entry the fake style score reads
+
+
+def _networks(cfg: FedgaiConfig) -> dict[str, torch.nn.Module]:
+    gan = build_gan(cfg)
+    return {"generator": gan.generator, "discriminator": gan.discriminator}
+
+
+# ----------------------------------------------------------------------------------------------- wire
+def test_struct_mode_sends_d_as_fedgai_plus_the_coarse_generator_stages_only():
+    cfg = profile("test").with_overrides(HE)
+    nets = _networks(cfg)
+    keys = shared_keys(nets, "fedgai_struct")
+    assert [k for k in keys if k.startswith("discriminator.")] == shared_keys(nets, "fedgai")
+    g_keys = {split_key(k)[1] for k in keys if k.startswith("generator.")}
+    assert all(k.startswith(STRUCTURE_STAGES) for k in g_keys)
+    assert {"start.1.weight_orig", "blocks.0.down.1.weight_orig", "blocks.0.up.1.weight_orig", "blocks.0.skip.weight",
+            "blocks.0.fuse.0.weight_orig", "blocks.0.w"} <= g_keys
+    g = nets["generator"]
+    assert not g_keys & (norm_keys(g) | private_stats_keys(g))  # BatchNorm and AdaIN_SD stay local
+    assert not any(k.startswith(("blocks.1.", "blocks.2.", "upsample.", "head.", "adain.")) for k in g_keys)
+    assert not any(k.endswith(("_u", "_v", "running_mean", "running_var")) for k in g_keys)
+    # the server expects exactly what the studios send
+    assert sorted(initial_global(cfg)) == keys
+
+
+# ----------------------------------------------------------------------------------------------- refusal
+@pytest.mark.parametrize("privacy", [{}, {"privacy.dp": "record"},
+                                     {"privacy.dp": "client", "privacy.noise_multiplier": 0.0}])
+def test_struct_mode_is_refused_without_he_or_noised_client_dp(privacy):
+    with pytest.raises(ConfigError, match="fedgai_struct.*privacy.he.*client"):
+        profile("test").with_overrides({"fed.mode": "fedgai_struct", **privacy})
+
+
+@pytest.mark.parametrize("privacy", [HE, CLIENT_DP])
+def test_struct_mode_runs_with_he_or_client_dp(privacy):
+    assert profile("test").with_overrides(privacy).fed.mode == "fedgai_struct"
+
+
+def test_the_plain_job_refuses_struct_mode_even_from_a_config_changed_after_validation():
+    cfg = profile("test").with_overrides(CLIENT_DP)
+    plain = dataclasses.replace(cfg, privacy=dataclasses.replace(cfg.privacy, dp="none"))
+    with pytest.raises(ValueError, match="server must never see one studio's update"):
+        build_job(plain)
+
+
+# ----------------------------------------------------------------------------------------------- guard
+@pytest.fixture(scope="module")
+def studio(studio_dir, tmp_path_factory) -> StudioTrainer:
+    return StudioTrainer(profile("test").with_overrides(HE), studio_dir, tmp_path_factory.mktemp("struct"))
+
+
+def _received(studio: StudioTrainer, value: float) -> dict[str, torch.Tensor]:
+    return {k: torch.full_like(v, value) for k, v in studio.shared_state().items()}
+
+
+def _fake_style(studio: StudioTrainer, monkeypatch, shared_is_worse: bool) -> None:
+    """A val Gram distance that is 1 with the received (constant 0.5) stages and 0 with the studio's own, or
+    the other way round."""
+    def quality() -> dict[str, float]:
+        received = bool(torch.all(studio.shared_state()[MARK] == 0.5))
+        return {"val_l1": 0.0, "val_gram": float(received == shared_is_worse)}
+
+    monkeypatch.setattr(studio, "quality", quality)
+
+
+def test_guard_keeps_its_own_stages_when_the_shared_ones_worsen_its_style(studio, monkeypatch):
+    own = studio.shared_state()
+    _fake_style(studio, monkeypatch, shared_is_worse=True)
+    loaded = round_mod.receive_global(studio, _received(studio, 0.5))
+    after = studio.shared_state()
+    assert loaded.took_shared_stages is False
+    for key, value in after.items():
+        expected = own[key] if key.startswith("generator.") else torch.full_like(value, 0.5)  # D always taken
+        torch.testing.assert_close(value, expected)
+        torch.testing.assert_close(loaded.baseline[key], expected)  # the DIFF is taken from what was kept
+
+
+def test_guard_takes_the_shared_stages_when_they_improve_its_style(studio, monkeypatch):
+    _fake_style(studio, monkeypatch, shared_is_worse=False)
+    loaded = round_mod.receive_global(studio, _received(studio, 0.5))
+    assert loaded.took_shared_stages is True
+    assert all(torch.all(v == 0.5) for v in studio.shared_state().values())
+
+
+def test_guard_scores_the_studios_own_val_gram_distance(studio):
+    assert round_mod.val_style_score(studio) == studio.quality()["val_gram"]
+
+
+def test_only_the_guards_bit_leaves_under_client_dp(studio_dir, tmp_path):
+    studio = StudioTrainer(profile("test").with_overrides(CLIENT_DP), studio_dir, tmp_path / "studio")
+    received = FLModel(params={k: torch.from_numpy(v) for k, v in initial_global(studio.cfg).items()},
+                       current_round=0)
+    result = local_round(studio, received, tmp_path / "ledger.json")
+    sent = releasable(result, studio.cfg)
+    assert isinstance(sent.meta[TOOK_SHARED_STAGES_KEY], bool)
+    assert sent.metrics is None and set(sent.meta) <= DP_RELEASABLE_META
+    released, _ = release_meta(dict(sent.meta), dp=True)  # the last gate before the wire keeps the bit
+    assert released[TOOK_SHARED_STAGES_KEY] == result.meta[TOOK_SHARED_STAGES_KEY]
+    assert not any(isinstance(v, float) and k != "dp_epsilon" for k, v in released.items())
+
+
+def test_modes_without_the_guard_send_no_bit(studio_dir, tmp_path):
+    studio = StudioTrainer(profile("test"), studio_dir, tmp_path)
+    received = FLModel(params={k: torch.from_numpy(v) for k, v in initial_global(studio.cfg).items()},
+                       current_round=0)
+    assert TOOK_SHARED_STAGES_KEY not in local_round(studio, received).meta
