@@ -145,22 +145,9 @@ class TrainConfig:
     # Unpaired photos (photos-unpaired/, or photos without a sketch) per training step, drawn at random with a
     # flip; they enter only the critics' adversarial terms on G(photo), never a paired term. 0 = not used.
     unpaired_batch: int = 0
-    # Start G and D from a public prior (prior.py: demo garments with edge-detector sketches, no studio's style):
-    # "none", "auto" (built on first use for this architecture and cached, `make prior`) or a prior file's path.
-    prior: str = "none"
-    # Style conditioning, so that G draws in the AdaIN_SD statistics it is given (fusion, issue 15 §3); with one
-    # constant set of statistics G learns to ignore them. adain_sample_p: probability that a training pair's
-    # sketch is generated with that real sketch's own statistics instead of the set's. public_styles: every step
-    # also trains G on the public edge styles (data/sketchify.py) of the studio's own training photos, each drawn
-    # with its target's statistics (paired terms only; D never sees them). No other studio's data either way.
-    adain_sample_p: float = 0.0
-    public_styles: bool = False
 
     def validate(self) -> None:
         _positive("train.batch_size", self.batch_size)
-        if not 0 <= self.adain_sample_p <= 1:
-            raise ConfigError(f"train.adain_sample_p must be in [0, 1] (0 = always the set's statistics), got "
-                              f"{self.adain_sample_p}")
         if self.unpaired_batch < 0:
             raise ConfigError(f"train.unpaired_batch must be >= 0 (0 = unpaired photos unused), got "
                               f"{self.unpaired_batch}")
@@ -244,26 +231,9 @@ class PrivacyConfig:
     # privacy/record.py). 64 covers EfficientNet-Lite0 on the demo sketches (distances 53-70).
     stats_noise_multiplier: float = 5.0
     stats_clip_norm: float = 64.0
-    # Record-level DP only: plan sigma, the expected batch and the steps per epoch from privacy.target_epsilon
-    # over fed.rounds x train.epochs epochs (privacy/planner.py, `fedgai dp plan`) instead of taking
-    # noise_multiplier and train.batch_size as set; noise_multiplier is then the lowest sigma the plan may use
-    # (a site policy's minimum holds). plan_max_batch caps the expected batch (memory of the per-pair
-    # gradients), plan_min_steps is the fewest training steps the plan may choose.
-    plan: bool = False
-    plan_max_batch: int = 64
-    plan_min_steps: int = 20
-    # Record-level DP only: which parameters DP-SGD trains and noises; the rest stay at their start (the prior,
-    # train.prior). "all", or "style_head" (G's last decoder block, upsampling stages and output head; D's heads:
-    # privacy/record.py TRAINABLE). The noise's norm grows with the square root of the noised parameters.
-    record_trainable: Literal["all", "style_head"] = "all"
 
     def validate(self) -> None:
         _choice("privacy.dp", self.dp, DP_MODES)
-        _choice("privacy.record_trainable", self.record_trainable, ("all", "style_head"))
-        _positive("privacy.plan_max_batch", self.plan_max_batch)
-        _positive("privacy.plan_min_steps", self.plan_min_steps)
-        if self.plan and self.dp == "record" and self.target_epsilon is None:
-            raise ConfigError("privacy.plan needs privacy.target_epsilon: the plan spends that budget")
         _choice("privacy.accountant", self.accountant, ("rdp", "prv"))
         if self.noise_multiplier < 0 or self.clip_norm <= 0:
             raise ConfigError("privacy.noise_multiplier must be >= 0 and privacy.clip_norm > 0")
@@ -382,10 +352,6 @@ class FedgaiConfig:
             raise ConfigError("train.unpaired_batch > 0 is refused under record-level DP: its accounting is per "
                               "pair, and unpaired photos would reach the released D through G(photo) unaccounted "
                               "(docs/privacy.md); set train.unpaired_batch to 0 or privacy.dp to none/client")
-        if (self.train.adain_sample_p or self.train.public_styles) and self.privacy.dp == "record":
-            raise ConfigError("train.adain_sample_p and train.public_styles are refused under record-level DP: "
-                              "one sketch's own statistics would reach G outside the per-pair accounting; set "
-                              "them to 0/false or privacy.dp to none/client")
         problem = generator_sharing_problem(self.fed, self.privacy)
         if problem:
             raise ConfigError(problem)
