@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.fedgai-installed
 WORKSPACE ?= runs/demo
 STUDIOS ?= 8
 
-.PHONY: install demo local-demo poc deploy test lint jobs wheel bench clean
+.PHONY: install demo local-demo poc deploy test lint jobs wheel bench clean prior
 
 install: $(STAMP)
 
@@ -56,6 +56,14 @@ jobs: install
 ## the pinned fedgai wheel every site installs (dist/fedgai-<version>-py3-none-any.whl; docs/deployment.md)
 wheel: install
 	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
+
+## the public prior (custom/fedgai/prior.py: demo garments + xdog/contour edge sketches, no studio's data) for the
+## quick profile, plain and record-level (per-sample) networks, cached where train.prior=auto finds it
+## ($FEDGAI_PRIOR_DIR, default ~/.cache/fedgai/priors); PRIOR_SET adds settings, e.g. --set model.image_size=64
+PRIOR_SET ?=
+prior: install
+	$(BIN)/fedgai prior build --profile quick --set train.unpaired_batch=0 $(PRIOR_SET)
+	$(BIN)/fedgai prior build --profile quick --set train.unpaired_batch=0 --set privacy.dp=record $(PRIOR_SET)
 
 bench: install
 	$(BIN)/python benchmarks/local_train.py

@@ -128,6 +128,8 @@ def cmd_train_local(args: argparse.Namespace) -> None:
 
     cfg = load_config(args, common_overrides(args) | {"train.max_pairs": args.max_pairs,
                                                       "data.follow_symlinks": args.follow_symlinks})
+    if cfg.privacy.plan:  # a record-level plan spends its budget over this run's epochs
+        cfg = cfg.with_overrides({"train.epochs": args.epochs, "fed.rounds": 1})
     # Every check before the run folder is touched: a bad studio never costs an earlier run (--overwrite).
     load_studio(args.studio, follow_symlinks=cfg.data.follow_symlinks, max_pixels=cfg.data.max_pixels)
     prepare_train_run(args.out, args.studio, cfg, resume=args.resume, overwrite=args.overwrite)
@@ -236,6 +238,38 @@ def cmd_job_export(args: argparse.Namespace) -> None:
         print(f"job written: {path}")
 
 
+def cmd_dp_plan(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from fedgai.privacy.planner import candidates, choose, run_epochs
+
+    cfg = load_config(args)
+    privacy = dataclasses.replace(cfg.privacy, delta=args.delta if args.delta is not None else cfg.privacy.delta)
+    epochs = args.epochs or run_epochs(cfg)
+    plans = candidates(privacy, args.pairs, epochs, args.epsilon)
+    chosen = choose(plans, privacy.plan_min_steps)
+    print(f"record-level DP plan: {args.pairs} training pairs, {epochs} epochs, target epsilon {args.epsilon} at "
+          f"delta {privacy.delta} ({privacy.accountant}; statistics release at sigma_s "
+          f"{privacy.stats_noise_multiplier}; sigma >= {privacy.noise_multiplier}; expected batch <= "
+          f"{privacy.plan_max_batch}; >= {privacy.plan_min_steps} steps)")
+    print("  batch  expected batch  steps  sigma    epsilon  score (sqrt(steps) x expected batch / sigma)")
+    for plan in plans:
+        mark = "  <- chosen" if plan == chosen else ""
+        print(f"  {plan.batch_size:5d}  {plan.expected_batch:14.1f}  {plan.steps:5d}  {plan.noise_multiplier:6.2f}  "
+              f"{plan.expected_epsilon:8.3f}  {plan.score:6.1f}{mark}")
+    print(f"sigma {chosen.noise_multiplier:.2f}, batch {chosen.batch_size} (expected {chosen.expected_batch:.1f} "
+          f"pairs per step, sample rate {chosen.sample_rate:.4g}), {chosen.steps} steps ({chosen.steps_per_epoch} "
+          f"per epoch), expected epsilon {chosen.expected_epsilon:.3f}")
+    print(f"train with it: --set privacy.dp=record --set privacy.plan=true --set privacy.target_epsilon={args.epsilon}"
+          f" (the trainer plans the same from its own pair count and fed.rounds x train.epochs)")
+
+
+def cmd_prior_build(args: argparse.Namespace) -> None:
+    from fedgai.prior import build_prior
+
+    print(f"public prior written to {build_prior(load_config(args), args.out)}")
+
+
 def cmd_config_show(args: argparse.Namespace) -> None:
     print(json.dumps(profile(args.profile).to_dict(), indent=2))
 
@@ -251,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (add_data_parsers, add_train_local_parser, add_sketch_parser, add_compress_parser,
                 add_export_parser, add_style_parsers, add_evaluate_parser, add_simulate_parser, add_job_parsers,
-                add_config_parsers):
+                add_config_parsers, add_dp_parsers, add_prior_parsers):
         add(sub)
     return parser
 
@@ -419,6 +453,33 @@ def add_job_parsers(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("jobs"), help="where to write (default jobs/)")
     p.add_argument("--profile", default="paper", choices=sorted(PROFILES), help="settings (default paper)")
     p.set_defaults(func=cmd_job_export)
+
+
+def add_dp_parsers(sub) -> None:
+    dp = sub.add_parser("dp", help="differential privacy tools").add_subparsers(
+        dest="dp_command", required=True, metavar="DP_COMMAND")
+    p = dp.add_parser("plan", help="record-level DP: sigma, batch and steps that spend a target epsilon well",
+                      description="Plan record-level DP from the RDP accountant (privacy/planner.py): for each "
+                      "candidate batch, the smallest sigma within the target; the one with the fewest steps whose "
+                      "signal-to-noise is within 5 %% of the best is chosen.")
+    p.add_argument("--pairs", type=int, required=True, help="the studio's training pairs")
+    p.add_argument("--epsilon", type=float, required=True, help="target epsilon of the whole run")
+    p.add_argument("--delta", type=float, help="delta (default: the config's privacy.delta)")
+    p.add_argument("--epochs", type=int, help="epochs of the whole run (default: fed.rounds x train.epochs)")
+    add_config_args(p)
+    p.set_defaults(func=cmd_dp_plan)
+
+
+def add_prior_parsers(sub) -> None:
+    prior = sub.add_parser("prior", help="the public prior (pretrained G and D, public data only)").add_subparsers(
+        dest="prior_command", required=True, metavar="PRIOR_COMMAND")
+    p = prior.add_parser("build", help="train the public prior for a config's architecture and cache it",
+                         description="Demo garments (public taste, own random streams) with xdog/contour edge "
+                         "sketches, no studio's data or line style (prior.py); cached where train.prior=auto "
+                         "looks ($FEDGAI_PRIOR_DIR, default ~/.cache/fedgai/priors).")
+    p.add_argument("--out", type=Path, help="prior file (default: the cache, where train.prior=auto finds it)")
+    add_config_args(p)
+    p.set_defaults(func=cmd_prior_build)
 
 
 def add_config_parsers(sub) -> None:

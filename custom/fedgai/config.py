@@ -145,6 +145,9 @@ class TrainConfig:
     # Unpaired photos (photos-unpaired/, or photos without a sketch) per training step, drawn at random with a
     # flip; they enter only the critics' adversarial terms on G(photo), never a paired term. 0 = not used.
     unpaired_batch: int = 0
+    # Start G and D from a public prior (prior.py: demo garments with edge-detector sketches, no studio's style):
+    # "none", "auto" (built on first use for this architecture and cached, `make prior`) or a prior file's path.
+    prior: str = "none"
 
     def validate(self) -> None:
         _positive("train.batch_size", self.batch_size)
@@ -231,9 +234,26 @@ class PrivacyConfig:
     # privacy/record.py). 64 covers EfficientNet-Lite0 on the demo sketches (distances 53-70).
     stats_noise_multiplier: float = 5.0
     stats_clip_norm: float = 64.0
+    # Record-level DP only: plan sigma, the expected batch and the steps per epoch from privacy.target_epsilon
+    # over fed.rounds x train.epochs epochs (privacy/planner.py, `fedgai dp plan`) instead of taking
+    # noise_multiplier and train.batch_size as set; noise_multiplier is then the lowest sigma the plan may use
+    # (a site policy's minimum holds). plan_max_batch caps the expected batch (memory of the per-pair
+    # gradients), plan_min_steps is the fewest training steps the plan may choose.
+    plan: bool = False
+    plan_max_batch: int = 64
+    plan_min_steps: int = 20
+    # Record-level DP only: which parameters DP-SGD trains and noises; the rest stay at their start (the prior,
+    # train.prior). "all", or "style_head" (G's last decoder block, upsampling stages and output head; D's heads:
+    # privacy/record.py TRAINABLE). The noise's norm grows with the square root of the noised parameters.
+    record_trainable: Literal["all", "style_head"] = "all"
 
     def validate(self) -> None:
         _choice("privacy.dp", self.dp, DP_MODES)
+        _choice("privacy.record_trainable", self.record_trainable, ("all", "style_head"))
+        _positive("privacy.plan_max_batch", self.plan_max_batch)
+        _positive("privacy.plan_min_steps", self.plan_min_steps)
+        if self.plan and self.dp == "record" and self.target_epsilon is None:
+            raise ConfigError("privacy.plan needs privacy.target_epsilon: the plan spends that budget")
         _choice("privacy.accountant", self.accountant, ("rdp", "prv"))
         if self.noise_multiplier < 0 or self.clip_norm <= 0:
             raise ConfigError("privacy.noise_multiplier must be >= 0 and privacy.clip_norm > 0")

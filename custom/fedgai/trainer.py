@@ -4,6 +4,7 @@ an NVFlare client site, which only swaps the discriminator weights between round
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -26,7 +27,9 @@ from fedgai.losses import gram_loss, load_clip
 from fedgai.models import build_gan, gram_matrix, per_sample_networks
 from fedgai.objective import Objective, RealFeatures, Unpaired
 from fedgai.pair_features import PairFeatureCache
-from fedgai.privacy.record import RecordLevelDP
+from fedgai.prior import load_prior
+from fedgai.privacy.planner import planned_record_dp
+from fedgai.privacy.record import RecordLevelDP, train_only
 from fedgai.rundir import RunFolder
 from fedgai.sharing import load_shared, shared_state
 
@@ -80,6 +83,8 @@ class StudioTrainer:
         self.encoder = gan.encoder.to(self.device)
         self.generator = gan.generator.to(self.device)
         self.discriminator = gan.discriminator.to(self.device)
+        # train.prior: G and D start from the public prior (prior.py); AdaIN_SD's statistics stay the studio's.
+        self.prior = load_prior(cfg, self.encoder.name, self.generator, self.discriminator)
         self.clip, clip_status = load_clip(cfg.loss)
         if self.clip is not None:
             self.clip = self.clip.to(self.device)
@@ -89,8 +94,8 @@ class StudioTrainer:
         self.opt_d = make_optimizer(cfg, self.discriminator.parameters(), cfg.train.lr_d)
         self.epoch = 0
         # Record-level DP: every pair-dependent update of G and D (and AdaIN_SD's statistics) is private.
-        self.record_dp = RecordLevelDP(cfg.privacy, self.num_samples, t.batch_size, self.folder.dp_ledger,
-                                       self.studio.name) if cfg.privacy.dp == "record" else None
+        self.dp_details: dict = {}
+        self.record_dp = self._record_dp() if cfg.privacy.dp == "record" else None
         self.metadata = {
             "studio": self.studio.name,
             "studio_dir": str(Path(studio_dir).resolve()),
@@ -101,6 +106,8 @@ class StudioTrainer:
             "clip_enabled": clip_status.enabled,
             "clip_status": clip_status.reason,
             "dp": cfg.privacy.dp,
+            "prior": str(self.prior) if self.prior else None,
+            **self.dp_details,
             "device": str(self.device),
             "amp": "bf16" if self.amp else "off",
             "split": {side: len(getattr(self.split, side)) for side in ("train", "val", "test")},
@@ -109,6 +116,15 @@ class StudioTrainer:
         self._fixed = self._fixed_batch()
         self.fit_sketch_statistics()
         self.folder.write_json(METADATA, self.metadata)
+
+    def _record_dp(self) -> RecordLevelDP:
+        """Record-level DP as configured: the planned schedule when privacy.plan is on (privacy/planner.py), and
+        DP-SGD on privacy.record_trainable's parameters only (the rest stay where they started)."""
+        privacy, batch, plan = planned_record_dp(self.cfg, self.num_samples)
+        noised = train_only(self.cfg.privacy.record_trainable, self.generator, self.discriminator)
+        self.dp_details = {"dp_noised_parameters": noised, "dp_noise_multiplier": privacy.noise_multiplier,
+                           "dp_batch_size": batch, "dp_plan": dataclasses.asdict(plan) if plan else None}
+        return RecordLevelDP(privacy, self.num_samples, batch, self.folder.dp_ledger, self.studio.name)
 
     def dp_epsilon(self) -> float | None:
         """epsilon spent so far under record-level DP (None when it is off)."""

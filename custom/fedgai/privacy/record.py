@@ -43,6 +43,7 @@ from fedgai.privacy.accountant import (
 log = logging.getLogger(__name__)
 
 STATISTICS_SAMPLE_RATE = 1.0  # every sketch enters the statistics: no subsampling
+MAX_PLANNED_NOISE = 100.0  # calibrate_record_noise searches sigma up to this
 # The site's record-level ledger while a federated studio builds its trainer (site_ledger).
 _SITE_LEDGER: ContextVar[Path | None] = ContextVar("fedgai_site_ledger", default=None)
 
@@ -214,6 +215,33 @@ class RecordLevelDP:
         adain.fitted.fill_(True)
 
 
+def style_head(generator: nn.Module, discriminator: nn.Module) -> dict[nn.Module, tuple[str, ...]]:
+    """privacy.record_trainable = "style_head": the parameters closest to the drawn strokes - G's last decoder
+    block, its upsampling stages and output head; D's heads (the Gram critic's and the structure critic's)."""
+    last = f"blocks.{len(generator.blocks) - 1}."
+    return {generator: (last, "upsample.", "head."), discriminator: ("head.", "patch.head.")}
+
+
+TRAINABLE: dict[str, Callable[[nn.Module, nn.Module], dict[nn.Module, tuple[str, ...]]] | None] = {
+    "all": None,
+    "style_head": style_head,
+}
+
+
+def train_only(choice: str, generator: nn.Module, discriminator: nn.Module) -> int:
+    """Freeze every parameter of G and D outside privacy.record_trainable's choice (requires_grad off: DP-SGD
+    neither computes, clips nor noises a gradient for it, and the optimiser never moves it); returns how many
+    parameter values are trained and noised."""
+    select = TRAINABLE[choice]
+    prefixes = select(generator, discriminator) if select else {generator: ("",), discriminator: ("",)}
+    noised = 0
+    for module, keep in prefixes.items():
+        for name, param in module.named_parameters():
+            param.requires_grad_(name.startswith(keep))
+            noised += param.numel() if param.requires_grad else 0
+    return noised
+
+
 def noised_sum(rows: torch.Tensor, clip_norm: float, noise_multiplier: float,
                generator: torch.Generator | None = None) -> torch.Tensor:
     """The Gaussian mechanism of ``release_statistics`` (without the ledger): statistics_sum plus
@@ -261,18 +289,21 @@ def record_level_steps(cfg: PrivacyConfig, num_pairs: int, batch_size: int, epoc
 
 
 def calibrate_record_noise(cfg: PrivacyConfig, num_pairs: int, batch_size: int, epochs: int,
-                           target_epsilon: float) -> float:
-    """Smallest DP-SGD noise multiplier (to 0.01) whose whole run stays within target_epsilon at cfg.delta,
-    the statistics release included; ValueError if the statistics alone cost more."""
-    def epsilon(sigma: float) -> float:
+                           target_epsilon: float, low: float = 0.3) -> float:
+    """Smallest DP-SGD noise multiplier (to 0.01 or 1 %, whichever is coarser) whose whole run stays within
+    target_epsilon at cfg.delta, the statistics release included; ValueError if even MAX_PLANNED_NOISE does
+    not (the statistics alone cost more). ``low``: a sigma known to be too small (a bracket's lower end)."""
+    def fits(sigma: float) -> bool:
         steps = record_level_steps(dataclasses.replace(cfg, noise_multiplier=sigma), num_pairs, batch_size, epochs)
-        return compute_epsilon(steps, cfg.delta, cfg.accountant)
+        return compute_epsilon(steps, cfg.delta, cfg.accountant) <= target_epsilon
 
-    low, high = 0.3, 100.0
-    if epsilon(high) > target_epsilon:
-        raise ValueError(f"target epsilon {target_epsilon} is below what the statistics release alone costs; "
-                         f"raise privacy.stats_noise_multiplier")
-    while high - low > 0.01:
+    high = min(2 * low, MAX_PLANNED_NOISE)
+    while not fits(high):  # double until the bracket holds the answer: few evaluations near low
+        if high >= MAX_PLANNED_NOISE:
+            raise ValueError(f"target epsilon {target_epsilon} is below what the statistics release alone costs; "
+                             f"raise privacy.stats_noise_multiplier")
+        low, high = high, min(2 * high, MAX_PLANNED_NOISE)
+    while high - low > max(0.01, 0.01 * low):
         mid = (low + high) / 2
-        low, high = (low, mid) if epsilon(mid) <= target_epsilon else (mid, high)
+        low, high = (low, mid) if fits(mid) else (mid, high)
     return high

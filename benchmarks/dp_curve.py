@@ -1,0 +1,121 @@
+"""Record-level DP's utility curve (issue 19 §3): FedGAI with record-level DP at several target epsilons and
+without DP, each from scratch and from the public prior (prior.py), scored on the demo studios' held-out test
+pairs. One command runs the grid and prints the curve; results and commands: docs/privacy.md, docs/results.md.
+
+    python benchmarks/dp_curve.py --out runs/dpcurve --studios 2 --seeds 0
+
+The runs use benchmarks/federation_value.py's harness (the product's StudioTrainer, key rules and server step;
+no NVFlare transport) and its evaluation (FD-EffNetLite0, SSIM, ink IoU, style accuracy and FD-Style on each
+studio's test pairs, never trained on). DP runs plan sigma, batch and steps from their target
+(privacy.plan); from the prior they train only the style head (privacy.record_trainable). The harness starts the
+shared D from the first studio's, so with the prior the federation's D starts from the prior's too.
+Priors are built on first use into $FEDGAI_PRIOR_DIR (default OUT/priors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import federation_value as fv
+
+from fedgai.config import FedgaiConfig
+from fedgai.prior import ENV_DIR
+
+EPSILONS = (8.0, 1.0, 4.0)  # in the order they run: the budget a studio would pick first
+# 64 px, no unpaired photos (refused under record-level DP, so off for every variant), few pairs and epochs:
+# sized for a 2-core CPU, where a per-pair gradient through EfficientNet-Lite0 costs about a second.
+BASE = {"model.image_size": 64, "train.unpaired_batch": 0, "train.max_pairs": 24, "fed.rounds": 2,
+        "train.epochs": 2}
+CURVE_METRICS = ("FD-EffNetLite0", "SSIM", "ink_IoU", "style_acc", "FD-Style")
+
+
+def curve_variants(epsilons: tuple[float, ...]) -> dict[str, dict[str, Any]]:
+    """name -> overrides: no DP and record-level DP at each epsilon, from scratch and from the prior."""
+    out: dict[str, dict[str, Any]] = {"nodp": {"fed.mode": "fedgai"},
+                                      "nodp_prior": {"fed.mode": "fedgai", "train.prior": "auto"}}
+    for eps in epsilons:
+        dp = {"fed.mode": "fedgai", "privacy.dp": "record", "privacy.plan": True, "privacy.target_epsilon": eps}
+        out[f"dp{eps:g}_prior"] = {**dp, "train.prior": "auto", "privacy.record_trainable": "style_head"}
+        out[f"dp{eps:g}"] = dp
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("stage", nargs="?", default="all", choices=("all", "train", "evaluate"))
+    p.add_argument("--out", type=Path, default=Path("runs/dpcurve"))
+    p.add_argument("--data", type=Path, default=Path("runs/dpcurve-data"), help="demo studios (made if missing)")
+    p.add_argument("--studios", type=int, default=2)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--epsilons", type=float, nargs="+", default=list(EPSILONS))
+    p.add_argument("--variants", nargs="+", help="a subset of the grid's names (default: all)")
+    p.add_argument("--profile", default="quick")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON", help="config overrides for every run")
+    p.add_argument("--device", default="cpu")
+    return p.parse_args(argv)
+
+
+def train(args: argparse.Namespace, base: dict[str, Any], variants: list[str]) -> None:
+    studios = fv.demo_studios(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "config.json").write_text(json.dumps(base, indent=2) + "\n")
+    fv.save_splits(FedgaiConfig.from_dict(base), studios, args.out / "splits")
+    for seed in args.seeds:
+        for variant in variants:
+            if (args.out / f"{variant}-seed{seed}" / "run.json").is_file():
+                continue
+            record = fv.run_federation(variant, seed, base, studios, args.out, args.out / "scratch", args.device)
+            print(f"{variant}-seed{seed}: {record['seconds']:.0f} s, epsilon {record['dp_epsilon']}", flush=True)
+
+
+def curve_table(report: dict[str, Any]) -> str:
+    """Markdown: every metric over all studios (mean ± std over seeds), the epsilon spent, and each DP run
+    against the non-DP run from the same start."""
+    summary = report["summary"]
+    spent: dict[str, float] = {}
+    for res in report["results"]:
+        eps = [e for e in res["dp_epsilon"].values() if e is not None]
+        spent[res["variant"]] = max([spent.get(res["variant"], 0.0), *eps])
+    header = ["variant", "epsilon spent (max over studios)", *CURVE_METRICS, "FD vs no-DP", "SSIM vs no-DP",
+              "style acc vs no-DP (points)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for variant in summary["FD-EffNetLite0"]:
+        cells = [f"{summary[m][variant]['all']['mean']:.4g} ± {summary[m][variant]['all']['std']:.2g}"
+                 for m in CURVE_METRICS]
+        twin = "nodp_prior" if variant.endswith("_prior") else "nodp"
+        rel = ["-", "-", "-"]
+        if variant != twin and twin in summary["FD-EffNetLite0"]:
+            fd, ssim, acc = (summary[m] for m in ("FD-EffNetLite0", "SSIM", "style_acc"))
+            rel = [f"{fd[variant]['all']['mean'] / fd[twin]['all']['mean'] - 1:+.0%}",
+                   f"{ssim[variant]['all']['mean'] / ssim[twin]['all']['mean'] - 1:+.0%}",
+                   f"{100 * (acc[variant]['all']['mean'] - acc[twin]['all']['mean']):+.1f}"]
+        eps = f"{spent[variant]:.3g}" if spent.get(variant) else "- (no DP)"
+        lines.append(f"| {variant} | {eps} | " + " | ".join(cells) + " | " + " | ".join(rel) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    os.environ.setdefault(ENV_DIR, str((args.out / "priors").resolve()))
+    grid = curve_variants(tuple(args.epsilons))
+    fv.VARIANTS.update(grid)  # run_federation looks variants up by name
+    variants = args.variants or list(grid)
+    unknown = sorted(set(variants) - set(grid))
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; the grid has {', '.join(grid)}")
+    args.set = [f"{k}={json.dumps(v)}" for k, v in BASE.items()] + list(args.set)
+    base = fv.base_config(args)
+    if args.stage in ("all", "train"):
+        train(args, base, variants)
+    if args.stage in ("all", "evaluate"):
+        table = curve_table(fv.evaluate_dir(args.out, args.data, args.device))
+        (args.out / "curve.md").write_text(table)
+        print(table)
+
+
+if __name__ == "__main__":
+    main()
