@@ -6,6 +6,11 @@ Both networks share the frozen encoder, so costs are given for the generator alo
 photo -> sketch pipeline. Results: benchmarks/results/edge.json and docs/benchmarks.md.
 
     .venv/bin/python benchmarks/edge.py [--epochs 10] [--distill-epochs 20] [--size 128]
+
+With --full and --compressed (checkpoints of a trained studio, e.g. RUN/checkpoints/last.pt and the
+RUN/checkpoints/compressed.pt `fedgai compress` wrote), nothing is trained: only the costs of those two are
+measured (results under "checkpoints" in the results file); their quality comes from `fedgai evaluate RUN
+RUN/checkpoints/compressed.pt`, on the run's test pairs.
 """
 
 from __future__ import annotations
@@ -41,7 +46,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--train-pairs", type=int, default=30, help="pairs used for training; the rest are held out")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5, help="timed runs per latency (median reported)")
-    return p.parse_args()
+    p.add_argument("--full", type=Path, help="a trained full generator's checkpoint (skips training)")
+    p.add_argument("--compressed", type=Path, help="its compressed generator's checkpoint (with --full)")
+    args = p.parse_args()
+    if (args.full is None) != (args.compressed is None):
+        p.error("--full and --compressed go together")
+    return args
 
 
 def macs(fn: Callable[[], object]) -> int:
@@ -85,9 +95,26 @@ def quality(model: StudioModel, photos: torch.Tensor, sketches: torch.Tensor) ->
     return {"heldout_ink_iou": ink_iou(fake, sketches), "heldout_ssim": ssim(fake, sketches)}
 
 
+def measure_checkpoints(args: argparse.Namespace) -> None:
+    """Costs of two given checkpoints (full and compressed), side by side in one process."""
+    results = {"settings": {"full": str(args.full), "compressed": str(args.compressed), "threads": args.threads,
+                            "repeats": args.repeats, "torch": torch.__version__}}
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        for name, ckpt in (("full", args.full), ("compressed", args.compressed)):
+            exported = export_model(ckpt, Path(tmp_dir) / name)
+            results[name] = {**cost(load_studio_model(ckpt, "cpu"), OnnxSketcher(exported.onnx, "cpu"), args.repeats),
+                             "onnx_max_diff": exported.max_diff_onnx}
+    stored = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    RESULTS.write_text(json.dumps({**stored, "checkpoints": results}, indent=2, default=float) + "\n")
+    print_table(results)
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
+    if args.full is not None:
+        measure_checkpoints(args)
+        return
     cfg = profile("quick").with_overrides({
         "model.encoder": "efficientnet-lite0", "model.image_size": args.size, "train.max_pairs": args.train_pairs,
         "train.num_threads": args.threads, "loss.clip_pretrained": "none", "edge.epochs": args.distill_epochs})
@@ -117,7 +144,9 @@ def main() -> None:
             results[name] = {**quality(model, photos, sketches), **cost(model, onnx, args.repeats),
                              "onnx_max_diff": exported.max_diff_onnx, "onnx_file": ONNX_FILE}
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    stored = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    RESULTS.write_text(json.dumps({**results, **{k: stored[k] for k in ("checkpoints",) if k in stored}}, indent=2,
+                                  default=float) + "\n")
     print_table(results)
 
 

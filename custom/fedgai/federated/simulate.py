@@ -43,14 +43,15 @@ LOG_CONFIG = "nvflare_log_config.json"
 PROGRESS_POLL_S = 0.5
 
 
-# What one studio's simulator process takes (PSS, MB; benchmarks/scale.py and benchmarks/federation.py measure
-# it): a fixed part (Python, torch, NVFlare, fedgai, the encoder) and a part that grows with the pixels of a
-# step's batch (activations, the feature cache), calibrated on the test profile (32 px) and the quick one.
-STUDIO_BASE_MB = 600
-STUDIO_MB_PER_BATCH_MPIXEL = 3300
-# Share of the memory available at start that the studios' processes may take (the server and the rest of the
-# machine keep the remainder).
-POOL_MEMORY_SHARE = 0.75
+# What one studio's simulator process takes (PSS, MB): a fixed part (Python, torch, NVFlare, fedgai, the encoder)
+# and a part that grows with the pixels of a step's batch (activations, the feature cache). Calibrated on two
+# measurements (docs/benchmarks.md): the test profile (32 px; benchmarks/scale.py: 459-508 MB per studio process
+# with 8-20 of them) and the quick profile (128 px, batch 8 + 8 unpaired; benchmarks/federation.py: ~1.44 GB).
+STUDIO_BASE_MB = 520
+STUDIO_MB_PER_BATCH_MPIXEL = 3500
+# Share of the memory available at start that the studios' processes may take (the server, ~0.9 GB measured,
+# and the rest of the machine keep the remainder).
+POOL_MEMORY_SHARE = 0.8
 
 
 class SimulationError(RuntimeError):
