@@ -432,6 +432,25 @@ def local_twin(variant: str, variants: list[str]) -> str:
     return twin if twin in variants else "local"
 
 
+def guard_lines(results: list[dict[str, Any]]) -> list[str]:
+    """Per guarded variant and studio: how many rounds' shared generator stages its style guard took."""
+    taken: dict[str, dict[str, list[bool]]] = {}
+    for res in results:
+        for site, decisions in res.get("took_shared_stages", {}).items():
+            kept = [d for d in decisions if d is not None]
+            if kept:
+                taken.setdefault(res["variant"], {}).setdefault(site, []).extend(kept)
+    if not taken:
+        return []
+    sites = sorted({site for per_site in taken.values() for site in per_site})
+    lines = ["", "#### Style guard: receives in which a studio took the shared generator stages (all seeds)", "",
+             "| variant | " + " | ".join(sites) + " |", "|---|" + "---|" * len(sites)]
+    for variant, per_site in taken.items():
+        cells = [f"{sum(per_site[s])}/{len(per_site[s])}" if s in per_site else "-" for s in sites]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     """Tables for docs/results.md: every metric per variant and size group (mean ± std over seeds), FedGAI's
     gains over local-only, and per-studio FD."""
@@ -459,6 +478,7 @@ def markdown(report: dict[str, Any]) -> str:
         g = gains(report["results"], v, twin)
         lines.append(f"| {v} | {twin} | {g['small_fd_gain']:+.1%} | {g['small_fd_style_gain']:+.1%} | "
                      f"{g['large_fd_change']:+.1%} | {100 * g['style_drop']:+.1f} |")
+    lines += guard_lines(report["results"])
     lines += ["", "#### FD-EffNetLite0 per studio (mean ± std over seeds)", ""]
     studios = sorted(report["results"][0]["studios"], key=lambda s: report["results"][0]["studios"][s]["n_pairs"])
     lines += ["| variant | " + " | ".join(f"{s} ({report['results'][0]['studios'][s]['n_pairs']})" for s in studios)
