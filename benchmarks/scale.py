@@ -9,6 +9,12 @@ in one process, so their ratios compare like with like even on a busy machine; a
 
     python benchmarks/scale.py [--studios 8 16 32] [--rounds 3] [--profile test] [--threads N] [--set K=V ...]
 
+With --server-step N [N ...] it runs no simulator: it times the server's round step (federated/round.py's
+server_step: weights, median-norm bound, weighted mean, applied to the global D) on N random updates shaped like
+the profile's shared D, and gives the bytes those updates hold: what a deployment's server does with N studios.
+
+    python benchmarks/scale.py --profile quick --server-step 100 1000
+
 Results: benchmarks/results/scale.json (one entry per --label) and docs/benchmarks.md.
 """
 
@@ -22,14 +28,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 from federation import PeakRss, cpu_seconds, round_rows
 
 from fedgai.cli import setting
 from fedgai.config import profile
 from fedgai.data import make_demo
+from fedgai.federated.round import server_step
 from fedgai.federated.simulate import check_run, pool_size, simulate
+from fedgai.models import build_gan
 from fedgai.polling import Poller
+from fedgai.sharing import shared_state
 
 RESULTS = Path(__file__).parent / "results" / "scale.json"
 STUDIO_PROCESS = "simulator_worker"  # NVFlare's studio process (nvflare.private.fed.app.simulator.simulator_worker)
@@ -67,7 +77,25 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="studio processes at once (default: what fedgai simulate picks)")
     p.add_argument("--label", default="test profile, pool from memory")
     p.add_argument("--workspace", type=Path, help="where to run (default: a temporary folder)")
+    p.add_argument("--server-step", type=int, nargs="+", metavar="N", help="time the server step for N studios")
     return p.parse_args()
+
+
+def server_step_cost(cfg, studios: int) -> dict:
+    """Seconds of one server step on ``studios`` float32 updates of the shared D, and the bytes they hold."""
+    nets = build_gan(cfg)
+    shared = shared_state({"generator": nets.generator, "discriminator": nets.discriminator}, cfg.fed.mode)
+    global_params = {k: v.detach().numpy().copy() for k, v in shared.items()}
+    rng = np.random.default_rng(0)
+    updates = {f"studio-{i:04d}": {k: rng.standard_normal(v.shape, dtype=np.float32) * 1e-3
+                                   for k, v in global_params.items()} for i in range(studios)}
+    counts = {site: 96 for site in updates}
+    started = time.perf_counter()
+    server_step(global_params, updates, counts, cfg, {})
+    seconds = time.perf_counter() - started
+    update_bytes = sum(v.nbytes for v in global_params.values())
+    return {"studios": studios, "server_step_s": round(seconds, 2), "update_bytes": update_bytes,
+            "updates_held_gb": round(studios * update_bytes / 1e9, 3)}
 
 
 def run(cfg, studios: int, threads: int, data: Path, root: Path) -> dict:
@@ -101,6 +129,12 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # as benchmarks/federation.py: no hub retries per studio
     cfg = profile(args.profile).with_overrides({"fed.rounds": args.rounds} | dict(args.set or ()))
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    if args.server_step:
+        steps = [server_step_cost(cfg, n) for n in args.server_step]
+        print(json.dumps(steps))
+        results[f"server step, {args.profile} profile"] = steps
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = args.workspace or Path(tmp)
