@@ -114,3 +114,12 @@ def test_simulate_prints_the_pool_it_chose(demo_root, tmp_path, capsys, monkeypa
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("simulator pool:"))
     assert re.fullmatch(r"simulator pool: 2 of 2 studios at once \(one process per studio; ~0\.\d GB each, \d+\.\d GB "
                         r"available, \d+ cores; --threads N to choose\)", line)
+
+
+def test_fedgai_simulate_threads_reaches_the_simulator(tmp_path, capsys):
+    from fedgai.cli import main
+
+    args = ["simulate", "--studios", "2", "--threads", "3", "--workspace", str(tmp_path / "ws"), "--profile", "test"]
+    assert main(args) == 2
+    assert "threads must be between 1 and the number of studios (2), got 3" in capsys.readouterr().err
+    assert not (tmp_path / "ws").exists()
