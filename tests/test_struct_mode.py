@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from nvflare.app_common.abstract.fl_model import FLModel
@@ -15,6 +16,7 @@ from fedgai.federated.client import local_round, releasable
 from fedgai.federated.controller import initial_global
 from fedgai.federated.job import build_job
 from fedgai.models import build_gan
+from fedgai.privacy.mechanism import clip_and_noise
 from fedgai.sharing import STRUCTURE_STAGES, norm_keys, private_stats_keys, shared_keys, split_key
 from fedgai.trainer import StudioTrainer
 from fedgai.wire import DP_RELEASABLE_META, TOOK_SHARED_STAGES_KEY
@@ -128,3 +130,9 @@ def test_modes_without_the_guard_send_no_bit(studio_dir, tmp_path):
     received = FLModel(params={k: torch.from_numpy(v) for k, v in initial_global(studio.cfg).items()},
                        current_round=0)
     assert TOOK_SHARED_STAGES_KEY not in local_round(studio, received).meta
+
+
+def test_client_dp_keeps_a_0d_shared_entry_an_array():
+    """The MRFM scalar blocks.0.w is a 0-d entry; the server's screening refuses a numpy scalar."""
+    noised, _ = clip_and_noise({"generator.blocks.0.w": np.zeros((), np.float32)}, 1.0, 1.0)
+    assert isinstance(noised["generator.blocks.0.w"], np.ndarray) and noised["generator.blocks.0.w"].shape == ()

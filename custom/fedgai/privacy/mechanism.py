@@ -76,8 +76,10 @@ def clip_and_noise(
     norm = update_norm(update)
     factor = min(1.0, clip_norm / norm) if norm > 0 else 1.0
     std = noise_multiplier * clip_norm
+    # np.asarray: numpy arithmetic on a 0-d array (e.g. the generator's MRFM scalar ``blocks.0.w``) returns a
+    # scalar, which the server's screening refuses as "not an array".
     noised = {
-        key: (a.astype(np.float64) * factor + rng.normal(0.0, std, size=a.shape)).astype(a.dtype)
+        key: np.asarray((a.astype(np.float64) * factor + rng.normal(0.0, std, size=a.shape)).astype(a.dtype))
         for key, a in update.items()
     }
     return noised, {"norm_before": norm, "clip_factor": factor, "noise_std": std}
