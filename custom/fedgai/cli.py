@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fedgai.config import ENCODERS, FED_MODES, PROFILES, ConfigError, FedgaiConfig, profile
+from fedgai.config import ENCODERS, FED_MODES, PROFILES, ConfigError, FedgaiConfig, TrainConfig, profile
 from fedgai.data import DEMO_STYLES, SKETCH_STYLES, StudioDataError
 from fedgai.layout import CHECKPOINT, CONFIG, EPOCH_RECORDS, WORKSPACE_STATE
 from fedgai.models import EncoderUnavailable
@@ -99,12 +99,20 @@ def add_follow_symlinks_arg(p: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------------------------------- commands
 def cmd_data_demo(args: argparse.Namespace) -> None:
     from fedgai.data import make_demo
+    from fedgai.data.demo import CrossStyle
 
-    folders = make_demo(args.out, studios=args.studios, seed=args.seed, size=args.size, unpaired=args.unpaired)
+    t = profile("quick").train  # the held-out split every profile uses, unless --split-seed says otherwise
+    cross = CrossStyle(args.cross_style, args.split_seed, t.val_fraction, t.test_fraction) \
+        if args.cross_style else None
+    folders = make_demo(args.out, studios=args.studios, seed=args.seed, size=args.size, unpaired=args.unpaired,
+                        cross_style=cross)
     print(f"{len(folders)} demo studios in {args.out}:")
     for folder in folders:
         extra = f", {args.unpaired} unpaired photos" if args.unpaired else ""
         print(f"  {folder.name}: {len(list((folder / 'sketches').iterdir()))} pairs{extra}")
+    if cross:
+        print(f"cross-style ground truth (test photos in every other studio's style; never train on it): "
+              f"{args.cross_style}")
 
 
 def cmd_data_sketchify(args: argparse.Namespace) -> None:
@@ -218,6 +226,22 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print("written: " + ", ".join(str(p) for p in paths.values()))
 
 
+def cmd_evaluate_fusion(args: argparse.Namespace) -> None:
+    from fedgai.evaluation.fusion import evaluate_fusion
+
+    report = evaluate_fusion(args.runs, args.cross_style, data=args.data, steps=args.steps, device=args.device)
+    s = report["summary"]
+    print("pair (A in B's style): share for B along alpha | chamfer ratio")
+    for p in report["pairs"]:
+        print(f"  {p['a']} -> {p['b']}: {' '.join(f'{v:.2f}' for v in p['share_b'])} | {p['chamfer_ratio']:.2f}")
+    print(f"mean over pairs: share for B {' '.join(f'{v:.2f}' for v in s['share_curve'])} (B's real drawings: "
+          f"{s['share_b_truth']:.2f}); chamfer ratio {s['chamfer_ratio']:.2f}; pixel change "
+          f"{100 * s['pixel_change']:.2f} %")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"written: {args.out}")
+
+
 def cmd_simulate(args: argparse.Namespace) -> None:
     from fedgai.federated.simulate import SimulationError, simulate
 
@@ -301,6 +325,11 @@ def add_data_parsers(sub) -> None:
     p.add_argument("--size", type=int, default=256, help="image side in px (default 256)")
     p.add_argument("--unpaired", type=int, default=0, metavar="N",
                    help="N extra photos per studio without a sketch, in photos-unpaired/ (default 0)")
+    p.add_argument("--cross-style", type=Path, metavar="DIR",
+                   help="also draw each studio's test photos in every other studio's style into DIR (new, outside "
+                   "--out): the ground truth of `fedgai evaluate-fusion`, never trained on")
+    p.add_argument("--split-seed", type=int, default=TrainConfig().split_seed,
+                   help="train.split_seed of the runs to score: whose test photos --cross-style draws (default 0)")
     p.set_defaults(func=cmd_data_demo)
 
     styles = "; ".join(f"{k}: {v}" for k, v in SKETCH_STYLES.items())
@@ -425,6 +454,23 @@ def add_evaluate_parser(sub) -> None:
     p.add_argument("--inception-weights", help="local torch-fidelity Inception-v3 file for real FID/KID "
                    "(default: looked up in the torch hub cache; never downloaded)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "evaluate-fusion", help="score style fusion of a run against the demo's cross-style ground truth",
+        description="For every ordered pair of the run's studios (A, B): A's generator with AdaIN_SD statistics "
+        "from A's own (alpha 0) to B's shared ones (alpha 1, what `fedgai share-style` hands over) on A's test "
+        "photos, against B's drawings of those photos (`fedgai data demo --cross-style`). Scores: the share the "
+        "style classifier (of `fedgai evaluate`) attributes to B, FD-Style to B's drawings, and the ink chamfer "
+        "ratio (B-end sketch vs B's drawing, over A's own-style sketch vs A's real sketch).")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR",
+                   help="one run: a `fedgai simulate` workspace, or one mode's train-local folders")
+    p.add_argument("--cross-style", type=Path, required=True, metavar="DIR",
+                   help="the folder `fedgai data demo --cross-style DIR` wrote")
+    p.add_argument("--data", type=Path, help="folder of studio folders (default: as `fedgai evaluate`)")
+    p.add_argument("--steps", type=int, default=5, help="grid points from A's style to B's (>= 2, default 5)")
+    p.add_argument("--out", type=Path, required=True, help="the JSON report to write")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda[:N], or auto = GPU when available")
+    p.set_defaults(func=cmd_evaluate_fusion)
 
 
 def add_simulate_parser(sub) -> None:

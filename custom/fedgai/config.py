@@ -148,9 +148,19 @@ class TrainConfig:
     # Start G and D from a public prior (prior.py: demo garments with edge-detector sketches, no studio's style):
     # "none", "auto" (built on first use for this architecture and cached, `make prior`) or a prior file's path.
     prior: str = "none"
+    # Style conditioning, so that G draws in the AdaIN_SD statistics it is given (fusion, issue 15 §3); with one
+    # constant set of statistics G learns to ignore them. adain_sample_p: probability that a training pair's
+    # sketch is generated with that real sketch's own statistics instead of the set's. public_styles: every step
+    # also trains G on the public edge styles (data/sketchify.py) of the studio's own training photos, each drawn
+    # with its target's statistics (paired terms only; D never sees them). No other studio's data either way.
+    adain_sample_p: float = 0.0
+    public_styles: bool = False
 
     def validate(self) -> None:
         _positive("train.batch_size", self.batch_size)
+        if not 0 <= self.adain_sample_p <= 1:
+            raise ConfigError(f"train.adain_sample_p must be in [0, 1] (0 = always the set's statistics), got "
+                              f"{self.adain_sample_p}")
         if self.unpaired_batch < 0:
             raise ConfigError(f"train.unpaired_batch must be >= 0 (0 = unpaired photos unused), got "
                               f"{self.unpaired_batch}")
@@ -372,6 +382,10 @@ class FedgaiConfig:
             raise ConfigError("train.unpaired_batch > 0 is refused under record-level DP: its accounting is per "
                               "pair, and unpaired photos would reach the released D through G(photo) unaccounted "
                               "(docs/privacy.md); set train.unpaired_batch to 0 or privacy.dp to none/client")
+        if (self.train.adain_sample_p or self.train.public_styles) and self.privacy.dp == "record":
+            raise ConfigError("train.adain_sample_p and train.public_styles are refused under record-level DP: "
+                              "one sketch's own statistics would reach G outside the per-pair accounting; set "
+                              "them to 0/false or privacy.dp to none/client")
         problem = generator_sharing_problem(self.fed, self.privacy)
         if problem:
             raise ConfigError(problem)

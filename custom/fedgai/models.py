@@ -267,12 +267,21 @@ class AdaINSD(nn.Module):
         getattr(self, f"mean{index}").copy_(mean.view(1, -1, 1, 1))
         getattr(self, f"std{index}").copy_((var + self.eps).sqrt().view(1, -1, 1, 1))
 
-    def forward(self, taps: list[torch.Tensor]) -> list[torch.Tensor]:
+    def sample_stats(self, taps: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per tap, each sample's own channel (mean, std) over H, W, shaped (N, C, 1, 1): one drawing's style
+        in the form the set statistics take (train.adain_sample_p feeds these to G instead of the set's)."""
+        return [(f.mean(dim=(2, 3), keepdim=True),
+                 (f.var(dim=(2, 3), keepdim=True, unbiased=False) + self.eps).sqrt()) for f in taps]
+
+    def forward(self, taps: list[torch.Tensor], stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+                ) -> list[torch.Tensor]:
+        """``stats``: per tap (mean, std), (1 or N, C, 1, 1), used instead of the stored set statistics."""
         out = []
         for i, f in enumerate(taps):
             mu = f.mean(dim=(2, 3), keepdim=True)
             sigma = (f.var(dim=(2, 3), keepdim=True, unbiased=False) + self.eps).sqrt()
-            out.append((f - mu) / sigma * getattr(self, f"std{i}") + getattr(self, f"mean{i}"))
+            mean, std = stats[i] if stats is not None else (getattr(self, f"mean{i}"), getattr(self, f"std{i}"))
+            out.append((f - mu) / sigma * std + mean)
         return out
 
 
@@ -330,8 +339,10 @@ class CoarseToFineGenerator(nn.Module):
         self.upsample = nn.Sequential(*ups)
         self.head = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(widths[-1], 1, 3), nn.Tanh())
 
-    def forward(self, taps: list[torch.Tensor]) -> torch.Tensor:
-        taps = self.adain(taps)
+    def forward(self, taps: list[torch.Tensor], stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+                ) -> torch.Tensor:
+        """``stats``: AdaIN_SD statistics to draw with instead of the stored ones (AdaINSD.forward)."""
+        taps = self.adain(taps, stats)
         x = self.start(taps[-1])
         for block, fine in zip(self.blocks, reversed(taps[:-1]), strict=True):
             x = block(fine, x)

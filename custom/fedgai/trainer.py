@@ -19,11 +19,12 @@ from tqdm import tqdm
 
 from fedgai.config import FedgaiConfig
 from fedgai.data import PhotoDataset, SketchPairDataset, load_studio
+from fedgai.data.sketchify import SKETCH_STYLES, sketchify_image
 from fedgai.data.split import run_split
 from fedgai.device import amp_dtype, resolve_device
 from fedgai.evaluation.ink import ink_iou
 from fedgai.layout import METADATA
-from fedgai.losses import gram_loss, load_clip
+from fedgai.losses import content_loss, gram_loss, load_clip
 from fedgai.models import build_gan, gram_matrix, per_sample_networks
 from fedgai.objective import Objective, RealFeatures, Unpaired
 from fedgai.pair_features import PairFeatureCache
@@ -115,6 +116,8 @@ class StudioTrainer:
         self._writer: SummaryWriter | None = None
         self._fixed = self._fixed_batch()
         self.fit_sketch_statistics()
+        # (pairs, public styles, 1, H, W): the studio's own training photos as public edge styles (train.public_styles)
+        self.public_targets = self._public_targets() if t.public_styles else None
         self.folder.write_json(METADATA, self.metadata)
 
     def _record_dp(self) -> RecordLevelDP:
@@ -164,6 +167,50 @@ class StudioTrainer:
             blank = self.encoder(torch.ones_like(sketches[0]).unsqueeze(0).to(self.device))  # white paper
             self.record_dp.fit_adain(self.generator.adain, taps, blank)
 
+    def _public_targets(self) -> torch.Tensor:
+        """Every training photo drawn in every public edge style (data/sketchify.py): style targets made from the
+        studio's own photos only, so teaching G to follow its statistics needs no other studio's sketch."""
+        targets = []
+        for i in range(self.num_samples):
+            rgb = ((self.dataset[i][0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+            targets.append(torch.stack([torch.from_numpy(sketchify_image(rgb, style)).float()[None] / 127.5 - 1
+                                        for style in SKETCH_STYLES]))
+        return torch.stack(targets)
+
+    def _training_stats(self, sketch: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """AdaIN_SD statistics for a batch (train.adain_sample_p): each pair's own sketch statistics with that
+        probability, the set's otherwise; None (the set's for all) when no pair drew them."""
+        pick = torch.rand(len(sketch)) < self.cfg.train.adain_sample_p
+        if not pick.any():
+            return None
+        adain = self.generator.adain
+        with torch.no_grad():
+            own = adain.sample_stats(self.encoder(sketch))
+        pick = pick.to(self.device).view(-1, 1, 1, 1)
+        return [(torch.where(pick, m, getattr(adain, f"mean{i}")), torch.where(pick, s, getattr(adain, f"std{i}")))
+                for i, (m, s) in enumerate(own)]
+
+    def public_style_step(self, photo_taps: list[torch.Tensor], indices: torch.Tensor, flips: torch.Tensor
+                          ) -> dict[str, float]:
+        """One G update towards the batch's photos in a random public edge style each, drawn with that target's
+        own AdaIN_SD statistics: the paired terms only (gram, content, pixel L1), D neither trains nor judges."""
+        styles = torch.randint(self.public_targets.shape[1], (len(indices),))
+        target = self.public_targets[indices, styles]
+        target = torch.where(flips.view(-1, 1, 1, 1), target.flip(-1), target).to(self.device)
+        w = self.cfg.loss
+        with self._autocast():
+            with torch.no_grad():
+                target_taps = self.encoder(target)
+            fake = self.generator(photo_taps, self.generator.adain.sample_stats(target_taps))
+            fake_taps = self.encoder(fake)
+            loss = (w.gram * gram_loss([gram_matrix(t) for t in target_taps], [gram_matrix(t) for t in fake_taps])
+                    + w.content * content_loss(target_taps[-1], fake_taps[-1])
+                    + w.pixel_l1 * (fake - target).abs().mean())
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        return {"public_style": loss.item()}
+
     def _real_features(self, photo: torch.Tensor, sketch: torch.Tensor) -> RealFeatures:
         with self._autocast():
             return self.objective.real_features(photo, sketch)
@@ -188,7 +235,8 @@ class StudioTrainer:
             real = self._real_features(photo, sketch)
         with self._autocast():
             with record_function("G forward"):
-                fake = self.generator(real.photo_taps)
+                fake = self.generator(real.photo_taps,
+                                      self._training_stats(sketch) if self.cfg.train.adain_sample_p else None)
             with record_function("encoder: generated sketch"):
                 fake_taps = self.encoder(fake)
             extra = None if unpaired is None else self._generate_unpaired(unpaired.to(self.device))
@@ -272,7 +320,10 @@ class StudioTrainer:
             epoch_totals: dict[str, float] = {}
             for batch in bar:
                 if self.record_dp is None:
-                    losses = self.step(*self.features.batch(*batch), unpaired=self.unpaired_batch())
+                    photo, sketch, real = self.features.batch(*batch)
+                    losses = self.step(photo, sketch, real, unpaired=self.unpaired_batch())
+                    if self.public_targets is not None:
+                        losses |= self.public_style_step(real.photo_taps, *batch)
                 else:
                     losses = self.private_step()
                 for k, v in losses.items():
