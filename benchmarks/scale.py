@@ -15,6 +15,9 @@ the profile's shared D, and gives the bytes those updates hold: what a deploymen
 
     python benchmarks/scale.py --profile quick --server-step 100 1000
 
+--task-request-interval 2 0.5 runs each studio count with NVFlare's default task request interval (2 s) and
+with the simulator's (0.5 s), one after the other.
+
 Results: benchmarks/results/scale.json (one entry per --label) and docs/benchmarks.md.
 """
 
@@ -32,6 +35,7 @@ import numpy as np
 import psutil
 from federation import PeakRss, cpu_seconds, round_rows
 
+import fedgai.federated.simulate as sim
 from fedgai.cli import setting
 from fedgai.config import profile
 from fedgai.data import make_demo
@@ -78,6 +82,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--label", default="test profile, pool from memory")
     p.add_argument("--workspace", type=Path, help="where to run (default: a temporary folder)")
     p.add_argument("--server-step", type=int, nargs="+", metavar="N", help="time the server step for N studios")
+    p.add_argument("--task-request-interval", type=float, nargs="+", metavar="S",
+                   help="run each studio count with each of these simulator task request intervals (s), "
+                   "side by side (default: simulate's)")
     return p.parse_args()
 
 
@@ -142,10 +149,14 @@ def main() -> None:
         if not data.is_dir():
             make_demo(data, studios=max(args.studios), size=max(64, cfg.model.image_size), progress=False,
                       unpaired=cfg.data.demo_unpaired)
+        intervals = args.task_request_interval or [sim.SIMULATOR_TASK_REQUEST_INTERVAL_S]
         for studios in args.studios:
             threads = args.threads or pool_size(studios, cfg, psutil.virtual_memory().available)
-            rows.append(run(cfg, studios, min(threads, studios), data, root))
-            print(json.dumps({k: v for k, v in rows[-1].items() if k != "rounds_detail"}), flush=True)
+            for interval in intervals:
+                sim.SIMULATOR_TASK_REQUEST_INTERVAL_S = interval  # read by run_simulator when it starts a run
+                rows.append({"task_request_interval_s": interval,
+                             **run(cfg, studios, min(threads, studios), data, root)})
+                print(json.dumps({k: v for k, v in rows[-1].items() if k != "rounds_detail"}), flush=True)
     results[args.label] = {"profile": args.profile, "settings": dict(args.set or ()), "cores": os.cpu_count(),
                            "memory_gb": round(psutil.virtual_memory().total / 1e9, 1), "runs": rows}
     RESULTS.parent.mkdir(exist_ok=True)

@@ -52,6 +52,9 @@ STUDIO_MB_PER_BATCH_MPIXEL = 3500
 # Share of the memory available at start that the studios' processes may take (the server, ~0.9 GB measured,
 # and the rest of the machine keep the remainder).
 POOL_MEMORY_SHARE = 0.8
+# How long a studio with no task waits before asking again (NVFlare's default: 2 s, most of a steady round's
+# fixed cost in the simulator, where asking is a local message).
+SIMULATOR_TASK_REQUEST_INTERVAL_S = 0.5
 
 
 class SimulationError(RuntimeError):
@@ -222,6 +225,7 @@ def simulate(
 
 def run_simulator(job, workspace: Path, sites: list[str], threads: int, out: Path) -> None:
     """NVFlare's simulator on ``job`` in ``workspace/nvflare``, one progress line per round from ``out``."""
+    job.to_server({"server": {"task_request_interval": SIMULATOR_TASK_REQUEST_INTERVAL_S}})
     log_config = quiet_console_log_config(workspace / LOG_CONFIG)
     with no_progress_bars(), ProgressPrinter(out):
         code = job.simulator_run(str(workspace / WORKSPACE_NVFLARE), clients=sites, threads=threads,
