@@ -109,17 +109,18 @@ def train(args: argparse.Namespace, studios: list[Path]) -> None:
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Score every finished run (fusion.json per run, kept so that adding runs does not rescore the others)."""
     from fedgai.config import EvalConfig
-    from fedgai.evaluation.fusion import evaluate_fusion
+    from fedgai.evaluation import fusion
 
     results = {}
     for run in sorted(p for p in args.out.iterdir() if (p / "run.json").is_file()):
         cached = run / "fusion.json"
         if not cached.is_file():
-            report = evaluate_fusion([run], args.cross, data=args.data, steps=args.steps, progress=False,
-                                     cfg=EvalConfig(feature_size=args.feature_size))
+            report = fusion.evaluate_fusion([run], args.cross, data=args.data, steps=args.steps, progress=False,
+                                            cfg=EvalConfig(feature_size=args.feature_size))
             cached.write_text(json.dumps(report, indent=1) + "\n")
             print(f"evaluated {run.name}", flush=True)
-        results[run.name] = json.loads(cached.read_text())
+        report = json.loads(cached.read_text())
+        results[run.name] = report | {"summary": fusion.summarise(report["pairs"], report["own"])}  # current rules
     summary = summarise(results)
     (args.out / "fusion.json").write_text(json.dumps({"summary": summary, "runs": results}, indent=1) + "\n")
     (args.out / "fusion.md").write_text(markdown(summary))
@@ -144,7 +145,7 @@ def summarise(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def markdown(summary: dict[str, dict[str, Any]]) -> str:
-    head = ("| variant | share for B along α (0 → 1) | FD-Style to B's truth (α=0 → 1) | chamfer ratio | "
+    head = ("| variant | share for B along α (0 → 1) | FD-Style to B's truth (α=0 → 1) | chamfer ratio (pooled) | "
             "monotone pairs | pixel change α 0→1 | own style acc | own FD-Style | own FD-EffNetLite0 |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for variant in VARIANTS:
@@ -153,7 +154,8 @@ def markdown(summary: dict[str, dict[str, Any]]) -> str:
             continue
         curve = " → ".join(f"{100 * v:.0f}" for v in s["share_curve"])
         rows.append(f"| {variant} | {curve} % | {s['fd_style_own_end']['mean']:.3f} → "
-                    f"{s['fd_style_b_end']['mean']:.3f} | {s['chamfer_ratio']['mean']:.2f} | "
+                    f"{s['fd_style_b_end']['mean']:.3f} | {s['chamfer_ratio']['mean']:.2f} "
+                    f"({s['chamfer_ratio_pooled']['mean']:.2f}) | "
                     f"{100 * s['monotone']['mean']:.0f} % | "
                     f"{100 * s['pixel_change']['mean']:.2f} % | {100 * s['own_style_acc']['mean']:.0f} % | "
                     f"{s['own_fd_style']['mean']:.3f} | {s['own_fd_effnet']['mean']:.1f} |")

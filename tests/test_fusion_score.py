@@ -159,3 +159,24 @@ def test_a_generator_that_ignores_the_statistics_scores_flat(scored_pair):
         assert pair["chamfer_ratio"] > 1.0
     assert report["summary"]["share_b_end"] <= 0.2
     assert json.loads(json.dumps(report)) == report  # the CLI writes it as JSON
+
+
+def test_cli_demo_cross_style_then_evaluate_fusion(tmp_path, capsys):
+    from fedgai.cli import main
+    from fedgai.config import profile
+    from fedgai.trainer import StudioTrainer
+
+    studios, cross = tmp_path / "studios", tmp_path / "cross"
+    assert main(["data", "demo", "--studios", "2", "--size", "64", "--out", str(studios),
+                 "--cross-style", str(cross)]) == 0
+    for folder in sorted(studios.iterdir()):
+        t = StudioTrainer(profile("test"), folder, tmp_path / "run" / folder.name)
+        t.train_epochs(1)
+        t.save_checkpoint()
+        t.close()
+    out = tmp_path / "fusion.json"
+    assert main(["evaluate-fusion", str(tmp_path / "run"), "--cross-style", str(cross), "--data", str(studios),
+                 "--steps", "2", "--feature-size", "64", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["alphas"] == [0.0, 1.0] and len(report["pairs"]) == 2 and report["image_size"] == 32
+    assert "share for B" in capsys.readouterr().out

@@ -227,9 +227,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate_fusion(args: argparse.Namespace) -> None:
+    from fedgai.config import EvalConfig
     from fedgai.evaluation.fusion import evaluate_fusion
 
-    report = evaluate_fusion(args.runs, args.cross_style, data=args.data, steps=args.steps, device=args.device)
+    cfg = EvalConfig(**({"feature_size": args.feature_size} if args.feature_size else {})).validate()
+    report = evaluate_fusion(args.runs, args.cross_style, data=args.data, steps=args.steps, cfg=cfg,
+                             device=args.device)
     s = report["summary"]
     print("pair (A in B's style): share for B along alpha | chamfer ratio")
     for p in report["pairs"]:
@@ -469,6 +472,7 @@ def add_evaluate_parser(sub) -> None:
     p.add_argument("--data", type=Path, help="folder of studio folders (default: as `fedgai evaluate`)")
     p.add_argument("--steps", type=int, default=5, help="grid points from A's style to B's (>= 2, default 5)")
     p.add_argument("--out", type=Path, required=True, help="the JSON report to write")
+    p.add_argument("--feature-size", type=int, help="EfficientNet-Lite0 input side in px (default 224)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda[:N], or auto = GPU when available")
     p.set_defaults(func=cmd_evaluate_fusion)
 

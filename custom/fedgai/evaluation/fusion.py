@@ -117,7 +117,10 @@ def summarise(pairs: list[dict[str, Any]], own: dict[str, dict[str, Any]]) -> di
             "monotone": statistics.fmean(float(p["monotone"]) for p in pairs),
             "fd_style_own_end": statistics.fmean(p["fd_style_b"][0] for p in pairs),
             "fd_style_b_end": statistics.fmean(p["fd_style_b"][-1] for p in pairs),
-            "chamfer_ratio": mean("chamfer_ratio"), "pixel_change": mean("pixel_change"),
+            "chamfer_ratio": mean("chamfer_ratio"),
+            # Ratio of the pair means: robust to one pair whose own-style strokes sit almost exactly on the real ones.
+            "chamfer_ratio_pooled": mean("chamfer_b_end_px") / max(mean("chamfer_own_px"), 1e-6),
+            "pixel_change": mean("pixel_change"),
             "own_style_acc": statistics.fmean(float(m["style_acc"]) for m in own.values()),
             "own_fd_style": statistics.fmean(float(m["FD-Style"]) for m in own.values()),
             "own_fd_effnet": statistics.fmean(float(m["FD-EffNetLite0"]) for m in own.values())}
