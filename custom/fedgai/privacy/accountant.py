@@ -16,6 +16,7 @@ on start: a crashed or resumed run keeps counting, and an unreadable ledger is a
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -77,6 +78,14 @@ def compute_epsilon(steps: Sequence[Step], delta: float, accountant: str = "rdp"
     """Epsilon of the composition of ``steps`` at ``delta``; inf if any release had no noise."""
     if not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1), got {delta}")
+    _accountant(accountant)
+    return _epsilon(tuple(steps), delta, accountant)
+
+
+@functools.lru_cache(maxsize=4096)
+def _epsilon(steps: tuple[Step, ...], delta: float, accountant: str) -> float:
+    """compute_epsilon's arithmetic, remembered: a pure function of its arguments that the planner and the
+    ledger ask about the same schedules again (each answer costs the accountant ~0.1-1 s on a CPU)."""
     acc = _accountant(accountant)
     if not steps:
         return 0.0
