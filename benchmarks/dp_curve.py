@@ -7,8 +7,9 @@ pairs. One command runs the grid and prints the curve; results and commands: doc
 The runs use benchmarks/federation_value.py's harness (the product's StudioTrainer, key rules and server step;
 no NVFlare transport) and its evaluation (FD-EffNetLite0, SSIM, ink IoU, style accuracy and FD-Style on each
 studio's test pairs, never trained on). DP runs plan sigma, batch and steps from their target
-(privacy.plan); from the prior they train only the style head (privacy.record_trainable). The harness starts the
-shared D from the first studio's, so with the prior the federation's D starts from the prior's too.
+(privacy.plan); from the prior they train only the style head (privacy.record_trainable). dp_prior_nosteps is the
+prior with the private AdaIN_SD statistics release and no DP-SGD step (what the private steps add to). The harness
+starts the shared D from the first studio's, so with the prior the federation's D starts from the prior's too.
 Priors are built on first use into $FEDGAI_PRIOR_DIR (default OUT/priors).
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,8 @@ EPSILONS = (8.0, 1.0, 4.0)  # in the order they run: the budget a studio would p
 BASE = {"model.image_size": 64, "train.unpaired_batch": 0, "train.max_pairs": 24, "fed.rounds": 2,
         "train.epochs": 2}
 CURVE_METRICS = ("FD-EffNetLite0", "SSIM", "ink_IoU", "style_acc", "FD-Style")
+# The prior with the studio's private AdaIN_SD statistics and no DP-SGD step: what the private steps add to.
+PRIOR_ONLY = "dp_prior_nosteps"
 
 
 def curve_variants(epsilons: tuple[float, ...]) -> dict[str, dict[str, Any]]:
@@ -48,6 +52,25 @@ def curve_variants(epsilons: tuple[float, ...]) -> dict[str, dict[str, Any]]:
     # they cost more of the same budget (the plan gives DP-SGD the rest) and carry less noise.
     out[f"dp{epsilons[0]:g}_prior_stats2"] = {**out[f"dp{epsilons[0]:g}_prior"], "privacy.stats_noise_multiplier": 2.0}
     return out
+
+
+def prior_only(seed: int, base: dict[str, Any], studios: list[Path], out: Path) -> dict[str, Any]:
+    """PRIOR_ONLY: each studio's generator as the prior leaves it, after the private statistics release only."""
+    from fedgai.trainer import StudioTrainer
+
+    cfg = FedgaiConfig.from_dict(base).with_overrides({"privacy.dp": "record", "train.prior": "auto",
+                                                       "train.seed": seed})
+    name = f"{PRIOR_ONLY}-seed{seed}"
+    started = time.perf_counter()
+    trainers = {s.name: StudioTrainer(cfg, s, out / "scratch" / name / s.name) for s in studios}
+    (out / name).mkdir(parents=True, exist_ok=True)
+    for site, trainer in trainers.items():
+        fv.save_test_fakes(trainer, out / name / f"{site}.npz")
+    record = {"variant": PRIOR_ONLY, "seed": seed, "seconds": time.perf_counter() - started, "rounds": [],
+              "n_train": {site: t.num_samples for site, t in trainers.items()},
+              "dp_epsilon": {site: t.dp_epsilon() for site, t in trainers.items()}}
+    (out / name / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,7 +97,10 @@ def train(args: argparse.Namespace, base: dict[str, Any], variants: list[str]) -
         for variant in variants:
             if (args.out / f"{variant}-seed{seed}" / "run.json").is_file():
                 continue
-            record = fv.run_federation(variant, seed, base, studios, args.out, args.out / "scratch", args.device)
+            if variant == PRIOR_ONLY:
+                record = prior_only(seed, base, studios, args.out)
+            else:
+                record = fv.run_federation(variant, seed, base, studios, args.out, args.out / "scratch", args.device)
             print(f"{variant}-seed{seed}: {record['seconds']:.0f} s, epsilon {record['dp_epsilon']}", flush=True)
 
 
@@ -109,8 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault(ENV_DIR, str((args.out / "priors").resolve()))
     grid = curve_variants(tuple(args.epsilons))
     fv.VARIANTS.update(grid)  # run_federation looks variants up by name
-    variants = args.variants or list(grid)
-    unknown = sorted(set(variants) - set(grid))
+    variants = args.variants or [*grid, PRIOR_ONLY]
+    unknown = sorted(set(variants) - set(grid) - {PRIOR_ONLY})
     if unknown:
         raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; the grid has {', '.join(grid)}")
     args.set = [f"{k}={json.dumps(v)}" for k, v in BASE.items()] + list(args.set)
