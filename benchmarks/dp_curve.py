@@ -10,7 +10,9 @@ studio's test pairs, never trained on). DP runs plan sigma, batch and steps from
 (privacy.plan); from the prior they train only the style head (privacy.record_trainable). dp_prior_nosteps is the
 prior with the private AdaIN_SD statistics release and no DP-SGD step (what the private steps add to). The harness
 starts the shared D from the first studio's, so with the prior the federation's D starts from the prior's too.
-Priors are built on first use into $FEDGAI_PRIOR_DIR (default OUT/priors).
+Every run also records the membership-inference AUC of the final shared D on each studio's pairs (membership(),
+written next to the run's fakes as SITE.mia.json) and the table shows it. Priors are built on first use into
+$FEDGAI_PRIOR_DIR (default OUT/priors).
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import federation_value as fv
+import numpy as np
 
 from fedgai.config import FedgaiConfig
+from fedgai.data import SketchPairDataset
+from fedgai.evaluation.membership import hanley_mcneil_se, membership_auc
 from fedgai.prior import ENV_DIR
 
 EPSILONS = (8.0, 1.0, 4.0)  # in the order they run: the budget a studio would pick first
@@ -35,6 +40,39 @@ BASE = {"model.image_size": 64, "train.unpaired_batch": 0, "train.max_pairs": 24
 CURVE_METRICS = ("FD-EffNetLite0", "SSIM", "ink_IoU", "style_acc", "FD-Style")
 # The prior with the studio's private AdaIN_SD statistics and no DP-SGD step: what the private steps add to.
 PRIOR_ONLY = "dp_prior_nosteps"
+MIA = "MIA AUC of shared D"
+SAVE_TEST_FAKES = fv.save_test_fakes
+
+
+def membership_sets(trainer) -> tuple[SketchPairDataset, SketchPairDataset]:
+    """Members: the pairs the studio trained on (the first train.max_pairs of its training split). Non-members:
+    pairs it never trained on, test first, then val, then the training split's pairs beyond max_pairs (a small
+    studio has fewer test pairs than members). Both sides cut to the same size, members in training order."""
+    members = [photo.stem for photo, _ in trainer.dataset.pairs]
+    trained = set(members)
+    split = trainer.split
+    others = [s for s in (*split.test, *split.val, *split.train) if s not in trained]
+    n = min(len(members), len(others))
+    size = trainer.cfg.model.image_size
+    return (SketchPairDataset(trainer.studio, size, stems=members[:n]),
+            SketchPairDataset(trainer.studio, size, stems=others[:n]))
+
+
+def membership(trainer) -> dict[str, Any]:
+    """Score-threshold MIA AUC (evaluation.membership_auc) of the studio's D as the federation left it: the final
+    global D's shared parameters (loaded by the last receive) with the studio's local normalisation layers, the
+    worst case for the studio (benchmarks/privacy_audit.py does the same); with its Hanley-McNeil SE."""
+    members, nonmembers = (fv.stack_pairs(side) for side in membership_sets(trainer))
+    auc = membership_auc(trainer.discriminator, trainer.encoder, members[1], nonmembers[1], members[0], nonmembers[0])
+    n = len(members[1])
+    return {"mia_auc": auc, "mia_se": hanley_mcneil_se(auc, n, n), "members": n, "nonmembers": n}
+
+
+def save_fakes_and_membership(trainer, path: Path) -> None:
+    """federation_value's save_test_fakes (called once per studio after the final receive, before the trainer
+    closes), plus the studio's membership() next to it: the harness keeps no checkpoint to audit later."""
+    SAVE_TEST_FAKES(trainer, path)
+    path.with_suffix(".mia.json").write_text(json.dumps(membership(trainer), indent=2) + "\n")
 
 
 def curve_variants(epsilons: tuple[float, ...]) -> dict[str, dict[str, Any]]:
@@ -65,7 +103,7 @@ def prior_only(seed: int, base: dict[str, Any], studios: list[Path], out: Path) 
     trainers = {s.name: StudioTrainer(cfg, s, out / "scratch" / name / s.name) for s in studios}
     (out / name).mkdir(parents=True, exist_ok=True)
     for site, trainer in trainers.items():
-        fv.save_test_fakes(trainer, out / name / f"{site}.npz")
+        save_fakes_and_membership(trainer, out / name / f"{site}.npz")
     record = {"variant": PRIOR_ONLY, "seed": seed, "seconds": time.perf_counter() - started, "rounds": [],
               "n_train": {site: t.num_samples for site, t in trainers.items()},
               "dp_epsilon": {site: t.dp_epsilon() for site, t in trainers.items()}}
@@ -104,15 +142,39 @@ def train(args: argparse.Namespace, base: dict[str, Any], variants: list[str]) -
             print(f"{variant}-seed{seed}: {record['seconds']:.0f} s, epsilon {record['dp_epsilon']}", flush=True)
 
 
+def membership_summary(out: Path) -> dict[str, dict[str, Any]]:
+    """variant -> per seed the mean over studios of the MIA AUC and of its SE, and their mean ± std over seeds
+    (runs trained before the audit existed have no SITE.mia.json and are left out)."""
+    per_variant: dict[str, dict[str, Any]] = {}
+    for run_json in sorted(out.glob("*/run.json")):
+        files = sorted(run_json.parent.glob("*.mia.json"))
+        if not files:
+            continue
+        record = json.loads(run_json.read_text())
+        studios = {f.name.removesuffix(".mia.json"): json.loads(f.read_text()) for f in files}
+        row = per_variant.setdefault(record["variant"], {"seeds": {}})
+        row["seeds"][record["seed"]] = {"studios": studios,
+                                        "auc": float(np.mean([s["mia_auc"] for s in studios.values()])),
+                                        "se": float(np.mean([s["mia_se"] for s in studios.values()]))}
+    for row in per_variant.values():
+        aucs = [s["auc"] for s in row["seeds"].values()]
+        row.update(mean=float(np.mean(aucs)), std=float(np.std(aucs, ddof=1)) if len(aucs) > 1 else 0.0,
+                   se=float(np.mean([s["se"] for s in row["seeds"].values()])))
+    return per_variant
+
+
 def curve_table(report: dict[str, Any]) -> str:
-    """Markdown: every metric over all studios (mean ± std over seeds), the epsilon spent, and each DP run
-    against the non-DP run from the same start."""
+    """Markdown: every metric over all studios (mean ± std over seeds), the epsilon spent, the shared D's MIA
+    AUC (mean ± std over seeds, and the mean per-studio SE), and each DP run against the non-DP run from the
+    same start."""
     summary = report["summary"]
+    mia = report.get("membership", {})
     spent: dict[str, float] = {}
     for res in report["results"]:
         eps = [e for e in res["dp_epsilon"].values() if e is not None]
         spent[res["variant"]] = max([spent.get(res["variant"], 0.0), *eps])
-    header = ["variant", "epsilon spent (max over studios)", *CURVE_METRICS, "FD vs no-DP", "SSIM vs no-DP",
+    header = ["variant", "epsilon spent (max over studios)", *CURVE_METRICS, f"{MIA} (SE)", "FD vs no-DP",
+              "SSIM vs no-DP",
               "style acc vs no-DP (points)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for variant in summary["FD-EffNetLite0"]:
@@ -126,6 +188,8 @@ def curve_table(report: dict[str, Any]) -> str:
                    f"{ssim[variant]['all']['mean'] / ssim[twin]['all']['mean'] - 1:+.0%}",
                    f"{100 * (acc[variant]['all']['mean'] - acc[twin]['all']['mean']):+.1f}"]
         eps = f"{spent[variant]:.3g}" if spent.get(variant) else "- (no DP)"
+        m = mia.get(variant)
+        cells.append(f"{m['mean']:.2f} ± {m['std']:.2f} ({m['se']:.2f})" if m else "-")
         lines.append(f"| {variant} | {eps} | " + " | ".join(cells) + " | " + " | ".join(rel) + " |")
     return "\n".join(lines) + "\n"
 
@@ -135,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault(ENV_DIR, str((args.out / "priors").resolve()))
     grid = curve_variants(tuple(args.epsilons))
     fv.VARIANTS.update(grid)  # run_federation looks variants up by name
+    fv.save_test_fakes = save_fakes_and_membership  # every run audits its D before its trainers close
     variants = args.variants or [*grid, PRIOR_ONLY]
     unknown = sorted(set(variants) - set(grid) - {PRIOR_ONLY})
     if unknown:
@@ -144,7 +209,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage in ("all", "train"):
         train(args, base, variants)
     if args.stage in ("all", "evaluate"):
-        table = curve_table(fv.evaluate_dir(args.out, args.data, args.device))
+        report = fv.evaluate_dir(args.out, args.data, args.device)
+        report["membership"] = membership_summary(args.out)
+        (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+        table = curve_table(report)
         (args.out / "curve.md").write_text(table)
         print(table)
 

@@ -6,6 +6,8 @@ The attacker holds the shared D and a candidate sketch; a sketch the studio trai
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -44,6 +46,14 @@ def discriminator_scores(discriminator: GramDiscriminator, encoder: Encoder, ske
         scores.append(score)
     discriminator.train(was_training)
     return torch.cat(scores).numpy()
+
+
+def hanley_mcneil_se(auc: float, n_pos: int, n_neg: int) -> float:
+    """Standard error of an AUC (Hanley & McNeil 1982): with a few dozen pairs per side it is about 0.08, so an
+    AUC must be read against it before it says anything."""
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc**2) + (n_neg - 1) * (q2 - auc**2)) / (n_pos * n_neg)
+    return math.sqrt(max(var, 0.0))
 
 
 def membership_auc(discriminator: GramDiscriminator, encoder: Encoder, members: torch.Tensor,
