@@ -5,10 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from nvflare.apis.signal import Signal
+from nvflare.app_common.abstract.fl_model import FLModel
 
 import fedgai.prior as prior
 from fedgai.config import profile
 from fedgai.data.sketchify import sketchify_image
+from fedgai.federated.client import local_round
+from fedgai.federated.controller import FilteredFedAvg, initial_global
 from fedgai.trainer import StudioTrainer
 
 
@@ -64,3 +68,77 @@ def test_a_prior_of_another_architecture_is_refused(small_prior, studio_dir, tmp
     wide = profile("test").with_overrides({"train.prior": str(path), "model.decoder_width": 64})
     with pytest.raises(prior.PriorError, match="another architecture"):
         StudioTrainer(wide, studio_dir, tmp_path / "run")
+
+
+class InProcessServer(FilteredFedAvg):
+    """The real server controller, with NVFlare's messaging replaced by real studio trainers' local rounds."""
+
+    def __init__(self, cfg, run_dir, trainers):
+        super().__init__(config=cfg.to_dict(), checkpoint_dir="")
+        self.abort_signal = Signal()
+        self.run_dir, self.trainers = run_dir, trainers
+        self.sent: list[FLModel] = []
+        self.starts: list[dict[str, torch.Tensor]] = []  # each studio's shared D right after its receive
+        self.panics: list[str] = []
+
+    def sample_clients(self, num_clients=None):
+        return list(self.trainers)
+
+    def broadcast_model(self, task_name="train", data=None, targets=None, min_responses=None, timeout=0,
+                        wait_time_after_min_received=0, **kwargs):
+        self.sent.append(data)
+        # NVFlare's params converters: numpy on the server's side, torch on the studios'.
+        received = FLModel(params={k: torch.from_numpy(v) for k, v in data.params.items()},
+                           current_round=data.current_round, meta=data.meta)
+        replies = []
+        for site, trainer in self.trainers.items():
+            reply = local_round(trainer, received, trainer.run_dir / "ledger.json")
+            # What the studio trained from: its D after training minus the DIFF it sent.
+            after = trainer.shared_state()
+            self.starts.append({k: after[k] - reply.params[k] for k in reply.params})
+            reply.params = {k: v.numpy() for k, v in reply.params.items()}
+            reply.meta["client_name"] = site
+            replies.append(reply)
+        return replies
+
+    def get_run_dir(self):
+        return str(self.run_dir)
+
+    def panic(self, reason):
+        self.panics.append(reason)
+
+
+def test_a_federation_starts_from_the_priors_d_not_the_servers_random_one(small_prior, demo_root, tmp_path):
+    cfg = profile("test").with_overrides({"train.prior": "auto", "fed.rounds": 1})
+    trainers = {s.name: StudioTrainer(cfg, s, tmp_path / s.name) for s in sorted(demo_root.iterdir()) if s.is_dir()}
+    state = torch.load(next(iter(trainers.values())).prior, weights_only=True)["discriminator"]
+    server = InProcessServer(cfg, tmp_path / "server", trainers)
+    server.run()
+    assert not server.panics
+    first = server.sent[0].params
+    assert sorted(first) and all(k.startswith("discriminator.") for k in first)
+    for key, value in first.items():
+        assert torch.equal(torch.as_tensor(value), state[key.removeprefix("discriminator.")]), key
+    random_init = initial_global(profile("test"))
+    assert any(not np.array_equal(random_init[k], np.asarray(v)) for k, v in first.items())
+    for start in server.starts:  # every studio's round-1 training started from the prior's D
+        for key, value in start.items():
+            torch.testing.assert_close(value, state[key.removeprefix("discriminator.")], rtol=0, atol=1e-5)
+
+
+def test_a_server_whose_prior_is_missing_stops_with_the_reason(tmp_path):
+    missing = tmp_path / "nowhere" / "prior.pt"
+    server = InProcessServer(profile("test").with_overrides({"train.prior": str(missing)}), tmp_path, {})
+    server.run()
+    assert len(server.panics) == 1 and f"train.prior {missing} is not a file" in server.panics[0]
+    assert server.sent == []
+
+
+def test_a_mode_that_shares_g_starts_g_from_the_prior_too(small_prior):
+    cfg = profile("test").with_overrides({"train.prior": "auto", "fed.mode": "fedavg_full", "privacy.he": True})
+    start = initial_global(cfg)
+    state = torch.load(prior.prior_path(cfg, "random"), weights_only=True)
+    shared_g = [k for k in start if k.startswith("generator.")]
+    assert shared_g
+    for key in shared_g:
+        assert np.array_equal(start[key], state["generator"][key.removeprefix("generator.")].numpy()), key

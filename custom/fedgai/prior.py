@@ -36,7 +36,7 @@ from fedgai.data.garments import KINDS, garment_tone, make_garment
 from fedgai.data.photo_render import PRINTS, render_photo
 from fedgai.data.sketchify import sketchify_image
 from fedgai.data.studio import MIN_SIZE
-from fedgai.models import per_sample_networks
+from fedgai.models import find_vgg16_weights, per_sample_networks
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +142,19 @@ def resolve_prior(cfg: FedgaiConfig, encoder_name: str) -> Path | None:
     return path if path.is_file() else build_prior(cfg, path)
 
 
-def load_prior(cfg: FedgaiConfig, encoder_name: str, generator: nn.Module, discriminator: nn.Module) -> Path | None:
-    """Start G and D from the prior train.prior names (G's AdaIN_SD statistics stay the studio's own)."""
+def resolved_encoder_name(cfg: FedgaiConfig) -> str:
+    """The encoder models.build_encoder picks ("auto": VGG-16 where its weights are found, else EfficientNet-Lite0),
+    without building it: the server needs only the prior's key, and this machine's weights decide "auto" as they
+    do for a studio on it."""
+    if cfg.model.encoder != "auto":
+        return cfg.model.encoder
+    return "vgg16" if find_vgg16_weights(cfg.model) else "efficientnet-lite0"
+
+
+def load_prior(cfg: FedgaiConfig, encoder_name: str, generator: nn.Module | None,
+               discriminator: nn.Module) -> Path | None:
+    """Start G and D from the prior train.prior names (G's AdaIN_SD statistics stay the studio's own). The
+    server passes no G where its mode shares only D (federated/controller.initial_global)."""
     path = resolve_prior(cfg, encoder_name)
     if path is None:
         return None
@@ -153,9 +164,11 @@ def load_prior(cfg: FedgaiConfig, encoder_name: str, generator: nn.Module, discr
     if state.get("format") != PRIOR_FORMAT or state.get("key") != prior_key(cfg, encoder_name):
         raise PriorError(f"prior {path} was built for another architecture or recipe (key {state.get('key')}, "
                          f"this run needs {prior_key(cfg, encoder_name)}); build one with `fedgai prior build`")
-    missing, unexpected = generator.load_state_dict(state["generator"], strict=False)
-    if unexpected or any(not k.startswith("adain.") for k in missing):  # only AdaIN_SD's statistics may be absent
-        raise PriorError(f"prior {path}: generator entries do not match (missing {missing}, unexpected {unexpected})")
+    if generator is not None:
+        missing, unexpected = generator.load_state_dict(state["generator"], strict=False)
+        if unexpected or any(not k.startswith("adain.") for k in missing):  # only AdaIN_SD's statistics may be absent
+            raise PriorError(f"prior {path}: generator entries do not match (missing {missing}, "
+                             f"unexpected {unexpected})")
     discriminator.load_state_dict(state["discriminator"])
     return path
 

@@ -4,7 +4,9 @@ Per round: send the global entries (+ the federation's feature-space fingerprint
 drop bad ones with a reason -> cap weights, clip outsized updates, aggregate (aggregation.py) -> new global ->
 save it (+ a JSON summary) -> save a resume state keyed by the job's identity and configuration. The server
 builds the initial global model itself with the same builders the studios use, so it can exclude BatchNorm
-by module type. Nothing here imports Opacus: the server never needs the DP machinery.
+by module type, and from the public prior when train.prior is on (prior.py: the studios' D starts there, and
+round 0's global D would otherwise replace it). Nothing here imports Opacus: the server never needs the DP
+machinery.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from fedgai.federated.summary import BUDGET_SPENT, round_summary, unusable_reaso
 from fedgai.federated.validation import contribution_problem, update_norm_bound, update_norm_floor
 from fedgai.layout import global_model_name
 from fedgai.models import build_discriminator, build_gan, per_sample_networks
+from fedgai.prior import PriorError, load_prior, resolved_encoder_name
 from fedgai.sharing import MODE_NETWORKS, shared_state
 from fedgai.wire import BUDGET_EXHAUSTED_KEY, CONFIG_META_KEY, DP_EPSILON_META_KEY
 
@@ -48,17 +51,22 @@ STATE_FILE = "server_state.pt"
 
 
 def initial_global(cfg: FedgaiConfig) -> dict[str, np.ndarray]:
-    """The mode's shared entries of freshly built networks, seeded so every run starts alike.
+    """The mode's shared entries of freshly built networks, seeded so every run starts alike, or of the public
+    prior when train.prior is on: the same file the studios resolve ("auto" built and cached on first use).
 
     fedavg_full and fedbn also federate the generator, so the server needs the studios' encoder (for its
-    channel counts) in those baselines only.
+    channel counts) in those baselines only. Raises FileNotFoundError / PriorError for a prior that is missing
+    or built for another architecture.
     """
     torch.manual_seed(cfg.train.seed)
     if "generator" in MODE_NETWORKS[cfg.fed.mode]:
         gan = build_gan(cfg)
         networks = {"generator": gan.generator, "discriminator": gan.discriminator}
+        encoder_name = gan.encoder.name
     else:
         networks = {"discriminator": build_discriminator(cfg)}
+        encoder_name = resolved_encoder_name(cfg)
+    load_prior(cfg, encoder_name, networks.get("generator"), networks["discriminator"])
     # Under DP-SGD build_discriminator already swaps BatchNorm for GroupNorm, which then stays local too.
     return {k: v.numpy() for k, v in shared_state(networks, cfg.fed.mode, per_sample_networks(cfg)).items()}
 
@@ -101,7 +109,11 @@ class FilteredFedAvg(ModelController):
 
     def run(self) -> None:
         cfg = FedgaiConfig.from_dict(self.config)
-        reference = initial_global(cfg)
+        try:
+            reference = initial_global(cfg)
+        except (FileNotFoundError, PriorError) as err:
+            self.panic(f"cannot make the initial global model: {err}")
+            return
         identity = self._identity()
         try:
             path = self._state_path(identity)
