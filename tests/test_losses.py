@@ -85,12 +85,23 @@ def test_an_unreachable_hub_turns_clip_off_in_one_line_without_a_download(tmp_pa
     losses.hub_reachable.cache_clear()
     losses._clip_visual.cache_clear()
     try:
-        losses.clip_preflight(LossConfig())
+        studio_env = losses.clip_preflight(LossConfig())
         printed = capsys.readouterr().out.strip().splitlines()
         assert len(printed) == 1 and "cannot be reached" in printed[0]
+        assert "not in the local cache" in studio_env[losses.CLIP_UNAVAILABLE_ENV]
         assert os.environ["HF_HUB_OFFLINE"] == "1"  # the studio processes started next inherit it
         model, status = load_clip(LossConfig())
         assert model is None and not status.enabled and "not in the local cache" in status.reason
     finally:
         losses.hub_reachable.cache_clear()
         losses._clip_visual.cache_clear()
+
+
+def test_studios_told_clip_is_unavailable_do_not_even_import_open_clip(monkeypatch):
+    """`fedgai simulate` decides once (clip_preflight); its studio processes then skip open_clip (~140 MB each)."""
+    from fedgai import losses
+
+    monkeypatch.setenv(losses.CLIP_UNAVAILABLE_ENV, "weights not in the local cache (offline)")
+    monkeypatch.setattr(losses, "_clip_visual", lambda *a: pytest.fail("open_clip was asked"))
+    model, status = load_clip(LossConfig())
+    assert model is None and not status.enabled and status.reason == "weights not in the local cache (offline)"

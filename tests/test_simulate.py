@@ -85,6 +85,10 @@ def test_simulation_prints_one_progress_line_per_round_and_keeps_each_trainer(de
         assert contribution["metrics"]["setup_seconds"] > 0, site
         assert second["contributions"][site]["metrics"]["setup_seconds"] == 0, site
         assert second["contributions"][site]["metrics"]["studio_cpu_seconds"] > 0, site
+        assert second["contributions"][site]["metrics"]["slot_wait_seconds"] >= 0, site
+    # 3 studios, 2 cores at 1 torch thread each: the studios took turns through 2 training slots.
+    assert {p.name for p in (tmp_path / "ws" / "training_slots").iterdir()} <= {"slot-0.lock", "slot-1.lock"}
+    assert (tmp_path / "ws" / "training_slots" / "slot-0.lock").is_file()
 
 
 def test_threads_outside_one_to_studios_is_refused(tmp_path):
@@ -98,6 +102,11 @@ def test_the_pool_gives_every_studio_its_process_while_memory_holds_them_else_as
     assert pool_size(32, cfg, int(100 * one)) == 32  # all fit: no studio restarts between rounds
     assert pool_size(32, cfg, int(12.1 * one)) == 9  # 80 % of 12.1 studios' memory holds 9
     assert pool_size(32, cfg, 0) == 1  # never none
+    # Studios waiting for one of 2 training slots hold no step's memory: more of them fit.
+    quick = profile("quick")
+    one = studio_memory_mb(quick) * 1e6
+    assert pool_size(32, quick, int(12.1 * one)) == 9
+    assert pool_size(32, quick, int(12.1 * one), slots=2) > 15
     assert studio_memory_mb(profile("quick")) > studio_memory_mb(cfg)  # larger batches of larger images
 
 
@@ -112,8 +121,9 @@ def test_simulate_prints_the_pool_it_chose(demo_root, tmp_path, capsys, monkeypa
     with pytest.raises(RuntimeError, match="stopped"):
         simulate(profile("test").with_overrides({"fed.rounds": 1}), 2, tmp_path / "ws", demo_root)
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("simulator pool:"))
-    assert re.fullmatch(r"simulator pool: 2 of 2 studios at once \(one process per studio; ~0\.\d GB each, \d+\.\d GB "
-                        r"available, \d+ cores; --threads N to choose\)", line)
+    assert re.fullmatch(r"simulator pool: 2 of 2 studios at once, \d training at a time \(one process per studio; "
+                        r"~0\.\d GB each while training, 0\.\d GB waiting; \d+\.\d GB available, \d+ cores; "
+                        r"--threads N / --slots N to choose\)", line)
 
 
 def test_fedgai_simulate_threads_reaches_the_simulator(tmp_path, capsys):

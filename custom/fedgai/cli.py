@@ -253,7 +253,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         "privacy.he": args.he or None})
     try:
         simulate(cfg, args.studios, args.workspace, args.data, resume=args.resume, overwrite=args.overwrite,
-                 threads=args.threads)
+                 threads=args.threads, slots=args.slots)
     except SimulationError as err:  # the run failed: the message names the log to read
         raise SystemExit(f"error: {err}") from err
 
@@ -488,6 +488,8 @@ def add_simulate_parser(sub) -> None:
     p.add_argument("--he", action="store_true", help="secure aggregation with CKKS (simulator keys)")
     p.add_argument("--threads", type=int, help="studio processes at once (default: one per studio while the "
                    "machine's memory holds them, else as many as fit; a swapped studio restarts every round)")
+    p.add_argument("--slots", type=int, help="studios that train at a time; the others wait holding only their "
+                   "networks and data (default: the cores at train.num_threads torch threads each)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --workspace")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --workspace (keeps data/)")
     add_follow_symlinks_arg(p)

@@ -28,6 +28,10 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # open_clip's file names on the Hugging Face hub (a .safetensors copy is preferred when present).
 CLIP_WEIGHTS = "open_clip_pytorch_model.bin"
 CLIP_SAFE_WEIGHTS = "open_clip_model.safetensors"
+# Set by `fedgai simulate` for its studio processes when the CLIP weights cannot be had (the reason).
+CLIP_UNAVAILABLE_ENV = "FEDGAI_CLIP_UNAVAILABLE"
+CLIP_HOW_TO_ENABLE = ("Put the checkpoint in the Hugging Face cache or set loss.clip_pretrained to a local file to "
+                      "enable it.")
 
 
 def gram_loss(real: list[torch.Tensor], fake: list[torch.Tensor]) -> torch.Tensor:
@@ -115,10 +119,28 @@ def load_clip(cfg: LossConfig) -> tuple[ClipLoss | None, ClipStatus]:
     """open_clip's model from a pretrained tag or local checkpoint; offline, say so once and disable the term."""
     if clip_off(cfg):
         return None, ClipStatus(False, "disabled in config (loss.clip = 0 or loss.clip_pretrained = 'none')")
+    unavailable = os.environ.get(CLIP_UNAVAILABLE_ENV)
+    if unavailable:  # fedgai simulate found no weights: open_clip is not even imported (~140 MB a process)
+        return None, ClipStatus(False, unavailable)
     visual, reason = _clip_visual(cfg.clip_model, cfg.clip_pretrained)
     if visual is None:
         return None, ClipStatus(False, reason)
     return ClipLoss(visual, visual.image_size[0]), ClipStatus(True, reason)
+
+
+@functools.cache
+def clip_checkpoint(model_name: str, source: str) -> tuple[str | None, str | None, dict]:
+    """(local checkpoint, None, open_clip tag) or (None, why not, tag): local file, caches, then one download
+    when the hub answers. Builds no model."""
+    import open_clip
+
+    if _is_file(source):
+        return (source, None, {}) if Path(source).is_file() else (
+            None, f"loss.clip_pretrained file {source} does not exist", {})
+    tag = open_clip.get_pretrained_cfg(model_name, source)
+    if not tag:
+        return None, f"unknown CLIP weights '{model_name}/{source}'", {}
+    return (*_tag_checkpoint(tag), tag)
 
 
 @functools.cache
@@ -128,12 +150,7 @@ def _clip_visual(model_name: str, source: str) -> tuple[nn.Module | None, str]:
     online (HF_HUB_OFFLINE unset) and the weights are not cached."""
     import open_clip
 
-    if _is_file(source):
-        checkpoint, problem, tag = (source, None, {}) if Path(source).is_file() else (
-            None, f"loss.clip_pretrained file {source} does not exist", {})
-    else:
-        tag = open_clip.get_pretrained_cfg(model_name, source)
-        checkpoint, problem = _tag_checkpoint(tag) if tag else (None, f"unknown CLIP weights '{model_name}/{source}'")
+    checkpoint, problem, tag = clip_checkpoint(model_name, source)
     if checkpoint is not None:
         try:
             model = open_clip.create_model(model_name, pretrained=checkpoint,
@@ -143,8 +160,7 @@ def _clip_visual(model_name: str, source: str) -> tuple[nn.Module | None, str]:
         else:
             log.info("CLIP loss: %s/%s", model_name, source)
             return model.visual, f"{model_name}/{source}"
-    log.warning("CLIP term DISABLED for this process: %s. Put the checkpoint in the Hugging Face cache or set "
-                "loss.clip_pretrained to a local file to enable it.", problem)
+    log.warning("CLIP term DISABLED for this process: %s. %s", problem, CLIP_HOW_TO_ENABLE)
     return None, problem
 
 
@@ -194,14 +210,17 @@ def _connects(host: str, port: int, timeout: float) -> bool:
     return True
 
 
-def clip_preflight(cfg: LossConfig) -> None:
-    """Before studios start (``fedgai simulate``): one console line when the CLIP term will be off because the
-    hub is out of reach, instead of one download attempt per studio."""
-    if clip_off(cfg) or _is_file(cfg.clip_pretrained) or hub_marked_offline():
-        return
-    if not hub_reachable():
-        print(f"CLIP: the Hugging Face hub cannot be reached; studios use {cfg.clip_model}/{cfg.clip_pretrained} "
-              "only if it is in the local cache, else the CLIP term is off (HF_HUB_OFFLINE=1 set for them)")
+def clip_preflight(cfg: LossConfig) -> dict[str, str]:
+    """Before studios start (``fedgai simulate``): decide once whether the CLIP weights can be had. When they
+    cannot, one console line, and the environment for the studio processes (``CLIP_UNAVAILABLE_ENV``) under
+    which they skip open_clip altogether instead of each importing it, retrying and warning."""
+    if clip_off(cfg):
+        return {}
+    checkpoint, problem, _ = clip_checkpoint(cfg.clip_model, cfg.clip_pretrained)
+    if checkpoint is not None:
+        return {}
+    print(f"CLIP term off for every studio: {problem}. {CLIP_HOW_TO_ENABLE}")
+    return {CLIP_UNAVAILABLE_ENV: problem}
 
 
 def _tag_checkpoint(tag: dict) -> tuple[str | None, str | None]:

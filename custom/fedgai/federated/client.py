@@ -24,6 +24,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nvflare.client as flare
 import torch
@@ -35,6 +36,7 @@ from fedgai.config import FedgaiConfig
 from fedgai.federated.fingerprint import check_global_model, studio_feature_space
 from fedgai.federated.round import receive_global, studio_update
 from fedgai.federated.server_state import config_hash
+from fedgai.federated.slots import SlotWait, training_slot
 from fedgai.layout import ROUND_RECORDS
 from fedgai.privacy import LEDGER_FILE, PrivacyBudgetExceeded, budget_allows_next_round
 from fedgai.privacy.accountant import reported_epsilon
@@ -52,6 +54,9 @@ from fedgai.wire import (
     GLOBAL_REFUSED_META_KEY,
     TOOK_SHARED_STAGES_KEY,
 )
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter as TensorBoardWriter
 
 DATA_ROOT_ENV = "FEDGAI_DATA_ROOT"
 OUTPUT_ROOT_ENV = "FEDGAI_OUTPUT_ROOT"
@@ -243,47 +248,72 @@ def save_round(trainer: StudioTrainer, rnd: int, metrics: Mapping[str, float]) -
     trainer.folder.append_record(ROUND_RECORDS, {"round": rnd, "epoch": trainer.epoch, **metrics})
 
 
+@dataclasses.dataclass
+class Studio:
+    """What a studio process keeps from its first round to the last: trainer (with its data), metric writer and
+    the site's own DP ledger (None: the run's)."""
+
+    trainer: StudioTrainer
+    writer: SummaryWriter | TensorBoardWriter
+    ledger: Path | None
+
+
+def open_studio(received: FLModel, site: str, studio_dir: Path, args: argparse.Namespace) -> Studio:
+    """The trainer on the job's config under the site's policy, resumed past round 0."""
+    policy = load_site_policy(Path.cwd())
+    job_config = received.meta[CONFIG_META_KEY]
+    cfg = site_config(FedgaiConfig.from_dict(job_config), policy)
+    ledger = site_ledger_path(policy, cfg.privacy.dp) if policy and dp_enabled(cfg) else None
+    job_id = flare.get_job_id()  # (5) what a resumed checkpoint must belong to
+    trainer = open_trainer(cfg, studio_dir, args.output_root / site, resume=received.current_round > 0,
+                           owner=resume_owner(job_id, job_config), device=args.device,
+                           ledger=ledger if cfg.privacy.dp == "record" else None)
+    # Under DP the scalars stay in the studio's own TensorBoard log: NVFlare's writer streams them to the server
+    # as events, past every result filter.
+    writer = trainer.writer if dp_enabled(cfg) else SummaryWriter()  # (6) NVFlare's metric streaming
+    return Studio(trainer, writer, ledger)
+
+
+def studio_round(studio: Studio | None, received: FLModel, site: str, studio_dir: Path,
+                 args: argparse.Namespace, waited: SlotWait) -> tuple[Studio, FLModel]:
+    """One round's work (the studio is opened in the first): train, save, log; returns the result to send."""
+    started, cpu_started = time.perf_counter(), time.process_time()
+    setup_seconds = 0.0  # stays 0 after the first round: the trainer and its data live as long as the run
+    if studio is None:
+        studio = open_studio(received, site, studio_dir, args)
+        setup_seconds = time.perf_counter() - started
+    result = local_round(studio.trainer, received, studio.ledger)
+    save_round(studio.trainer, received.current_round, result.metrics)
+    # All the studio's own work this round (set-up, training, outputs), in wall and in this process's CPU
+    # seconds: the rest of a round is NVFlare's (benchmarks/federation.py). The wait for a slot is neither.
+    result.metrics.update(studio_seconds=time.perf_counter() - started,
+                          studio_cpu_seconds=time.process_time() - cpu_started, setup_seconds=setup_seconds,
+                          slot_wait_seconds=waited.seconds)
+    for name, value in result.metrics.items():
+        studio.writer.add_scalar(name, value, global_step=received.current_round)
+    return studio, result
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """The studio's loop; the numbered lines are its only contact with NVFlare (as in NVFlare's examples)."""
     args = parse_args(argv)
     flare.init()  # (1) join the job
     site = flare.get_site_name()  # (2) the site's authenticated name: which studio folder to train on
     studio_dir = resolve_studio(site, studio_map(args.studio), args.data_root)
-    writer = None
-    trainer = None
+    studio, rnd = None, 0
     while flare.is_running():  # (3) until the server ends the job
         received = flare.receive()  # (4) the global D entries and the job's config
-        started, cpu_started = time.perf_counter(), time.process_time()
         rnd = received.current_round
-        setup_seconds = 0.0  # stays 0 after the first round: the trainer and its data live as long as the run
-        if trainer is None:
-            policy = load_site_policy(Path.cwd())
-            job_config = received.meta[CONFIG_META_KEY]
-            cfg = site_config(FedgaiConfig.from_dict(job_config), policy)
-            ledger = site_ledger_path(policy, cfg.privacy.dp) if policy and dp_enabled(cfg) else None
-            job_id = flare.get_job_id()  # (5) what a resumed checkpoint must belong to
-            trainer = open_trainer(cfg, studio_dir, args.output_root / site, resume=rnd > 0,
-                                   owner=resume_owner(job_id, job_config), device=args.device,
-                                   ledger=ledger if cfg.privacy.dp == "record" else None)
-            setup_seconds = time.perf_counter() - started
-            # Under DP the scalars stay in the studio's own TensorBoard log: NVFlare's writer streams them to
-            # the server as events, past every result filter.
-            writer = trainer.writer if dp_enabled(cfg) else SummaryWriter()  # (6) NVFlare's metric streaming
-        result = local_round(trainer, received, ledger)
-        save_round(trainer, rnd, result.metrics)
-        # All the studio's own work this round (set-up, training, outputs), in wall and in this process's CPU
-        # seconds: the rest of a round is NVFlare's (benchmarks/federation.py).
-        result.metrics.update(studio_seconds=time.perf_counter() - started,
-                              studio_cpu_seconds=time.process_time() - cpu_started, setup_seconds=setup_seconds)
-        for name, value in result.metrics.items():
-            writer.add_scalar(name, value, global_step=rnd)
-        flare.send(releasable(result, trainer.cfg))  # (7) the update, through the site's result filters
-    if trainer is not None:
-        if trainer.cfg.edge.compress_after_training:  # the site's compressed generator, after the last round
+        # Studios sharing one machine (the simulator) take turns and return freed memory after (slots.py).
+        with training_slot() as waited:
+            studio, result = studio_round(studio, received, site, studio_dir, args, waited)
+        flare.send(releasable(result, studio.trainer.cfg))  # (7) the update, through the site's result filters
+    if studio is not None:
+        if studio.trainer.cfg.edge.compress_after_training:  # the site's compressed generator, after the last round
             from fedgai.edge.distill import compress_after_federation
 
-            compress_after_federation(trainer, rnd)
-        trainer.close()
+            compress_after_federation(studio.trainer, rnd)
+        studio.trainer.close()
 
 
 if __name__ == "__main__":

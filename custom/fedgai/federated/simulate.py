@@ -26,12 +26,19 @@ from nvflare.apis.fl_constant import WorkspaceConstants
 from nvflare.fuel.utils import log_utils
 
 from fedgai.config import FedgaiConfig
-from fedgai.environment import scoped_env
+from fedgai.environment import scoped_env, scoped_environ
 from fedgai.federated.controller import OUTPUT_DIR
 from fedgai.federated.job import build_job
 from fedgai.federated.progress import RoundProgress
+from fedgai.federated.slots import SLOTS_ENV, slots_spec
 from fedgai.federated.summary import SummaryError, new_round_summaries, read_round_summaries
-from fedgai.layout import WORKSPACE_DATA, WORKSPACE_NVFLARE, WORKSPACE_STATE, WORKSPACE_STUDIOS
+from fedgai.layout import (
+    WORKSPACE_DATA,
+    WORKSPACE_NVFLARE,
+    WORKSPACE_SLOTS,
+    WORKSPACE_STATE,
+    WORKSPACE_STUDIOS,
+)
 from fedgai.losses import clip_preflight
 from fedgai.polling import Poller
 from fedgai.rundir import prepare_workspace
@@ -61,29 +68,44 @@ class SimulationError(RuntimeError):
     """The simulator did not produce a complete run."""
 
 
-def studio_memory_mb(cfg: FedgaiConfig) -> float:
-    """Estimated peak memory of one studio's simulator process at these settings."""
+def studio_memory_mb(cfg: FedgaiConfig, training: bool = True) -> float:
+    """Estimated peak memory of one studio's simulator process at these settings; ``training=False``: while it
+    waits for its training slot (slots.py returns a step's memory after the round)."""
     pixels = (cfg.train.batch_size + cfg.train.unpaired_batch) * cfg.model.image_size ** 2
-    return STUDIO_BASE_MB + STUDIO_MB_PER_BATCH_MPIXEL * pixels / 1e6
+    return STUDIO_BASE_MB + (STUDIO_MB_PER_BATCH_MPIXEL * pixels / 1e6 if training else 0.0)
 
 
-def pool_size(studios: int, cfg: FedgaiConfig, available_bytes: int) -> int:
+def training_slots(cfg: FedgaiConfig, cores: int) -> int:
+    """Studios that train at once on this machine: as many as the cores hold at train.num_threads torch threads
+    each (more would only share the cores, each holding a step's memory)."""
+    return max(1, cores // (cfg.train.num_threads or 1))
+
+
+def pool_size(studios: int, cfg: FedgaiConfig, available_bytes: int, slots: int | None = None) -> int:
     """Studio processes to run at once: one per studio when they all fit in POOL_MEMORY_SHARE of the available
     memory (each studio keeps its process, trainer and data: no per-round restarts), else as many as fit
-    (at least one). Cores do not bound it: a waiting studio costs memory, not CPU, while a swapped-out one
-    restarts its process every round."""
-    fit = int(POOL_MEMORY_SHARE * available_bytes / 1e6 // studio_memory_mb(cfg))
-    return max(1, min(studios, fit))
+    (at least one). Only ``slots`` of them (default: all) train at a time and hold a step's memory. Cores do not
+    bound the pool: a waiting studio costs memory, not CPU, while a swapped-out one restarts its process every
+    round."""
+    budget = POOL_MEMORY_SHARE * available_bytes / 1e6
+    waiting, training = studio_memory_mb(cfg, training=False), studio_memory_mb(cfg)
+    for pool in range(studios, 0, -1):
+        active = min(pool, slots or pool)
+        if active * training + (pool - active) * waiting <= budget:
+            return pool
+    return 1
 
 
-def choose_pool(studios: int, cfg: FedgaiConfig) -> int:
+def choose_pool(studios: int, cfg: FedgaiConfig, slots: int) -> int:
     """pool_size for this machine's available memory, and one line that says what was chosen and why."""
     available = psutil.virtual_memory().available
-    threads = pool_size(studios, cfg, available)
+    threads = pool_size(studios, cfg, available, slots)
     how = "one process per studio" if threads == studios else \
         f"studios swapped through {threads} processes, each restarting every round: fewer than the studios fit"
-    print(f"simulator pool: {threads} of {studios} studios at once ({how}; ~{studio_memory_mb(cfg) / 1e3:.1f} GB "
-          f"each, {available / 1e9:.1f} GB available, {os.cpu_count()} cores; --threads N to choose)", flush=True)
+    print(f"simulator pool: {threads} of {studios} studios at once, {min(slots, threads)} training at a time "
+          f"({how}; ~{studio_memory_mb(cfg) / 1e3:.1f} GB each while training, "
+          f"{studio_memory_mb(cfg, training=False) / 1e3:.1f} GB waiting; {available / 1e9:.1f} GB available, "
+          f"{os.cpu_count()} cores; --threads N / --slots N to choose)", flush=True)
     return threads
 
 
@@ -172,6 +194,7 @@ def simulate(
     overwrite: bool = False,
     save_outbound_arrays: bool = False,
     threads: int | None = None,
+    slots: int | None = None,
 ) -> Path:
     """Simulate ``studios`` studios with the finished config ``cfg`` (profile, file and overrides already applied:
     `fedgai simulate`'s load_config, or ``profile(...).with_overrides(...)``); returns the server's output folder
@@ -183,18 +206,25 @@ def simulate(
     OutboundAudit). ``threads``: studios run at once (default: as many as this machine's memory holds, see
     pool_size). With fewer threads than studios, NVFlare's simulator swaps studios in and out, restarting each
     studio's process - and its trainer - every round; with one thread per studio, every studio keeps its
-    process, trainer and data for the whole run.
+    process, trainer and data for the whole run. ``slots``: studios that train at a time (default: the cores
+    at train.num_threads each, see training_slots); the others wait holding only their networks and data.
     """
     if threads is not None and not 1 <= threads <= studios:
         raise ValueError(f"threads must be between 1 and the number of studios ({studios}), got {threads}")
+    if slots is not None and slots < 1:
+        raise ValueError(f"slots must be at least 1, got {slots}")
     check_request(cfg, studios, data_dir)
-    threads = threads or choose_pool(studios, cfg)
+    cores = os.cpu_count() or 1
+    slots = slots or training_slots(cfg, cores)
+    threads = threads or choose_pool(studios, cfg, slots)
     prepare_workspace(Path(workspace), resume=resume, overwrite=overwrite)
-    clip_preflight(cfg.loss)
-    if cfg.train.num_threads is None:  # studios run side by side: split the cores (at least one torch thread each)
-        split = max(1, (os.cpu_count() or 1) // threads)
+    studio_env = clip_preflight(cfg.loss)
+    if cfg.train.num_threads is None:  # the training studios split the cores (at least one torch thread each)
+        split = max(1, cores // min(threads, slots))
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, num_threads=split))
     workspace = Path(workspace).resolve()
+    if slots < threads:
+        studio_env[SLOTS_ENV] = slots_spec(workspace / WORKSPACE_SLOTS, slots)
     if data_dir is None:
         data_dir = workspace / WORKSPACE_DATA
         if not data_dir.is_dir():
@@ -217,7 +247,8 @@ def simulate(
         job = build_job(cfg, sites, output_root=workspace / WORKSPACE_STUDIOS,
                         checkpoint_dir=str(workspace / WORKSPACE_STATE), save_outbound_arrays=save_outbound_arrays)
         out = server_dir(workspace) / OUTPUT_DIR
-    run_simulator(job, workspace, list(sites), threads, out)
+    with scoped_environ(studio_env):  # the studio processes inherit it
+        run_simulator(job, workspace, list(sites), threads, out)
     summaries = check_run(workspace, cfg.fed.rounds, out.name)
     print_summary(workspace, out, sites, summaries)
     return out

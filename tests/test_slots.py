@@ -1,0 +1,84 @@
+"""Studios sharing one machine take turns (federated/slots.py): never more than N train at once, a dead studio
+frees its slot, and a deployment without slots never waits."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+
+import pytest
+
+from fedgai.federated.slots import SLOTS_ENV, parse_slots, slots_spec, training_slot
+
+
+def test_at_most_n_studios_hold_a_slot_at_once(tmp_path):
+    spec = slots_spec(tmp_path / "slots", 2)
+    inside, most, guard = [0], [0], threading.Lock()
+
+    def studio():
+        with training_slot(spec):
+            with guard:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            time.sleep(0.3)
+            with guard:
+                inside[0] -= 1
+
+    workers = [threading.Thread(target=studio) for _ in range(5)]
+    started = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert most[0] == 2
+    assert time.perf_counter() - started >= 0.9  # 5 turns of 0.3 s through 2 slots: at least 3 rounds of turns
+
+
+def test_the_wait_is_measured_and_no_slots_means_no_wait(tmp_path, monkeypatch):
+    monkeypatch.delenv(SLOTS_ENV, raising=False)
+    with training_slot() as waited:
+        pass
+    assert waited.seconds == 0.0
+    spec = slots_spec(tmp_path, 1)
+    held = threading.Event()
+
+    def holder():
+        with training_slot(spec):
+            held.set()
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    held.wait()
+    with training_slot(spec) as waited:
+        pass
+    thread.join()
+    assert waited.seconds >= 0.3
+
+
+def _die_holding_a_slot(spec: str) -> None:
+    with training_slot(spec):
+        os._exit(3)  # a studio process that crashes mid-round
+
+
+def test_a_studio_that_dies_frees_its_slot(tmp_path):
+    spec = slots_spec(tmp_path, 1)
+    child = multiprocessing.get_context("fork").Process(target=_die_holding_a_slot, args=(spec,))
+    child.start()
+    child.join(10)
+    assert child.exitcode == 3
+    with training_slot(spec) as waited:
+        pass
+    assert waited.seconds < 1.0
+
+
+def test_malformed_slots_are_refused_with_the_variable_named(tmp_path):
+    for bad in ("no-count", f"{tmp_path}:0", f"{tmp_path}:two", ":2"):
+        with pytest.raises(ValueError, match=f"{SLOTS_ENV} must be '<folder>:<N>' with N >= 1"):
+            parse_slots(bad)
+    with pytest.raises(ValueError, match="at least 1"):
+        slots_spec(tmp_path, 0)
+    assert parse_slots(slots_spec(tmp_path, 3)) == (tmp_path, 3)
+
