@@ -15,6 +15,11 @@ Never shared, in any mode:
 outline and large shapes are decided, from the deepest encoder taps; the fine stages that draw the strokes stay
 local. It needs secure aggregation or client-level DP (config.py refuses it otherwise), and a studio takes the
 received stages only where they do not worsen its own val style (federated/round.py, the style guard).
+
+``fedgai_ditto`` (opt-in, same refusal) shares D plus a second, shared generator (all of it but normalisation
+layers and AdaIN_SD); the studio's personal generator stays local and is pulled towards the received shared one
+only by the proximal term (personal.py). Its style guard is that personal generator itself: with
+``fed.ditto_lambda`` near 0 it ignores the shared one.
 """
 
 from __future__ import annotations
@@ -45,10 +50,14 @@ MODE_NETWORKS: dict[str, tuple[str, ...]] = {
     "fedbn": ("generator", "discriminator"),
     # D as in FedGAI, plus the generator's coarse decoder stages only (MODE_STAGES); see the module docstring.
     "fedgai_struct": ("generator", "discriminator"),
+    # Ditto (Li et al., ICML 2021): D as in FedGAI plus a *shared* generator trained as in FedAvg; the studio's
+    # personal generator (personal.py), which it evaluates, saves and sketches with, is never on the wire. Here
+    # "generator" is the shared one.
+    "fedgai_ditto": ("generator", "discriminator"),
     "local": (),
 }
 # Modes whose normalisation layers never leave a studio.
-NORM_LOCAL_MODES = ("fedgai", "fedbn", "fedgai_struct")
+NORM_LOCAL_MODES = ("fedgai", "fedbn", "fedgai_struct", "fedgai_ditto")
 # The generator's coarse decoder stages (models.CoarseToFineGenerator): ``start``, the conv on the deepest
 # (stride-16) tap, and ``blocks.0``, the first fusion block (MRFM: the stride-8 tap fused into it, then the first
 # 2x upsampling). Later blocks, ``upsample`` and ``head`` draw the strokes at stride 4..1 and stay local.
@@ -116,22 +125,26 @@ def shared_keys(networks: Mapping[str, nn.Module], mode: str, groupnorm_is_norm:
     fedgai: discriminator without normalisation layers (the paper's BN-excluding FedAvg);
     fedavg_bn: the whole discriminator, BN affine parameters and running statistics included;
     fedavg_full: generator and discriminator; fedbn: both without normalisation layers; fedgai_struct: D as in
-    fedgai plus the generator's STRUCTURE_STAGES without normalisation layers; local: nothing.
+    fedgai plus the generator's STRUCTURE_STAGES without normalisation layers; fedgai_ditto: as fedbn, where the
+    generator is the studio's shared one, never its personal one; local: nothing.
     """
     if mode not in MODE_NETWORKS:
         raise ValueError(f"unknown federation mode {mode!r}; choose one of {', '.join(MODE_NETWORKS)}")
-    keys = []
-    for net_name in MODE_NETWORKS[mode]:
-        net = networks[net_name]
-        state = net.state_dict()
-        never = spectral_state_keys(net) | private_stats_keys(net)
-        never |= {k for k in state if k.endswith("num_batches_tracked")}
-        if mode in NORM_LOCAL_MODES:
-            never |= norm_keys(net, groupnorm_is_norm)
-        stages = MODE_STAGES.get(mode, {}).get(net_name)
-        keys += [f"{net_name}.{k}" for k in state if k not in never and state[k].is_floating_point()
-                 and (stages is None or k.startswith(stages))]
-    return sorted(keys)
+    return sorted(f"{net_name}.{k}" for net_name in MODE_NETWORKS[mode]
+                  for k in network_shared_keys(networks[net_name], net_name, mode, groupnorm_is_norm))
+
+
+def network_shared_keys(net: nn.Module, net_name: str, mode: str, groupnorm_is_norm: bool = False) -> list[str]:
+    """The state-dict keys (without the network prefix) that ``net``, playing ``net_name``, shares in ``mode``;
+    also what Ditto's proximal term pulls (personal.py), so pulled and shared entries are the same by construction."""
+    state = net.state_dict()
+    never = spectral_state_keys(net) | private_stats_keys(net)
+    never |= {k for k in state if k.endswith("num_batches_tracked")}
+    if mode in NORM_LOCAL_MODES:
+        never |= norm_keys(net, groupnorm_is_norm)
+    stages = MODE_STAGES.get(mode, {}).get(net_name)
+    return [k for k in state if k not in never and state[k].is_floating_point()
+            and (stages is None or k.startswith(stages))]
 
 
 def style_guarded_keys(keys: list[str], mode: str) -> list[str]:

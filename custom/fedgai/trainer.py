@@ -28,11 +28,12 @@ from fedgai.losses import content_loss, gram_loss, load_clip
 from fedgai.models import build_gan, gram_matrix, per_sample_networks
 from fedgai.objective import Objective, RealFeatures, Unpaired
 from fedgai.pair_features import PairFeatureCache
+from fedgai.personal import SharedGenerator
 from fedgai.prior import load_prior
 from fedgai.privacy.planner import planned_record_dp
 from fedgai.privacy.record import RecordLevelDP, train_only
 from fedgai.rundir import RunFolder
-from fedgai.sharing import load_shared, shared_state
+from fedgai.sharing import load_shared, network_shared_keys, shared_state
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +117,18 @@ class StudioTrainer:
         self._writer: SummaryWriter | None = None
         self._fixed = self._fixed_batch()
         self.fit_sketch_statistics()
+        # fed.mode fedgai_ditto: the shared generator (personal.py); self.generator is then the studio's personal one.
+        self.ditto = self._shared_generator() if cfg.fed.mode == "fedgai_ditto" else None
         # (pairs, public styles, 1, H, W): the studio's own training photos as public edge styles (train.public_styles)
         self.public_targets = self._public_targets() if t.public_styles else None
         self.folder.write_json(METADATA, self.metadata)
+
+    def _shared_generator(self) -> SharedGenerator:
+        """Ditto's shared generator: a copy of the personal one after the prior and AdaIN_SD's fit, pulling
+        exactly the entries it shares."""
+        pulled = network_shared_keys(self.generator, "generator", self.cfg.fed.mode, per_sample_networks(self.cfg))
+        return SharedGenerator(self.generator, pulled, self.cfg.fed.ditto_lambda,
+                               lambda params: make_optimizer(self.cfg, params, self.cfg.train.lr_g))
 
     def _record_dp(self) -> RecordLevelDP:
         """Record-level DP as configured: the planned schedule when privacy.plan is on (privacy/planner.py), and
@@ -177,13 +187,14 @@ class StudioTrainer:
                                         for style in SKETCH_STYLES]))
         return torch.stack(targets)
 
-    def _training_stats(self, sketch: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    def _training_stats(self, generator: torch.nn.Module, sketch: torch.Tensor
+                        ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         """AdaIN_SD statistics for a batch (train.adain_sample_p): each pair's own sketch statistics with that
         probability, the set's otherwise; None (the set's for all) when no pair drew them."""
         pick = torch.rand(len(sketch)) < self.cfg.train.adain_sample_p
         if not pick.any():
             return None
-        adain = self.generator.adain
+        adain = generator.adain
         with torch.no_grad():
             own = adain.sample_stats(self.encoder(sketch))
         pick = pick.to(self.device).view(-1, 1, 1, 1)
@@ -229,17 +240,27 @@ class StudioTrainer:
              unpaired: torch.Tensor | None = None) -> dict[str, float]:
         """One discriminator update then one generator update on a batch (moved to the trainer's device).
         ``real``: the batch's encoder features when the caller has them (the cache); computed otherwise.
-        ``unpaired``: photos without a sketch, judged by the critics alongside the paired fakes."""
+        ``unpaired``: photos without a sketch, judged by the critics alongside the paired fakes.
+        fedgai_ditto: D and the shared generator take that step (FedAvg's model), then the personal generator one
+        G update against the same D, with the proximal pull (personal.py)."""
         photo, sketch = photo.to(self.device), sketch.to(self.device)
+        unpaired = None if unpaired is None else unpaired.to(self.device)
         if real is None:
             real = self._real_features(photo, sketch)
+        if self.ditto is None:
+            return self._gan_step(self.generator, self.opt_g, photo, sketch, real, unpaired)
+        shared = self._gan_step(self.ditto.generator, self.ditto.opt, photo, sketch, real, unpaired)
+        return shared | self._personal_step(photo, sketch, real, unpaired)
+
+    def _gan_step(self, generator: torch.nn.Module, opt_g: torch.optim.Optimizer, photo: torch.Tensor,
+                  sketch: torch.Tensor, real: RealFeatures, unpaired: torch.Tensor | None) -> dict[str, float]:
+        """D's update on ``generator``'s fakes, then ``generator``'s update through the updated D."""
         with self._autocast():
             with record_function("G forward"):
-                fake = self.generator(real.photo_taps,
-                                      self._training_stats(sketch) if self.cfg.train.adain_sample_p else None)
+                fake = self._fake(generator, real, sketch)
             with record_function("encoder: generated sketch"):
                 fake_taps = self.encoder(fake)
-            extra = None if unpaired is None else self._generate_unpaired(unpaired.to(self.device))
+            extra = None if unpaired is None else self._generate_unpaired(unpaired, generator)
             with record_function("D loss (Gram + structure critic)"):
                 fake_grams = [gram_matrix(t) for t in fake_taps]
                 loss_d, decorr = self.objective.discriminator_loss(
@@ -256,18 +277,41 @@ class StudioTrainer:
                                                        photo, extra)
                 loss_g = self.objective.weighted(terms)
             with record_function("G backward"):
-                self.opt_g.zero_grad(set_to_none=True)
+                opt_g.zero_grad(set_to_none=True)
                 loss_g.backward()
         with record_function("G optimiser"):
-            self.opt_g.step()
+            opt_g.step()
         out = {name: value.item() for name, value in terms.items()}
         out.update(loss_g=loss_g.item(), loss_d=loss_d.item(), feddecorr=decorr.item())
         return out
 
-    def _generate_unpaired(self, photo: torch.Tensor) -> Unpaired:
+    def _personal_step(self, photo: torch.Tensor, sketch: torch.Tensor, real: RealFeatures,
+                       unpaired: torch.Tensor | None) -> dict[str, float]:
+        """Ditto's personal update: the usual G loss through the current D (which it does not train) plus
+        (lambda/2)*||personal - received shared||^2; at lambda 0 exactly the plain G update."""
+        with self._autocast(), record_function("personal G step"):
+            fake = self._fake(self.generator, real, sketch)
+            extra = None if unpaired is None else self._generate_unpaired(unpaired)
+            terms = self.objective.generator_terms(fake, self.encoder(fake), sketch, real.sketch_deep,
+                                                   real.sketch_grams, photo, extra)
+            loss = self.objective.weighted(terms)
+        proximal = self.ditto.proximal(self.generator)
+        self.opt_g.zero_grad(set_to_none=True)
+        (loss + proximal).backward()
+        self.opt_g.step()
+        return {"personal_loss_g": loss.item(), "ditto_proximal": proximal.item(),
+                "ditto_distance": self.ditto.distance(self.generator)}
+
+    def _fake(self, generator: torch.nn.Module, real: RealFeatures, sketch: torch.Tensor) -> torch.Tensor:
+        """``generator``'s sketches of the batch's photos (with per-pair AdaIN_SD statistics, train.adain_sample_p)."""
+        return generator(real.photo_taps, self._training_stats(generator, sketch) if self.cfg.train.adain_sample_p
+                         else None)
+
+    def _generate_unpaired(self, photo: torch.Tensor, generator: torch.nn.Module | None = None) -> Unpaired:
+        """``generator``'s (default: the studio's) sketches of unpaired photos, for the critics' terms."""
         with torch.no_grad():
             taps = self.encoder(photo)
-        fake = self.generator(taps)
+        fake = (generator or self.generator)(taps)
         return Unpaired(photo, fake, [gram_matrix(t) for t in self.encoder(fake)])
 
     def unpaired_batch(self) -> torch.Tensor | None:
@@ -310,6 +354,8 @@ class StudioTrainer:
         """Train `epochs` epochs; returns the mean of each loss term and logs them to TensorBoard."""
         self.generator.train()
         self.discriminator.train()
+        if self.ditto is not None:
+            self.ditto.generator.train()
         totals: dict[str, float] = {}
         steps = 0
         for _ in range(epochs):
@@ -389,6 +435,8 @@ class StudioTrainer:
             "config": self.cfg.to_dict(),
             "metadata": self.metadata,
             "torch_rng": torch.get_rng_state(),
+            # fedgai_ditto: the shared generator, its optimiser and anchor ("generator" is the personal one)
+            **({"ditto": self.ditto.state_dict()} if self.ditto is not None else {}),
         }, Path(path) if path else None)
 
     def load_checkpoint(self, path: str | Path | None = None) -> None:
@@ -406,6 +454,8 @@ class StudioTrainer:
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.epoch = state["epoch"]
+        if self.ditto is not None:
+            self.ditto.load_state_dict(state["ditto"])
         torch.set_rng_state(state["torch_rng"])
 
     # ------------------------------------------------------------------ what crosses the wire (sharing.py)
@@ -414,11 +464,17 @@ class StudioTrainer:
         return shared_state(self._networks(), self.cfg.fed.mode, per_sample_networks(self.cfg))
 
     def load_shared(self, params: Mapping[str, torch.Tensor | np.ndarray]) -> None:
-        """Load received global entries; exactly the entries this studio shares are accepted."""
+        """Load received global entries; exactly the entries this studio shares are accepted. fedgai_ditto: they
+        go into the shared generator, which becomes the personal generator's new anchor."""
         load_shared(self._networks(), params, self.cfg.fed.mode, per_sample_networks(self.cfg))
+        if self.ditto is not None:
+            self.ditto.anchor_to_shared()
 
     def _networks(self) -> dict[str, torch.nn.Module]:
-        return {"generator": self.generator, "discriminator": self.discriminator}
+        """The networks whose entries may cross the wire: in fedgai_ditto the shared generator, never the
+        personal one."""
+        generator = self.generator if self.ditto is None else self.ditto.generator
+        return {"generator": generator, "discriminator": self.discriminator}
 
     def close(self) -> None:
         if self._writer is not None:

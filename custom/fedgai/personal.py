@@ -1,0 +1,66 @@
+"""Ditto's second generator at a studio (``fed.mode: fedgai_ditto``; Li et al., "Ditto: Fair and Robust Federated
+Learning Through Personalization", ICML 2021).
+
+A studio in this mode keeps two generators. The *shared* one (here) trains exactly as in FedAvg, with D, and only
+its update leaves the studio. The *personal* one is the trainer's ``generator``: what the studio evaluates, saves and
+sketches with. It trains on the same batches with the usual loss plus a proximal pull
+``(fed.ditto_lambda / 2) * ||theta_personal - theta_shared_received||^2`` towards the shared generator as last
+received from the server (the anchor), never towards the studio's own locally trained copy. The pull covers exactly
+the entries the shared generator sends (sharing.network_shared_keys): normalisation layers and the AdaIN_SD
+statistics are the studio's own in both generators and are never pulled. So the personal generator is its own
+style guard: at lambda 0 it ignores the shared one.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+# Builds an optimiser over parameters (trainer.make_optimizer with the config and lr_g bound).
+OptimizerFactory = Callable[[Iterator[nn.Parameter]], torch.optim.Optimizer]
+
+
+class SharedGenerator:
+    """The shared generator, its optimiser and the anchor the personal generator is pulled towards."""
+
+    def __init__(self, personal: nn.Module, pulled: list[str], lam: float, optimizer: OptimizerFactory):
+        """Starts as a copy of ``personal`` (same initialisation, same AdaIN_SD statistics); ``pulled``: the
+        state-dict keys the proximal term covers (the parameters among the shared entries)."""
+        self.generator = copy.deepcopy(personal)
+        self.opt = optimizer(self.generator.parameters())
+        self.lam = lam
+        params = dict(self.generator.named_parameters())
+        self.pulled = [name for name in pulled if name in params]
+        self.anchor: dict[str, torch.Tensor] = {}
+        self.anchor_to_shared()
+
+    def anchor_to_shared(self) -> None:
+        """Take the shared generator's current parameters as the anchor: called when a global has been loaded
+        into it, so the pull is towards what the federation sent, not towards this studio's local steps."""
+        params = dict(self.generator.named_parameters())
+        self.anchor = {name: params[name].detach().clone() for name in self.pulled}
+
+    def proximal(self, personal: nn.Module) -> torch.Tensor:
+        """(lambda / 2) * squared L2 distance of the personal generator's pulled parameters to the anchor."""
+        params = dict(personal.named_parameters())
+        squared = torch.stack([(params[name] - anchor).pow(2).sum() for name, anchor in self.anchor.items()])
+        return 0.5 * self.lam * squared.sum()
+
+    @torch.no_grad()
+    def distance(self, personal: nn.Module) -> float:
+        """L2 distance of the personal generator's pulled parameters to the anchor (logged per epoch)."""
+        params = dict(personal.named_parameters())
+        return float(torch.stack([(params[n] - a).pow(2).sum() for n, a in self.anchor.items()]).sum().sqrt())
+
+    def state_dict(self) -> dict[str, dict]:
+        """What a checkpoint needs to resume: the shared generator, its optimiser and the anchor."""
+        return {"generator": self.generator.state_dict(), "opt": self.opt.state_dict(), "anchor": self.anchor}
+
+    def load_state_dict(self, state: Mapping[str, dict]) -> None:
+        self.generator.load_state_dict(state["generator"])
+        self.opt.load_state_dict(state["opt"])
+        device = next(self.generator.parameters()).device
+        self.anchor = {name: value.to(device) for name, value in state["anchor"].items()}
