@@ -15,7 +15,7 @@
      so it is read with the load average; what NVFlare itself burns shows in the whole run's CPU split
      (federation CPU - studios').
 
-    python benchmarks/federation.py --profile quick --rounds 2 --studios 8 [--threads 2] [--label before]
+    python benchmarks/federation.py --profile quick --rounds 2 --studios 8 [--threads 2] [--slots 8] [--label before]
 
 Each run is stored under its label in the results file (other labels are kept), so one file holds before/after.
 """
@@ -35,7 +35,7 @@ import psutil
 
 from fedgai.config import profile
 from fedgai.data import make_demo
-from fedgai.federated.simulate import check_run, simulate
+from fedgai.federated.simulate import check_run, simulate, training_slots
 from fedgai.models import build_gan
 from fedgai.polling import Poller
 from fedgai.sharing import shared_state
@@ -104,9 +104,12 @@ def round_rows(summaries: list[dict], threads: int, cores: int) -> list[dict]:
     return rows
 
 
-def measure(profile_name: str, studios: int, rounds: int, threads: int | None, root: Path) -> dict:
+def measure(profile_name: str, studios: int, rounds: int, threads: int | None, root: Path,
+            slots: int | None = None) -> dict:
     """One simulator run, timed; demo data is generated first (outside the measurement) and reused."""
     cfg = profile(profile_name)
+    cores = os.cpu_count() or 1
+    slots = slots or training_slots(cfg, cores)
     data = root / "data"
     if not data.is_dir():
         make_demo(data, studios=studios, size=max(64, cfg.model.image_size), progress=False,
@@ -116,14 +119,14 @@ def measure(profile_name: str, studios: int, rounds: int, threads: int | None, r
     load = os.getloadavg()[0]
     cpu0, wall0 = cpu_seconds(), time.perf_counter()
     with PeakRss() as rss:
-        simulate(cfg.with_overrides({"fed.rounds": rounds}), studios, workspace, data, threads=threads)
+        simulate(cfg.with_overrides({"fed.rounds": rounds}), studios, workspace, data, threads=threads, slots=slots)
     wall, cpu = time.perf_counter() - wall0, cpu_seconds() - cpu0
-    cores = os.cpu_count() or 1
-    rows = round_rows(check_run(workspace, rounds), threads or studios, cores)
+    # Studios in parallel: the simulator's processes, of which only `slots` train at a time.
+    rows = round_rows(check_run(workspace, rounds), min(threads or studios, slots), cores)
     steady = rows[1:] or rows  # round 0 also starts every studio's process and trainer
     studios_cpu = sum(r["studio_cpu_s"] for r in rows)
     return {
-        "studios": studios, "rounds": rounds, "threads": threads or studios, "cores": cores,
+        "studios": studios, "rounds": rounds, "threads": threads or studios, "training_slots": slots, "cores": cores,
         "load_average_at_start": round(load, 2), "run_wall_s": round(wall, 1), "peak_rss_gb": round(rss.peak / 1e9, 2),
         "peak_pss_gb": round(rss.peak_pss / 1e9, 2),
         "rounds_detail": rows,
@@ -140,6 +143,8 @@ def main() -> None:
     parser.add_argument("--studios", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, help="studios run at once (default: one per studio; fewer swaps)")
+    parser.add_argument("--slots", type=int, help="studios training at a time (default: fedgai simulate's, the "
+                        "cores at one torch thread each; --slots equal to --studios: all at once)")
     parser.add_argument("--label", default="one process per studio", help="key of this run in the results file")
     parser.add_argument("--workspace", type=Path, help="where to run (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/federation.json"))
@@ -154,7 +159,7 @@ def main() -> None:
     result.pop("rounds", None)  # the old format's single, unlabelled run
     with tempfile.TemporaryDirectory() as tmp:
         root = args.workspace or Path(tmp)
-        run = measure(args.profile, args.studios, args.rounds, args.threads, root)
+        run = measure(args.profile, args.studios, args.rounds, args.threads, root, args.slots)
     result.setdefault("overhead", {})[args.label] = run
     print(json.dumps(run, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -133,3 +133,19 @@ def test_fedgai_simulate_threads_reaches_the_simulator(tmp_path, capsys):
     assert main(args) == 2
     assert "threads must be between 1 and the number of studios (2), got 3" in capsys.readouterr().err
     assert not (tmp_path / "ws").exists()
+
+
+def test_encoder_auto_is_resolved_once_for_every_studio_with_one_line(tmp_path, capsys, monkeypatch):
+    """The studios of one simulator share the machine, so `auto` is decided once and named in their config."""
+    import fedgai.models as models
+    from fedgai.federated.simulate import resolve_auto_encoder
+
+    monkeypatch.setattr(models, "find_vgg16_weights", lambda cfg: None)
+    cfg = resolve_auto_encoder(profile("quick"))
+    assert cfg.model.encoder == "efficientnet-lite0"
+    assert capsys.readouterr().out.count("VGG-16 weights") == 1
+    weights = tmp_path / "vgg16.pth"
+    monkeypatch.setattr(models, "find_vgg16_weights", lambda cfg: weights)
+    assert resolve_auto_encoder(profile("quick")).model.encoder == "vgg16"
+    assert resolve_auto_encoder(profile("test")).model.encoder == "random"  # a named encoder stays as it is
+    assert capsys.readouterr().out == ""

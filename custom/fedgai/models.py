@@ -176,8 +176,9 @@ def find_vgg16_weights(cfg: ModelConfig) -> Path | None:
     return cached if cached.is_file() else None
 
 
-def build_encoder(cfg: ModelConfig) -> Encoder:
-    """Resolve `auto` and build the encoder, announcing the choice (it is also in run metadata)."""
+def resolve_encoder(cfg: ModelConfig) -> tuple[str, Path | None, str | None]:
+    """(encoder name, VGG-16 weights file, note): what ``auto`` means on this machine - VGG-16 where its weights
+    are, else the offline EfficientNet-Lite0, with a note saying so."""
     choice = cfg.encoder
     weights = find_vgg16_weights(cfg) if choice in ("auto", "vgg16") else None
     if choice == "vgg16" and weights is None:
@@ -185,13 +186,18 @@ def build_encoder(cfg: ModelConfig) -> Encoder:
             f"VGG-16 ImageNet weights not found: set model.vgg_weights to a local copy of {VGG16_FILE} "
             f"or place it in {Path(torch.hub.get_dir()) / 'checkpoints'}; or use encoder 'efficientnet-lite0'"
         )
-    if choice == "auto":
-        choice = "vgg16" if weights else "efficientnet-lite0"
-        if weights is None:
-            log.warning(
-                "encoder auto: VGG-16 weights (%s) not found in %s; using the offline ImageNet "
-                "EfficientNet-Lite0 encoder instead", VGG16_FILE, Path(torch.hub.get_dir()) / "checkpoints",
-            )
+    if choice != "auto" or weights is not None:
+        return ("vgg16" if choice == "auto" else choice), weights, None
+    return "efficientnet-lite0", None, (
+        f"encoder auto: VGG-16 weights ({VGG16_FILE}) not found in {Path(torch.hub.get_dir()) / 'checkpoints'}; "
+        "using the offline ImageNet EfficientNet-Lite0 encoder instead")
+
+
+def build_encoder(cfg: ModelConfig) -> Encoder:
+    """Resolve `auto` and build the encoder, announcing the choice (it is also in run metadata)."""
+    choice, weights, note = resolve_encoder(cfg)
+    if note:
+        log.warning(note)
     if choice == "vgg16":
         encoder: Encoder = VGG16Encoder(weights)
     elif choice == "efficientnet-lite0":

@@ -40,6 +40,7 @@ from fedgai.layout import (
     WORKSPACE_STUDIOS,
 )
 from fedgai.losses import clip_preflight
+from fedgai.models import resolve_encoder
 from fedgai.polling import Poller
 from fedgai.rundir import prepare_workspace
 
@@ -107,6 +108,17 @@ def choose_pool(studios: int, cfg: FedgaiConfig, slots: int) -> int:
           f"{studio_memory_mb(cfg, training=False) / 1e3:.1f} GB waiting; {available / 1e9:.1f} GB available, "
           f"{os.cpu_count()} cores; --threads N / --slots N to choose)", flush=True)
     return threads
+
+
+def resolve_auto_encoder(cfg: FedgaiConfig) -> FedgaiConfig:
+    """model.encoder auto, resolved once for every studio on this machine (they all share it): one console line
+    instead of one warning per studio."""
+    if cfg.model.encoder != "auto":
+        return cfg
+    name, _, note = resolve_encoder(cfg.model)
+    if note:
+        print(note, flush=True)
+    return cfg.with_overrides({"model.encoder": name})
 
 
 def check_request(cfg: FedgaiConfig, studios: int, data_dir: Path | None) -> None:
@@ -219,6 +231,7 @@ def simulate(
     threads = threads or choose_pool(studios, cfg, slots)
     prepare_workspace(Path(workspace), resume=resume, overwrite=overwrite)
     studio_env = clip_preflight(cfg.loss)
+    cfg = resolve_auto_encoder(cfg)
     if cfg.train.num_threads is None:  # the training studios split the cores (at least one torch thread each)
         split = max(1, cores // min(threads, slots))
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, num_threads=split))
