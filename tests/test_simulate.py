@@ -149,3 +149,27 @@ def test_encoder_auto_is_resolved_once_for_every_studio_with_one_line(tmp_path, 
     assert resolve_auto_encoder(profile("quick")).model.encoder == "vgg16"
     assert resolve_auto_encoder(profile("test")).model.encoder == "random"  # a named encoder stays as it is
     assert capsys.readouterr().out == ""
+
+
+def test_the_console_drops_nvflares_more_results_than_required_warning_only(tmp_path):
+    """Every round with all studios in (more than fed.min_clients) used to print an NVFlare WARNING."""
+    import logging
+    import logging.config
+
+    from fedgai.federated.simulate import quiet_console_log_config
+
+    config = json.loads(quiet_console_log_config(tmp_path / "log.json").read_text())
+    filter_spec = config["filters"]["more_results"]
+    assert "more_results" in config["handlers"]["consoleHandler"]["filters"]
+    factory = filter_spec["()"]
+    module, _, name = factory.rpartition(".")
+    console_filter = getattr(__import__(module, fromlist=[name]), name)()
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("FilteredFedAvg", logging.WARNING, __file__, 1, message, None, None)
+
+    assert not console_filter.filter(record(
+        "Number of results (8) is different from number of expected responses (2)."))
+    assert console_filter.filter(record(  # fewer than required: a real problem, still shown
+        "Number of results (1) is different from number of expected responses (2)."))
+    assert console_filter.filter(record("studio-03 dropped: non-finite update"))

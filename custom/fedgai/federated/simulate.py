@@ -27,6 +27,7 @@ from nvflare.fuel.utils import log_utils
 
 from fedgai.config import FedgaiConfig
 from fedgai.environment import scoped_env, scoped_environ
+from fedgai.federated import log_filters
 from fedgai.federated.controller import OUTPUT_DIR
 from fedgai.federated.job import build_job
 from fedgai.federated.progress import RoundProgress
@@ -168,6 +169,9 @@ def quiet_console_log_config(path: Path) -> Path:
     log, while the console shows problems and one progress line per round instead of hundreds of lines."""
     config = json.loads((Path(log_utils.__file__).parent / WorkspaceConstants.LOGGING_CONFIG).read_text())
     config["handlers"]["consoleHandler"]["level"] = "WARNING"
+    # A filter class in a module that imports only the standard library: NVFlare's processes load it first thing.
+    config.setdefault("filters", {})["more_results"] = {"()": f"{log_filters.__name__}.MoreResultsThanRequired"}
+    config["handlers"]["consoleHandler"].setdefault("filters", []).append("more_results")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(config, indent=2) + "\n")
     return path
