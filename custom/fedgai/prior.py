@@ -50,7 +50,7 @@ ENV_DIR = "FEDGAI_PRIOR_DIR"
 
 
 class PriorError(ValueError):
-    """A prior file that does not fit this run (another architecture, another format)."""
+    """A prior that this run cannot start from (no such file, another architecture, another format)."""
 
 
 def prior_key(cfg: FedgaiConfig, encoder_name: str) -> str:
@@ -159,7 +159,7 @@ def load_prior(cfg: FedgaiConfig, encoder_name: str, generator: nn.Module | None
     if path is None:
         return None
     if not path.is_file():
-        raise FileNotFoundError(f"train.prior {path} is not a file (use 'auto' to build and cache one)")
+        raise PriorError(f"train.prior {path} is not a file (use 'auto' to build and cache one)")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("format") != PRIOR_FORMAT or state.get("key") != prior_key(cfg, encoder_name):
         raise PriorError(f"prior {path} was built for another architecture or recipe (key {state.get('key')}, "

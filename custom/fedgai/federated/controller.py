@@ -55,8 +55,8 @@ def initial_global(cfg: FedgaiConfig) -> dict[str, np.ndarray]:
     prior when train.prior is on: the same file the studios resolve ("auto" built and cached on first use).
 
     fedavg_full and fedbn also federate the generator, so the server needs the studios' encoder (for its
-    channel counts) in those baselines only. Raises FileNotFoundError / PriorError for a prior that is missing
-    or built for another architecture.
+    channel counts) in those baselines only. Raises PriorError for a prior that is missing or built for another
+    architecture.
     """
     torch.manual_seed(cfg.train.seed)
     if "generator" in MODE_NETWORKS[cfg.fed.mode]:
@@ -111,7 +111,7 @@ class FilteredFedAvg(ModelController):
         cfg = FedgaiConfig.from_dict(self.config)
         try:
             reference = initial_global(cfg)
-        except (FileNotFoundError, PriorError) as err:
+        except PriorError as err:
             self.panic(f"cannot make the initial global model: {err}")
             return
         identity = self._identity()

@@ -67,6 +67,7 @@ from fedgai.federated.server_state import (
 )
 from fedgai.federated.summary import round_summary, write_round_summary
 from fedgai.layout import global_model_name
+from fedgai.prior import PriorError
 from fedgai.safe_paths import inside, safe_name
 from fedgai.wire import CONFIG_META_KEY, DP_EPSILON_META_KEY, LAYOUT_META_KEY
 
@@ -358,7 +359,7 @@ class ResumableScatterAndGather(ScatterAndGather):
     def start_controller(self, fl_ctx: FLContext) -> None:
         try:
             super().start_controller(fl_ctx)
-        except ResumeRefused as err:
+        except (ResumeRefused, PriorError) as err:  # PriorError: train.prior names no usable prior
             self.system_panic(str(err), fl_ctx)
             return
         resumed = getattr(self.persistor, "next_round", 0)
