@@ -87,8 +87,9 @@ def test_simulation_prints_one_progress_line_per_round_and_keeps_each_trainer(de
         assert second["contributions"][site]["metrics"]["studio_cpu_seconds"] > 0, site
         assert second["contributions"][site]["metrics"]["slot_wait_seconds"] >= 0, site
     # 3 studios, 2 cores at 1 torch thread each: the studios took turns through 2 training slots.
-    assert {p.name for p in (tmp_path / "ws" / "training_slots").iterdir()} <= {"slot-0.lock", "slot-1.lock"}
-    assert (tmp_path / "ws" / "training_slots" / "slot-0.lock").is_file()
+    slots = tmp_path / "ws" / "training_slots"
+    assert {p.name for p in slots.glob("slot-*")} <= {"slot-0.lock", "slot-1.lock"}
+    assert (slots / "slot-0.lock").is_file() and not list((slots / "waiting").iterdir())
 
 
 def test_threads_outside_one_to_studios_is_refused(tmp_path):

@@ -82,3 +82,46 @@ def test_malformed_slots_are_refused_with_the_variable_named(tmp_path):
         slots_spec(tmp_path, 0)
     assert parse_slots(slots_spec(tmp_path, 3)) == (tmp_path, 3)
 
+
+
+def test_the_largest_waiting_studio_goes_first(tmp_path):
+    """Longest jobs first: the round does not end with one large studio training alone."""
+    spec = slots_spec(tmp_path, 1)
+    held, release, order = threading.Event(), threading.Event(), []
+
+    def holder():
+        with training_slot(spec):
+            held.set()
+            release.wait()
+
+    def studio(name: str, work: float):
+        with training_slot(spec, work=work):
+            order.append(name)
+
+    first = threading.Thread(target=holder)
+    first.start()
+    held.wait()
+    waiters = [threading.Thread(target=studio, args=(name, work)) for name, work in
+               [("small", 28), ("large", 96), ("medium", 48)]]
+    for w in waiters:
+        w.start()
+    while len(list((tmp_path / "waiting").iterdir())) < 3:  # all three queued
+        time.sleep(0.05)
+    release.set()
+    for w in [first, *waiters]:
+        w.join()
+    assert order == ["large", "medium", "small"]
+    assert not list((tmp_path / "waiting").iterdir())  # no ticket left behind
+
+
+def test_a_dead_studios_place_in_the_queue_is_dropped(tmp_path):
+    spec = slots_spec(tmp_path, 1)
+    queue = tmp_path / "waiting"
+    queue.mkdir()
+    dead = multiprocessing.get_context("fork").Process(target=time.sleep, args=(0,))
+    dead.start()
+    dead.join()
+    (queue / f"{dead.pid}_deadbeef_1000").touch()  # a large studio that died while waiting
+    with training_slot(spec, work=1) as waited:
+        pass
+    assert waited.seconds < 1.0 and not list(queue.iterdir())

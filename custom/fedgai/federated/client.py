@@ -304,8 +304,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     while flare.is_running():  # (3) until the server ends the job
         received = flare.receive()  # (4) the global D entries and the job's config
         rnd = received.current_round
-        # Studios sharing one machine (the simulator) take turns and return freed memory after (slots.py).
-        with training_slot() as waited:
+        # Studios sharing one machine (the simulator) take turns, largest first, and return freed memory after
+        # (slots.py); a studio's size is known once its trainer is built.
+        with training_slot(work=studio.trainer.num_samples if studio else 0) as waited:
             studio, result = studio_round(studio, received, site, studio_dir, args, waited)
         flare.send(releasable(result, studio.trainer.cfg))  # (7) the update, through the site's result filters
     if studio is not None:

@@ -5,8 +5,11 @@ On a 2-core laptop that buys no speed (the cores are shared either way) but cost
 training step's activations at once. `fedgai simulate` therefore sets ``SLOTS_ENV`` = "<folder>:<N>" for its
 studio processes; a studio takes one of N lock files for its round's work (trainer set-up, training, outputs)
 and afterwards hands its freed heap back to the operating system, so a waiting studio holds only its networks
-and data. The locks are ``flock``s: a studio process that dies releases its slot. A real deployment (one
-machine per studio) sets nothing, and every studio trains as soon as its task arrives.
+and data. Waiting studios queue largest first (their round's work, e.g. training pairs): the longest jobs start
+first, so the round does not end with one large studio training alone on a machine of idle cores. The locks are
+``flock``s and the queue's tickets carry the process id: a studio process that dies releases its slot and its
+place. A real deployment (one machine per studio) sets nothing, and every studio trains as soon as its task
+arrives.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import functools
 import gc
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,15 +54,16 @@ def parse_slots(spec: str) -> tuple[Path, int]:
 
 
 @contextlib.contextmanager
-def training_slot(spec: str | None = None) -> Iterator[SlotWait]:
+def training_slot(spec: str | None = None, work: float = 0.0) -> Iterator[SlotWait]:
     """Hold one of the machine's training slots (``spec``, else ``SLOTS_ENV``; none set: no waiting) for the
-    block, then release the memory the block freed."""
+    block, then release the memory the block freed. Of the studios waiting, those with the most ``work`` go
+    first."""
     spec = os.environ.get(SLOTS_ENV) if spec is None else spec
     wait = SlotWait()
     try:
         if spec:
             started = time.perf_counter()
-            with _take_slot(*parse_slots(spec)):
+            with _take_slot(*parse_slots(spec), work):
                 wait.seconds = time.perf_counter() - started
                 yield wait
         else:
@@ -68,21 +73,57 @@ def training_slot(spec: str | None = None) -> Iterator[SlotWait]:
 
 
 @contextlib.contextmanager
-def _take_slot(folder: Path, count: int) -> Iterator[int]:
-    folder.mkdir(parents=True, exist_ok=True)
-    while True:
-        for index in range(count):
-            with open(folder / f"slot-{index}.lock", "a") as handle:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue
-                try:
-                    yield index
-                finally:
-                    fcntl.flock(handle, fcntl.LOCK_UN)
-                return
-        time.sleep(POLL_S)
+def _take_slot(folder: Path, count: int, work: float) -> Iterator[int]:
+    queue = folder / "waiting"
+    queue.mkdir(parents=True, exist_ok=True)
+    ticket = queue / f"{os.getpid()}_{uuid.uuid4().hex[:8]}_{work:g}"  # one per waiter, threads included
+    ticket.touch()
+    try:
+        while True:
+            if _queue_rank(queue, ticket) < count:  # among the `count` largest waiting: try every slot
+                for index in range(count):
+                    with open(folder / f"slot-{index}.lock", "a") as handle:
+                        try:
+                            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        except BlockingIOError:
+                            continue
+                        ticket.unlink()
+                        try:
+                            yield index
+                        finally:
+                            fcntl.flock(handle, fcntl.LOCK_UN)
+                        return
+            time.sleep(POLL_S)
+    finally:
+        ticket.unlink(missing_ok=True)
+
+
+def _queue_rank(queue: Path, ticket: Path) -> int:
+    """How many live waiting studios go before ``ticket``: more work first, then the lower process id. A ticket
+    whose process is gone is removed."""
+    def key(path: Path) -> tuple[float, int, str]:
+        pid, token, work = path.name.split("_")
+        return -float(work), int(pid), token
+
+    mine = key(ticket)
+    ahead = 0
+    for other in queue.iterdir():
+        if other != ticket and key(other) < mine:
+            if _alive(key(other)[1]):
+                ahead += 1
+            else:
+                other.unlink(missing_ok=True)
+    return ahead
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def release_memory() -> None:
