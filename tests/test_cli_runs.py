@@ -208,7 +208,7 @@ def test_device_setting_is_validated_and_a_missing_gpu_is_a_clear_error(studio, 
     assert not (tmp_path / "run").exists()
 
 
-def test_offline_clip_warns_once_and_never_asks_the_hub(tmp_path, monkeypatch, caplog):
+def test_offline_clip_warns_once_and_never_asks_the_hub(tmp_path, monkeypatch, caplog, fresh_clip_checks):
     import huggingface_hub
     import open_clip
 
@@ -218,10 +218,8 @@ def test_offline_clip_warns_once_and_never_asks_the_hub(tmp_path, monkeypatch, c
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.cache/clip copy either
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(open_clip, "download_pretrained", lambda *a, **k: pytest.fail("the hub was asked"))
-    losses._clip_visual.cache_clear()
     with caplog.at_level(logging.INFO):
         first = losses.load_clip(LossConfig())
         second = losses.load_clip(LossConfig())
-    losses._clip_visual.cache_clear()
     assert first[0] is None and second[0] is None and "not in the local cache" in first[1].reason
     assert [r.levelname for r in caplog.records if r.levelno >= logging.WARNING] == ["WARNING"]

@@ -70,7 +70,8 @@ def test_feature_matching_is_zero_on_the_real_pair_and_trains_only_the_generated
     assert real.grad is None and fake.grad.abs().sum() > 0
 
 
-def test_an_unreachable_hub_turns_clip_off_in_one_line_without_a_download(tmp_path, monkeypatch, capsys):
+def test_an_unreachable_hub_turns_clip_off_in_one_line_without_a_download(tmp_path, monkeypatch, capsys,
+                                                                          fresh_clip_checks):
     import huggingface_hub
     import open_clip
 
@@ -82,19 +83,13 @@ def test_an_unreachable_hub_turns_clip_off_in_one_line_without_a_download(tmp_pa
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(losses, "_connects", lambda *a: False)
     monkeypatch.setattr(open_clip, "download_pretrained", lambda *a, **k: pytest.fail("the hub was asked"))
-    losses.hub_reachable.cache_clear()
-    losses._clip_visual.cache_clear()
-    try:
-        studio_env = losses.clip_preflight(LossConfig())
-        printed = capsys.readouterr().out.strip().splitlines()
-        assert len(printed) == 1 and "cannot be reached" in printed[0]
-        assert "not in the local cache" in studio_env[losses.CLIP_UNAVAILABLE_ENV]
-        assert os.environ["HF_HUB_OFFLINE"] == "1"  # the studio processes started next inherit it
-        model, status = load_clip(LossConfig())
-        assert model is None and not status.enabled and "not in the local cache" in status.reason
-    finally:
-        losses.hub_reachable.cache_clear()
-        losses._clip_visual.cache_clear()
+    studio_env = losses.clip_preflight(LossConfig())
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and "cannot be reached" in printed[0]
+    assert "not in the local cache" in studio_env[losses.CLIP_UNAVAILABLE_ENV]
+    assert os.environ["HF_HUB_OFFLINE"] == "1"  # the studio processes started next inherit it
+    model, status = load_clip(LossConfig())
+    assert model is None and not status.enabled and "not in the local cache" in status.reason
 
 
 def test_studios_told_clip_is_unavailable_do_not_even_import_open_clip(monkeypatch):
