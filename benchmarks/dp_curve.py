@@ -158,7 +158,7 @@ def membership_summary(out: Path) -> dict[str, dict[str, Any]]:
                                         "se": float(np.mean([s["mia_se"] for s in studios.values()]))}
     for row in per_variant.values():
         aucs = [s["auc"] for s in row["seeds"].values()]
-        row.update(mean=float(np.mean(aucs)), std=float(np.std(aucs, ddof=1)) if len(aucs) > 1 else 0.0,
+        row.update(mean=float(np.mean(aucs)), std=float(np.std(aucs)),  # population std, as the other columns
                    se=float(np.mean([s["se"] for s in row["seeds"].values()])))
     return per_variant
 
