@@ -14,10 +14,13 @@ from fedgai.privacy.record import record_level_steps
 from fedgai.trainer import StudioTrainer
 
 PLANNED = {"privacy.dp": "record", "privacy.plan": True, "privacy.target_epsilon": 8.0}
+# Record-level DP with a target and privacy.plan unset: planned by default.
+DEFAULT = {"privacy.dp": "record", "privacy.target_epsilon": 8.0}
 
 
-def test_ledger_of_a_planned_run_charges_what_the_planner_predicted(studio_dir, tmp_path):
-    cfg = profile("test").with_overrides(PLANNED)
+@pytest.mark.parametrize("overrides", [DEFAULT, PLANNED], ids=["default", "plan=true"])
+def test_ledger_of_a_planned_run_charges_what_the_planner_predicted(studio_dir, tmp_path, overrides):
+    cfg = profile("test").with_overrides(overrides)
     trainer = StudioTrainer(cfg, studio_dir, tmp_path)
     plan = plan_record_dp(cfg.privacy, trainer.num_samples, run_epochs(cfg))
     assert trainer.record_dp.cfg.noise_multiplier == plan.noise_multiplier
@@ -75,3 +78,27 @@ def test_cli_prints_sigma_batch_steps_and_epsilon(capsys):
     chosen = plan_record_dp(PrivacyConfig(dp="record"), pairs=12, epochs=2, target_epsilon=8.0)
     assert f"sigma {chosen.noise_multiplier:.2f}, batch {chosen.batch_size}" in out
     assert f"{chosen.steps} steps" in out and f"expected epsilon {chosen.expected_epsilon:.3f}" in out
+
+
+def test_an_explicit_plan_false_keeps_sigma_and_batch_as_set(studio_dir, tmp_path):
+    cfg = profile("test").with_overrides({**DEFAULT, "privacy.plan": False, "privacy.noise_multiplier": 0.5})
+    trainer = StudioTrainer(cfg, studio_dir, tmp_path)
+    assert trainer.record_dp.cfg.noise_multiplier == 0.5
+    assert trainer.metadata["dp_batch_size"] == cfg.train.batch_size and trainer.metadata["dp_plan"] is None
+    planned = plan_record_dp(cfg.privacy, trainer.num_samples, run_epochs(cfg))
+    assert (planned.noise_multiplier, planned.batch_size) != (0.5, cfg.train.batch_size)  # what the default runs
+
+
+def test_without_a_target_nothing_is_planned():
+    assert not PrivacyConfig(dp="record").planned
+    assert PrivacyConfig(dp="record", target_epsilon=4.0).planned
+    assert not PrivacyConfig(dp="client", target_epsilon=4.0).planned  # the planner is record-level only
+
+
+def test_a_default_plan_out_of_reach_trains_as_set_and_the_budget_refuses(studio_dir, tmp_path, caplog):
+    cfg = profile("test").with_overrides({"privacy.dp": "record", "privacy.target_epsilon": 0.5})
+    trainer = StudioTrainer(cfg, studio_dir, tmp_path / "default")
+    assert trainer.metadata["dp_plan"] is None and "out of reach" in caplog.text
+    assert not trainer.record_dp.affordable(1)  # the ledger, not the plan, stops it
+    with pytest.raises(PlanInfeasible, match="out of reach"):  # asked for by name: no other schedule
+        StudioTrainer(cfg.with_overrides({"privacy.plan": True}), studio_dir, tmp_path / "explicit")

@@ -136,7 +136,7 @@ def cmd_train_local(args: argparse.Namespace) -> None:
 
     cfg = load_config(args, common_overrides(args) | {"train.max_pairs": args.max_pairs,
                                                       "data.follow_symlinks": args.follow_symlinks})
-    if cfg.privacy.plan:  # a record-level plan spends its budget over this run's epochs
+    if cfg.privacy.planned:  # a record-level plan spends its budget over this run's epochs
         cfg = cfg.with_overrides({"train.epochs": args.epochs, "fed.rounds": 1})
     # Every check before the run folder is touched: a bad studio never costs an earlier run (--overwrite).
     load_studio(args.studio, follow_symlinks=cfg.data.follow_symlinks, max_pixels=cfg.data.max_pixels)
@@ -287,8 +287,9 @@ def cmd_dp_plan(args: argparse.Namespace) -> None:
     print(f"sigma {chosen.noise_multiplier:.2f}, batch {chosen.batch_size} (expected {chosen.expected_batch:.1f} "
           f"pairs per step, sample rate {chosen.sample_rate:.4g}), {chosen.steps} steps ({chosen.steps_per_epoch} "
           f"per epoch), expected epsilon {chosen.expected_epsilon:.3f}")
-    print(f"train with it: --set privacy.dp=record --set privacy.plan=true --set privacy.target_epsilon={args.epsilon}"
-          f" (the trainer plans the same from its own pair count and fed.rounds x train.epochs)")
+    print(f"train with it: --set privacy.dp=record --set privacy.target_epsilon={args.epsilon} (a record-level run "
+          "with a target plans by default, the same from its own pair count and fed.rounds x train.epochs; "
+          "privacy.plan=false keeps privacy.noise_multiplier and train.batch_size as set)")
 
 
 def cmd_prior_build(args: argparse.Namespace) -> None:
@@ -513,7 +514,11 @@ def add_dp_parsers(sub) -> None:
     p = dp.add_parser("plan", help="record-level DP: sigma, batch and steps that spend a target epsilon well",
                       description="Plan record-level DP from the RDP accountant (privacy/planner.py): for each "
                       "candidate batch, the smallest sigma within the target; the one with the fewest steps whose "
-                      "signal-to-noise is within 5 %% of the best is chosen.")
+                      "signal-to-noise is within 5 % of the best is chosen. The trainer runs this plan by default "
+                      "whenever privacy.dp is record and privacy.target_epsilon is set (privacy.plan unset or "
+                      "true); privacy.noise_multiplier is then the lowest sigma it may use, and train.batch_size "
+                      "is replaced by the plan's. Set privacy.plan=false to train with your own sigma and batch "
+                      "(the target then only stops the run when its ledger would pass it).")
     p.add_argument("--pairs", type=int, required=True, help="the studio's training pairs")
     p.add_argument("--epsilon", type=float, required=True, help="target epsilon of the whole run")
     p.add_argument("--delta", type=float, help="delta (default: the config's privacy.delta)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import types
 import typing
@@ -19,7 +20,7 @@ from typing import Any, Literal
 
 # Each choice list is written once, as the field's type; the tuples (for CLIs and messages) derive from it.
 EncoderName = Literal["auto", "vgg16", "efficientnet-lite0", "random"]
-FedMode = Literal["fedgai", "local", "fedavg_full", "fedavg_bn", "fedbn", "fedgai_struct"]
+FedMode = Literal["fedgai", "local", "fedavg_full", "fedavg_bn", "fedbn", "fedgai_struct", "fedgai_ditto"]
 DpMode = Literal["none", "client", "record"]
 ENCODERS: tuple[str, ...] = typing.get_args(EncoderName)
 FED_MODES: tuple[str, ...] = typing.get_args(FedMode)
@@ -204,10 +205,18 @@ class FedConfig:
     # Continue a saved global model: never; same_job (only this job's own state, after a server restart);
     # same_config (also a resubmission of the same job name, submitter and full configuration).
     resume: Literal["never", "same_job", "same_config"] = "same_config"
+    # fedgai_ditto only: strength of the proximal pull (lambda/2)*||personal G - last received shared G||^2 on each
+    # studio's personal generator (personal.py). 0 = the personal G trains as if alone; large = it follows the
+    # shared G. Measured at 0.1, 1 and 10 (docs/results.md "Ditto-style personal generator"): none pays; 1 is the
+    # value that left the large studios' FD unchanged, with the tightest spread.
+    ditto_lambda: float = 1.0
 
     def validate(self) -> None:
         _positive("fed.rounds", self.rounds)
         _choice("fed.mode", self.mode, FED_MODES)
+        if not math.isfinite(self.ditto_lambda) or self.ditto_lambda < 0:
+            raise ConfigError(f"fed.ditto_lambda must be a finite number >= 0 (0 = no pull towards the shared "
+                              f"generator), got {self.ditto_lambda}")
         _positive("fed.min_clients", self.min_clients)
         _positive("fed.round_timeout", self.round_timeout)
         if self.straggler_grace is not None and self.straggler_grace < 0:
@@ -247,9 +256,12 @@ class PrivacyConfig:
     # Record-level DP only: plan sigma, the expected batch and the steps per epoch from privacy.target_epsilon
     # over fed.rounds x train.epochs epochs (privacy/planner.py, `fedgai dp plan`) instead of taking
     # noise_multiplier and train.batch_size as set; noise_multiplier is then the lowest sigma the plan may use
-    # (a site policy's minimum holds). plan_max_batch caps the expected batch (memory of the per-pair
-    # gradients), plan_min_steps is the fewest training steps the plan may choose.
-    plan: bool = False
+    # (a site policy's minimum holds). None (default): plan whenever a target epsilon is set - unplanned, sigma 1
+    # at batch 8 on 24 pairs spends 6.9 in its first epoch, so at target 8 its budget stops it after 1 of 4 epochs
+    # and at 4 before any (docs/privacy.md "Turning it on"); true: always (needs the target); false: never, sigma
+    # and batch as set, the target only stops the run. plan_max_batch caps the expected batch (memory of the
+    # per-pair gradients), plan_min_steps is the fewest training steps the plan may choose.
+    plan: bool | None = None
     plan_max_batch: int = 64
     plan_min_steps: int = 20
     # Record-level DP only: which parameters DP-SGD trains and noises; the rest stay at their start (the prior,
@@ -257,12 +269,21 @@ class PrivacyConfig:
     # privacy/record.py TRAINABLE). The noise's norm grows with the square root of the noised parameters.
     record_trainable: Literal["all", "style_head"] = "all"
 
+    @property
+    def planned(self) -> bool:
+        """Whether a record-level run takes sigma and batch from the planner: privacy.plan where set, else
+        whenever privacy.target_epsilon is set. An explicit plan = false is how a run keeps its own sigma and
+        batch."""
+        if self.dp != "record":
+            return False
+        return self.target_epsilon is not None if self.plan is None else self.plan
+
     def validate(self) -> None:
         _choice("privacy.dp", self.dp, DP_MODES)
         _choice("privacy.record_trainable", self.record_trainable, ("all", "style_head"))
         _positive("privacy.plan_max_batch", self.plan_max_batch)
         _positive("privacy.plan_min_steps", self.plan_min_steps)
-        if self.plan and self.dp == "record" and self.target_epsilon is None:
+        if self.plan is True and self.dp == "record" and self.target_epsilon is None:
             raise ConfigError("privacy.plan needs privacy.target_epsilon: the plan spends that budget")
         _choice("privacy.accountant", self.accountant, ("rdp", "prv"))
         if self.noise_multiplier < 0 or self.clip_norm <= 0:
@@ -423,19 +444,24 @@ class FedgaiConfig:
 
 
 # Modes in which generator weights leave a studio although FedGAI promises they do not (opt-in, issue 15 §4).
-GUARANTEE_BREAKING_MODES = ("fedgai_struct",)
+GUARANTEE_BREAKING_MODES = ("fedgai_struct", "fedgai_ditto")
 
 
 def generator_sharing_problem(fed: FedConfig, privacy: PrivacyConfig) -> str | None:
     """Why ``fed.mode`` may not run with these privacy settings (None: it may).
 
-    fedgai_struct sends generator stages; the server must never see one studio's generator update, so it runs
-    only under secure aggregation (privacy.he) or client-level DP with noise (docs/privacy.md)."""
+    fedgai_struct sends generator stages, fedgai_ditto its shared generator; the server must never see one studio's
+    generator update, so they run only under secure aggregation (privacy.he) or client-level DP with noise
+    (docs/privacy.md). fedgai_ditto is also refused under record-level DP: its shared generator's update would
+    leave outside the per-pair accounting, which covers the one generator record DP trains."""
     if fed.mode not in GUARANTEE_BREAKING_MODES:
         return None
+    if fed.mode == "fedgai_ditto" and privacy.dp == "record":
+        return ("fed.mode 'fedgai_ditto' is refused under record-level DP: the shared generator it trains and sends "
+                "is outside the per-pair accounting; use privacy.dp 'client' (with noise) or privacy.he")
     if privacy.he or (privacy.dp == "client" and privacy.noise_multiplier > 0):
         return None
-    return (f"fed.mode {fed.mode!r} shares generator stages, so the server must never see one studio's update: "
+    return (f"fed.mode {fed.mode!r} shares generator weights, so the server must never see one studio's update: "
             f"set privacy.he to true (the encrypted job) or privacy.dp to 'client' with privacy.noise_multiplier "
             f"> 0 (got privacy.he={privacy.he}, privacy.dp={privacy.dp!r}, "
             f"privacy.noise_multiplier={privacy.noise_multiplier})")

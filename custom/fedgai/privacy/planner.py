@@ -16,6 +16,7 @@ accountant.compute_epsilon, so the ledger of a planned run charges exactly what 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ from fedgai.privacy.accountant import Step, compute_epsilon, record_level_schedu
 from fedgai.privacy.record import MAX_PLANNED_NOISE, calibrate_record_noise, record_level_steps
 
 SNR_TOLERANCE = 0.05  # a candidate within 5 % of the best score counts as just as good
+
+log = logging.getLogger(__name__)
 
 
 class PlanInfeasible(ValueError):
@@ -123,11 +126,21 @@ def plan_record_dp(privacy: PrivacyConfig, pairs: int, epochs: int, target_epsil
 
 
 def planned_record_dp(cfg: FedgaiConfig, pairs: int) -> tuple[PrivacyConfig, int, RecordPlan | None]:
-    """(privacy settings, training batch, plan) a record-level trainer runs with: planned when privacy.plan is
-    on, else the config's sigma and train.batch_size (plan None)."""
-    if not cfg.privacy.plan:
+    """(privacy settings, training batch, plan) a record-level trainer runs with: planned when
+    privacy.planned (privacy.plan, by default on whenever a target epsilon is set), else the config's sigma and
+    train.batch_size (plan None)."""
+    if not cfg.privacy.planned:
         return cfg.privacy, cfg.train.batch_size, None
-    plan = plan_record_dp(cfg.privacy, pairs, run_epochs(cfg))
+    try:
+        plan = plan_record_dp(cfg.privacy, pairs, run_epochs(cfg))
+    except PlanInfeasible as err:
+        if cfg.privacy.plan:  # asked for by name: the run must not start on another schedule
+            raise
+        # The default plan of a target no schedule reaches: train as set, and the ledger refuses what the target
+        # cannot pay for (a studio in a federation then sends its budget notice instead of failing).
+        log.warning("%s; privacy.plan is not set, so training with privacy.noise_multiplier %s and train.batch_size "
+                    "%s, within the ledger's budget", err, cfg.privacy.noise_multiplier, cfg.train.batch_size)
+        return cfg.privacy, cfg.train.batch_size, None
     return plan.privacy(cfg.privacy), plan.batch_size, plan
 
 
