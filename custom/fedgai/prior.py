@@ -36,7 +36,7 @@ from fedgai.data.garments import KINDS, garment_tone, make_garment
 from fedgai.data.photo_render import PRINTS, render_photo
 from fedgai.data.sketchify import sketchify_image
 from fedgai.data.studio import MIN_SIZE
-from fedgai.models import find_vgg16_weights, per_sample_networks
+from fedgai.models import per_sample_networks, resolve_encoder
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +146,8 @@ def resolved_encoder_name(cfg: FedgaiConfig) -> str:
     """The encoder models.build_encoder picks ("auto": VGG-16 where its weights are found, else EfficientNet-Lite0),
     without building it: the server needs only the prior's key, and this machine's weights decide "auto" as they
     do for a studio on it."""
-    if cfg.model.encoder != "auto":
-        return cfg.model.encoder
-    return "vgg16" if find_vgg16_weights(cfg.model) else "efficientnet-lite0"
+    # A named encoder is taken as named: the server needs no VGG-16 weights of its own.
+    return cfg.model.encoder if cfg.model.encoder != "auto" else resolve_encoder(cfg.model)[0]
 
 
 def load_prior(cfg: FedgaiConfig, encoder_name: str, generator: nn.Module | None,
