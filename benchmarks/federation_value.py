@@ -74,6 +74,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # "guard": False is a benchmark-only ablation (the product always guards): every studio takes the stages.
     "fedgai_struct": {"fed.mode": "fedgai_struct", "privacy.he": True, "transport": "he"},
     "fedgai_struct_noguard": {"fed.mode": "fedgai_struct", "privacy.he": True, "transport": "he", "guard": False},
+    # Ditto (issue 15 §4's other half): D plus a shared generator summed under CKKS as above; each studio evaluates
+    # its personal generator, pulled towards the received shared one with strength fed.ditto_lambda.
+    "fedgai_ditto_l0.1": {"fed.mode": "fedgai_ditto", "fed.ditto_lambda": 0.1, "privacy.he": True, "transport": "he"},
+    "fedgai_ditto_l1": {"fed.mode": "fedgai_ditto", "fed.ditto_lambda": 1.0, "privacy.he": True, "transport": "he"},
+    "fedgai_ditto_l10": {"fed.mode": "fedgai_ditto", "fed.ditto_lambda": 10.0, "privacy.he": True, "transport": "he"},
 }
 
 
@@ -211,17 +216,25 @@ def _train_worker(job: tuple) -> str:
     return f"{out.name}/{variant}-seed{seed}: {rec['seconds']:.0f} s"
 
 
+def plan_jobs(out: Path, base: dict[str, Any], variants: list[str], seeds: list[int], studios: list[Path],
+              device: str, workers: int) -> list[tuple]:
+    """One plan's (variant, seed) jobs, after writing the folder's config and splits (which `evaluate` reads)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(base, indent=2) + "\n")
+    save_splits(FedgaiConfig.from_dict(base), studios, out / "splits")
+    return [(v, s, base, studios, out, device, max(1, (os.cpu_count() or 1) // workers))
+            for s in seeds for v in variants]
+
+
 def train_all(plans: list[tuple[Path, dict[str, Any], list[str], list[int]]], studios: list[Path], device: str,
               workers: int) -> None:
-    """Train every (folder, config, variants, seeds) plan in one process pool; a failed run is reported and
-    the others go on (its folder then has no run.json and `evaluate` skips it)."""
-    jobs = []
-    for out, base, variants, seeds in plans:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(base, indent=2) + "\n")
-        save_splits(FedgaiConfig.from_dict(base), studios, out / "splits")
-        jobs += [(v, s, base, studios, out, device, max(1, (os.cpu_count() or 1) // workers))
-                 for s in seeds for v in variants]
+    """Train every (folder, config, variants, seeds) plan in one process pool."""
+    run_jobs([job for plan in plans for job in plan_jobs(*plan, studios, device, workers)], workers)
+
+
+def run_jobs(jobs: list[tuple], workers: int) -> None:
+    """Every job in one process pool, in order; a failed run is reported and the others go on (its folder then
+    has no run.json and `evaluate` skips it)."""
     with ProcessPoolExecutor(workers, mp_context=torch.multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(_train_worker, job) for job in jobs]
         for job, future in zip(jobs, futures, strict=True):
@@ -243,8 +256,29 @@ def stack_pairs(dataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def evaluate_runs(out: Path, data: Path, image_size: int, device: str) -> list[dict[str, Any]]:
-    """Score every saved run on its studios' test pairs; the style classifier is fitted once, on all
-    studios' real training sketches."""
+    """Every saved run's scores on its studios' test pairs: kept scores where they are current, the others
+    scored now (so that adding runs rescores nothing else, and a folder scored before costs no model)."""
+    runs = sorted(p for p in out.iterdir() if (p / "run.json").is_file())
+    records = {run: kept_scores(run) for run in runs}
+    todo = [run for run, record in records.items() if record is None]
+    if todo:
+        records.update(score_runs(todo, out, data, image_size, device))
+    return [records[run] for run in runs]
+
+
+def kept_scores(run: Path) -> dict[str, Any] | None:
+    """The run's metrics.json when newer than its run.json and holding every metric (else None: score it)."""
+    cached = run / "metrics.json"
+    if not cached.is_file() or cached.stat().st_mtime < (run / "run.json").stat().st_mtime:
+        return None
+    record = json.loads(cached.read_text())
+    complete = all(m in scores for scores in record["studios"].values() for m in METRICS)  # else: older scores
+    return record if complete else None
+
+
+def score_runs(runs: list[Path], out: Path, data: Path, image_size: int, device: str) -> dict[Path, dict[str, Any]]:
+    """Score runs on their studios' test pairs (saved as each run's metrics.json); the style classifier is
+    fitted once, on all studios' real training sketches."""
     from fedgai.data import SketchPairDataset, load_studio
     from fedgai.data.split import StudioSplit
     from fedgai.evaluation.metrics import MetricSuite
@@ -252,7 +286,6 @@ def evaluate_runs(out: Path, data: Path, image_size: int, device: str) -> list[d
     from fedgai.models import build_encoder
 
     encoder = build_encoder(FedgaiConfig.from_dict(json.loads((out / "config.json").read_text())).model)
-    runs = sorted(p for p in out.iterdir() if (p / "run.json").is_file())
     sites = list(json.loads((runs[0] / "run.json").read_text())["n_train"])
     studios = {s: load_studio(data / s) for s in sites}
     splits = {s: StudioSplit.load(out / "splits" / f"{s}.json") for s in sites}
@@ -264,14 +297,8 @@ def evaluate_runs(out: Path, data: Path, image_size: int, device: str) -> list[d
     style = StyleClassifier().fit(torch.cat(list(train_feats.values())),
                                   [s for s in sites for _ in range(len(train_feats[s]))])
     real_feats = {s: suite.features(test[s][1]) for s in sites}
-    results = []
+    scored = {}
     for run in runs:
-        cached = run / "metrics.json"  # a run's scores, kept so that adding runs does not rescore the others
-        if cached.is_file() and cached.stat().st_mtime >= (run / "run.json").stat().st_mtime:
-            record = json.loads(cached.read_text())
-            if all(m in scores for scores in record["studios"].values() for m in METRICS):  # else: older scores
-                results.append(record)
-                continue
         record = json.loads((run / "run.json").read_text())
         record["studios"] = {}
         for site in sites:
@@ -280,10 +307,10 @@ def evaluate_runs(out: Path, data: Path, image_size: int, device: str) -> list[d
             fake = torch.stack([fakes[photo.stem] for photo, _ in test_sets[site].pairs])
             metrics = suite.evaluate(photos, fake, reals, style, site, real_features=real_feats[site], encoder=encoder)
             record["studios"][site] = {**metrics, "n_pairs": len(studios[site].pairs)}
-        cached.write_text(json.dumps(record, indent=2) + "\n")
-        results.append(record)
+        (run / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+        scored[run] = record
         print(f"evaluated {run.name}", flush=True)
-    return results
+    return scored
 
 
 def summarise(results: list[dict[str, Any]], metric: str) -> dict[str, Any]:
@@ -364,6 +391,134 @@ def tune(args: argparse.Namespace, studios: list[Path]) -> dict[str, Any]:
     return choice
 
 
+# ----------------------------------------------------------------------------------------------- unpaired grid
+# Issue 15 §2: local-only against the paper's D-only mode (FedDecorr on) at several counts N of unpaired photos per
+# studio. Each level has its own demo folder DATA-uN; the pairs are the same in every level (unpaired photos come
+# from their own random stream), so levels differ only in the photos nobody has drawn.
+GRID_VARIANTS = {False: ("local", "fedgai_feddecorr"), True: ("local_unpaired", "fedgai_unpaired")}
+GRID_METRICS = ("FD-EffNetLite0", "FD-Style", "Gram_dist", "style_acc", "SSIM")
+GRID_POINTS = {"style_acc", "SSIM"}  # compared as differences (points), the others as relative changes
+
+
+def grid_level(text: str) -> tuple[int, list[int] | None]:
+    """An --unpaired level: "400", or "100:0,1" to train that level on seeds 0 and 1 only (default: --seeds)."""
+    count, _, seeds = text.partition(":")
+    try:
+        level = (int(count), [int(s) for s in seeds.split(",")] if seeds else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or N:SEED,SEED,... got {text!r}") from None
+    if level[0] < 0:
+        raise argparse.ArgumentTypeError(f"unpaired photos per studio must be >= 0, got {level[0]}")
+    return level
+
+
+def level_data(data: Path, count: int) -> Path:
+    return data.with_name(f"{data.name}-u{count}")
+
+
+def level_studios(args: argparse.Namespace, count: int) -> list[Path]:
+    """The level's demo studios, made if missing (fedgai data demo --seed 15 --size 128 --unpaired N)."""
+    data = level_data(args.data, count)
+    if not data.exists():
+        from fedgai.data import make_demo
+
+        make_demo(data, studios=args.studios, seed=DEMO_SEED, size=128, unpaired=count, progress=False)
+    return studio_dirs(data, args.studios)
+
+
+def train_grid(args: argparse.Namespace, base: dict[str, Any]) -> None:
+    """Every level's local-only and FedGAI runs in one pool, seed by seed across levels, each federation next to
+    its local twin: a grid cut short still holds whole (level, seed) pairs."""
+    jobs = []
+    for seed in sorted({s for _, seeds in args.unpaired for s in seeds or args.seeds}):
+        for count, seeds in args.unpaired:
+            if seed in (seeds or args.seeds):
+                level = FedgaiConfig.from_dict(base).with_overrides({} if count else {"train.unpaired_batch": 0})
+                jobs += plan_jobs(args.out / f"unpaired-{count}", level.to_dict(), list(GRID_VARIANTS[count > 0]),
+                                  [seed], level_studios(args, count), args.device, args.workers)
+    run_jobs(jobs, args.workers)
+
+
+def group_mean(record: dict[str, Any], metric: str, group: str) -> float:
+    return float(np.mean([m[metric] for m in record["studios"].values()
+                          if (m["n_pairs"] <= SMALL_STUDIO) == (group == "small")]))
+
+
+def twin_changes(results: list[dict[str, Any]], fed: str, local: str) -> dict[str, dict[str, float]]:
+    """Each seed's federation against the same seed's local twin, per size group; positive = the federation is
+    better (relative for distances, points x 100 for style accuracy and SSIM). Mean and std over seeds."""
+    runs = {(r["variant"], r["seed"]): r for r in results}
+    seeds = sorted(s for v, s in runs if v == fed and (local, s) in runs)
+    changes: dict[str, list[float]] = {}
+    for seed in seeds:
+        for group in ("small", "large"):
+            for metric in GRID_METRICS:
+                f, lo = group_mean(runs[fed, seed], metric, group), group_mean(runs[local, seed], metric, group)
+                change = 100 * (f - lo) if metric in GRID_POINTS else 1 - f / lo
+                changes.setdefault(f"{group} {metric}", []).append(change)
+    return {k: {"mean": statistics.fmean(v), "std": statistics.pstdev(v), "seeds": len(v)} for k, v in changes.items()}
+
+
+def meets_target(change: dict[str, dict[str, float]]) -> bool:
+    """The issue's target: small studios >= 10 % better on FD-EffNetLite0 and FD-Style, large ones <= 5 % worse on
+    FD-EffNetLite0, style accuracy within 5 points for both groups (means over seeds)."""
+    m = {k: v["mean"] for k, v in change.items()}
+    return (m["small FD-EffNetLite0"] >= TARGET_SMALL_GAIN and m["small FD-Style"] >= TARGET_SMALL_GAIN
+            and m["large FD-EffNetLite0"] >= -MAX_LARGE_LOSS
+            and all(m[f"{g} style_acc"] >= -100 * MAX_STYLE_DROP for g in ("small", "large")))
+
+
+def evaluate_grid(args: argparse.Namespace) -> dict[str, Any]:
+    """Score every level (evaluate_dir) and gather what docs/results.md reports: per level and size group the
+    scores of both variants, and the federation against its local twin."""
+    levels = {}
+    for count, _ in args.unpaired:
+        report = evaluate_dir(args.out / f"unpaired-{count}", level_data(args.data, count), args.device)
+        local, fed = GRID_VARIANTS[count > 0]
+        change = twin_changes(report["results"], fed, local)
+        levels[str(count)] = {
+            "variants": [local, fed],
+            "summary": {m: report["summary"][m] for m in GRID_METRICS},
+            "against_local": change, "target_met": meets_target(change),
+            "runs": [{k: r[k] for k in ("variant", "seed", "seconds", "n_train", "studios")}
+                     for r in report["results"]]}
+    grid = {"config": json.loads((args.out / f"unpaired-{args.unpaired[0][0]}" / "config.json").read_text()),
+            "small_studio_pairs": SMALL_STUDIO, "levels": levels}
+    (args.out / "grid.json").write_text(json.dumps(grid, indent=2) + "\n")
+    (args.out / "grid.md").write_text(grid_markdown(grid))
+    return grid
+
+
+def grid_markdown(grid: dict[str, Any]) -> str:
+    """Per level a table of both variants' scores per size group, then one table of every level's changes."""
+    def cell(stat: dict[str, float], metric: str) -> str:
+        if metric == "style_acc":
+            return f"{100 * stat['mean']:.0f} ± {100 * stat['std']:.0f} %"
+        return f"{stat['mean']:.4g} ± {stat['std']:.2g}"
+
+    lines = []
+    for count, level in grid["levels"].items():
+        lines += [f"#### {count} unpaired photos per studio", "",
+                  "| variant | studios | " + " | ".join(GRID_METRICS) + " | seeds |", "|---|---|" + "---|" * 6]
+        for group in ("small", "large"):
+            for v in level["variants"]:
+                stats = [level["summary"][m][v][group] for m in GRID_METRICS]
+                lines.append(f"| {v} | {group} | " + " | ".join(cell(s, m) for s, m in zip(stats, GRID_METRICS,
+                                                                                       strict=True))
+                             + f" | {stats[0]['seeds']} |")
+        lines.append("")
+    keys = [f"{g} {m}" for g in ("small", "large") for m in GRID_METRICS]
+    lines += ["#### FedGAI against its local twin (per seed, positive = the federation is better; % for distances, "
+              "points for style accuracy and SSIM x 100)", "",
+              "| unpaired | " + " | ".join(keys) + " | target met |", "|---|" + "---|" * (len(keys) + 1)]
+    for count, level in grid["levels"].items():
+        c = level["against_local"]
+        cells = [f"{c[k]['mean']:+.1f} ± {c[k]['std']:.1f}" if k.split()[1] in GRID_POINTS
+                 else f"{100 * c[k]['mean']:+.1f} ± {100 * c[k]['std']:.1f} %" for k in keys]
+        lines.append(f"| {count} | " + " | ".join(cells) + f" | {'yes' if level['target_met'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
 # ----------------------------------------------------------------------------------------------- CLI
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -376,6 +531,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT")
     p.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES), metavar="NAME",
                    help="settings the tune stage tries")
+    p.add_argument("--unpaired", nargs="+", type=grid_level, metavar="N[:SEEDS]",
+                   help="the unpaired-photo grid instead of --variants (issue 15 §2): local-only and FedGAI with N "
+                        "unpaired photos per studio, on DATA-uN (made if missing), into OUT/unpaired-N; e.g. "
+                        "0 100:0,1 400 (seeds 0 and 1 only at 100)")
     p.add_argument("--profile", default="quick")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON", help="config overrides for every run")
     p.add_argument("--workers", type=int, default=1, help="federations trained in parallel processes")
@@ -495,6 +654,14 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.unpaired:
+        if args.stage == "tune":
+            raise SystemExit("--unpaired runs the grid (stages train, evaluate, all); it has no tune stage")
+        if args.stage in ("all", "train"):
+            train_grid(args, base_config(args))
+        if args.stage in ("all", "evaluate"):
+            print(grid_markdown(evaluate_grid(args)))
+        return
     studios = demo_studios(args)
     overrides: dict[str, Any] = {}
     if args.stage in ("all", "tune"):
