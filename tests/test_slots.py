@@ -10,7 +10,14 @@ import time
 
 import pytest
 
+import fedgai.federated.slots as slots
 from fedgai.federated.slots import SLOTS_ENV, parse_slots, slots_spec, training_slot
+
+
+@pytest.fixture(autouse=True)
+def _no_settling(monkeypatch):
+    """No queueing time before a studio's first try, except where a test sets one."""
+    monkeypatch.setattr(slots, "SETTLE_S", 0.0)
 
 
 def test_at_most_n_studios_hold_a_slot_at_once(tmp_path):
@@ -125,3 +132,24 @@ def test_a_dead_studios_place_in_the_queue_is_dropped(tmp_path):
     with training_slot(spec, work=1) as waited:
         pass
     assert waited.seconds < 1.0 and not list(queue.iterdir())
+
+
+def test_studios_arriving_together_are_ordered_by_size_not_arrival(tmp_path, monkeypatch):
+    """A round's tasks reach the studios a little apart: the small studio that arrives first still waits for
+    the large one that arrives just after it."""
+    monkeypatch.setattr(slots, "SETTLE_S", 0.5)
+    spec, order = slots_spec(tmp_path, 1), []
+
+    def studio(name: str, work: float):
+        with training_slot(spec, work=work):
+            order.append(name)
+            time.sleep(0.1)
+
+    small = threading.Thread(target=studio, args=("small", 28))
+    large = threading.Thread(target=studio, args=("large", 96))
+    small.start()
+    time.sleep(0.2)  # the large studio's task arrives 0.2 s later
+    large.start()
+    for t in (small, large):
+        t.join()
+    assert order == ["large", "small"]

@@ -28,6 +28,7 @@ import argparse
 import copy
 import functools
 import json
+import logging
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -94,16 +95,28 @@ def config_classes(config: Any) -> set[str]:
     return set()
 
 
-@functools.cache
 def job_classes(side: str) -> frozenset[str]:
     """The classes the shipped jobs (plain, DP, HE) name on ``side`` ("server" or "client"), from a fresh
     export: the allow-list follows the jobs and never lists what no shipped job uses."""
+    return _shipped_job_classes()[side]
+
+
+@functools.cache
+def _shipped_job_classes() -> dict[str, frozenset[str]]:
+    """Both sides' classes from one export per process; NVFlare's HE filters log INFO lines as they are built,
+    which are not news to a console here."""
     from fedgai.federated.he_job import export_jobs  # the jobs import this module (allow_fedgai)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        jobs = export_jobs(Path(tmp), "test")
-        return frozenset().union(*(config_classes(json.loads((job / "app" / "config" / SIDES[side]).read_text()))
-                                   for job in jobs))
+    previous = logging.root.manager.disable
+    logging.disable(logging.INFO)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            jobs = export_jobs(Path(tmp), "test")
+            return {side: frozenset().union(*(config_classes(json.loads((job / "app" / "config" / name).read_text()))
+                                              for job in jobs))
+                    for side, name in SIDES.items()}
+    finally:
+        logging.disable(previous)
 
 
 def allow_fedgai(resources: dict, sides: Sequence[str] = tuple(SIDES)) -> dict:

@@ -5,11 +5,12 @@ On a 2-core laptop that buys no speed (the cores are shared either way) but cost
 training step's activations at once. `fedgai simulate` therefore sets ``SLOTS_ENV`` = "<folder>:<N>" for its
 studio processes; a studio takes one of N lock files for its round's work (trainer set-up, training, outputs)
 and afterwards hands its freed heap back to the operating system, so a waiting studio holds only its networks
-and data. Waiting studios queue largest first (their round's work, e.g. training pairs): the longest jobs start
-first, so the round does not end with one large studio training alone on a machine of idle cores. The locks are
-``flock``s and the queue's tickets carry the process id: a studio process that dies releases its slot and its
-place. A real deployment (one machine per studio) sets nothing, and every studio trains as soon as its task
-arrives.
+and data. Waiting studios queue largest first (their round's work, e.g. training pairs; every studio queues
+SETTLE_S before its first try, so the studios whose tasks arrive together are all in the queue): the longest
+jobs start first, so the round does not end with one large studio training alone on a machine of idle cores.
+The locks are ``flock``s and the queue's tickets carry the process id: a studio process that dies releases its
+slot and its place. A real deployment (one machine per studio) sets nothing, and every studio trains as soon as
+its task arrives.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from pathlib import Path
 
 SLOTS_ENV = "FEDGAI_TRAINING_SLOTS"
 POLL_S = 0.2  # how often a waiting studio looks for a free slot; small against a round's minutes
+# How long a studio queues before its first try: the round's tasks reach the studios within about a second
+# (the simulator's task poll is 0.5 s), and without this the first to arrive, not the largest, would train first.
+SETTLE_S = 2.0
 
 
 @dataclass
@@ -79,6 +83,7 @@ def _take_slot(folder: Path, count: int, work: float) -> Iterator[int]:
     ticket = queue / f"{os.getpid()}_{uuid.uuid4().hex[:8]}_{work:g}"  # one per waiter, threads included
     ticket.touch()
     try:
+        time.sleep(SETTLE_S)
         while True:
             if _queue_rank(queue, ticket) < count:  # among the `count` largest waiting: try every slot
                 for index in range(count):
