@@ -2,7 +2,7 @@
 
 Profiles:
 - ``paper``: the FedGAI schedule (11 rounds x 11 local epochs, 256 px) - a GPU-site job.
-- ``quick``: the demo federation sized for a 2-core CPU (about 15 minutes for 8 studios).
+- ``quick``: the demo federation sized for a 2-core CPU (about 9 minutes for 8 studios).
 - ``test``: tiny images and a few steps, for the test suite.
 """
 
