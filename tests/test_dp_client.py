@@ -72,7 +72,9 @@ def test_client_dp_budget_is_checked_before_training(client_dp_studio, tmp_path)
 
 
 def test_record_dp_budget_is_checked_before_training(studio_dir, tmp_path):
-    cfg = profile("test").with_overrides({"privacy.dp": "record", "privacy.target_epsilon": 1.0})
+    # sigma and batch as set (no plan, which would fit them to the target): one epoch costs more than 1.0
+    cfg = profile("test").with_overrides({"privacy.dp": "record", "privacy.target_epsilon": 1.0,
+                                          "privacy.plan": False})
     studio = StudioTrainer(cfg, studio_dir, tmp_path)
     spent = studio.record_dp.ledger.steps  # the statistics release only
     notice = releasable(local_round(studio, _global(cfg)), cfg)
