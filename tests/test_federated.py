@@ -341,13 +341,12 @@ def test_studio_round_sends_a_diff_of_the_mode_keys(studio_dir, tmp_path, mode):
     if mode == "local":  # whatever a server sends, the local-only baseline never loads it
         received = {k: torch.full(v.shape, 0.5) for k, v in initial_global(profile("test")).items()}
     result = local_round(studio, FLModel(params=received, current_round=0))
-    nets = {"generator": studio.generator, "discriminator": studio.discriminator}
+    nets = studio.wire_networks()  # fedgai_ditto: the shared generator, not the studio's personal one
     assert sorted(result.params) == shared_keys(nets, mode)
     assert result.params_type == ParamsType.DIFF
     assert result.meta[NUM_STEPS] == studio.num_samples
     assert {"loss_g", "loss_d", "gram", "val_l1"} <= set(result.metrics)
-    after = {**{f"generator.{k}": v for k, v in studio.generator.state_dict().items()},
-             **{f"discriminator.{k}": v for k, v in studio.discriminator.state_dict().items()}}
+    after = {f"{name}.{k}": v for name, net in nets.items() for k, v in net.state_dict().items()}
     for key, diff in result.params.items():
         torch.testing.assert_close(diff, after[key] - received[key])
     if mode == "local":

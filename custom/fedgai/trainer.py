@@ -461,16 +461,16 @@ class StudioTrainer:
     # ------------------------------------------------------------------ what crosses the wire (sharing.py)
     def shared_state(self) -> dict[str, torch.Tensor]:
         """Detached CPU copies of the entries this studio shares in its federation mode."""
-        return shared_state(self._networks(), self.cfg.fed.mode, per_sample_networks(self.cfg))
+        return shared_state(self.wire_networks(), self.cfg.fed.mode, per_sample_networks(self.cfg))
 
     def load_shared(self, params: Mapping[str, torch.Tensor | np.ndarray]) -> None:
         """Load received global entries; exactly the entries this studio shares are accepted. fedgai_ditto: they
         go into the shared generator, which becomes the personal generator's new anchor."""
-        load_shared(self._networks(), params, self.cfg.fed.mode, per_sample_networks(self.cfg))
+        load_shared(self.wire_networks(), params, self.cfg.fed.mode, per_sample_networks(self.cfg))
         if self.ditto is not None:
             self.ditto.anchor_to_shared()
 
-    def _networks(self) -> dict[str, torch.nn.Module]:
+    def wire_networks(self) -> dict[str, torch.nn.Module]:
         """The networks whose entries may cross the wire: in fedgai_ditto the shared generator, never the
         personal one."""
         generator = self.generator if self.ditto is None else self.ditto.generator
