@@ -47,6 +47,7 @@ from fedgai.config import FedgaiConfig, profile
 from fedgai.data import SketchPairDataset, Studio, load_studio, make_demo
 from fedgai.data.demo import studio_sizes
 from fedgai.evaluation import discriminator_scores, roc_auc
+from fedgai.evaluation.membership import hanley_mcneil_se
 from fedgai.losses import gram_loss
 from fedgai.models import gram_matrix
 from fedgai.privacy import Step, clip_and_noise, compute_epsilon
@@ -179,13 +180,6 @@ def client_release(released: Released, sigma: float, clip_fraction: float, rng: 
 
 
 # ------------------------------------------------------------------------------------------------ metrics
-def hanley_mcneil_se(auc: float, n_pos: int, n_neg: int) -> float:
-    """Standard error of an AUC (Hanley & McNeil 1982)."""
-    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
-    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc**2) + (n_neg - 1) * (q2 - auc**2)) / (n_pos * n_neg)
-    return math.sqrt(max(var, 0.0))
-
-
 def bootstrap_ci(members: np.ndarray, nonmembers: np.ndarray, reps: int, seed: int) -> tuple[float, float]:
     """95% percentile interval of the AUC, resampling members and non-members independently."""
     rng = np.random.default_rng(seed)
