@@ -45,15 +45,16 @@ class SharedGenerator:
 
     def proximal(self, personal: nn.Module) -> torch.Tensor:
         """(lambda / 2) * squared L2 distance of the personal generator's pulled parameters to the anchor."""
-        params = dict(personal.named_parameters())
-        squared = torch.stack([(params[name] - anchor).pow(2).sum() for name, anchor in self.anchor.items()])
-        return 0.5 * self.lam * squared.sum()
+        return 0.5 * self.lam * self._squared_distance(personal)
 
     @torch.no_grad()
     def distance(self, personal: nn.Module) -> float:
         """L2 distance of the personal generator's pulled parameters to the anchor (logged per epoch)."""
+        return float(self._squared_distance(personal).sqrt())
+
+    def _squared_distance(self, personal: nn.Module) -> torch.Tensor:
         params = dict(personal.named_parameters())
-        return float(torch.stack([(params[n] - a).pow(2).sum() for n, a in self.anchor.items()]).sum().sqrt())
+        return torch.stack([(params[name] - anchor).pow(2).sum() for name, anchor in self.anchor.items()]).sum()
 
     def state_dict(self) -> dict[str, dict]:
         """What a checkpoint needs to resume: the shared generator, its optimiser and the anchor."""
