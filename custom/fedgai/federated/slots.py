@@ -63,15 +63,11 @@ def training_slot(spec: str | None = None, work: float = 0.0) -> Iterator[SlotWa
     block, then release the memory the block freed. Of the studios waiting, those with the most ``work`` go
     first."""
     spec = os.environ.get(SLOTS_ENV) if spec is None else spec
-    wait = SlotWait()
+    slot = _take_slot(*parse_slots(spec), work) if spec else contextlib.nullcontext()
+    started = time.perf_counter()
     try:
-        if spec:
-            started = time.perf_counter()
-            with _take_slot(*parse_slots(spec), work):
-                wait.seconds = time.perf_counter() - started
-                yield wait
-        else:
-            yield wait
+        with slot:
+            yield SlotWait(time.perf_counter() - started if spec else 0.0)
     finally:
         release_memory()
 
