@@ -41,7 +41,6 @@ CURVE_METRICS = ("FD-EffNetLite0", "SSIM", "ink_IoU", "style_acc", "FD-Style")
 # The prior with the studio's private AdaIN_SD statistics and no DP-SGD step: what the private steps add to.
 PRIOR_ONLY = "dp_prior_nosteps"
 MIA = "MIA AUC of shared D"
-SAVE_TEST_FAKES = fv.save_test_fakes
 
 
 def membership_sets(trainer) -> tuple[SketchPairDataset, SketchPairDataset]:
@@ -71,7 +70,7 @@ def membership(trainer) -> dict[str, Any]:
 def save_fakes_and_membership(trainer, path: Path) -> None:
     """federation_value's save_test_fakes (called once per studio after the final receive, before the trainer
     closes), plus the studio's membership() next to it: the harness keeps no checkpoint to audit later."""
-    SAVE_TEST_FAKES(trainer, path)
+    fv.save_test_fakes(trainer, path)
     path.with_suffix(".mia.json").write_text(json.dumps(membership(trainer), indent=2) + "\n")
 
 
@@ -138,7 +137,9 @@ def train(args: argparse.Namespace, base: dict[str, Any], variants: list[str]) -
             if variant == PRIOR_ONLY:
                 record = prior_only(seed, base, studios, args.out)
             else:
-                record = fv.run_federation(variant, seed, base, studios, args.out, args.out / "scratch", args.device)
+                # every run audits its D before its trainers close
+                record = fv.run_federation(variant, seed, base, studios, args.out, args.out / "scratch", args.device,
+                                           save_fakes=save_fakes_and_membership)
             print(f"{variant}-seed{seed}: {record['seconds']:.0f} s, epsilon {record['dp_epsilon']}", flush=True)
 
 
@@ -199,7 +200,6 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault(ENV_DIR, str((args.out / "priors").resolve()))
     grid = curve_variants(tuple(args.epsilons))
     fv.VARIANTS.update(grid)  # run_federation looks variants up by name
-    fv.save_test_fakes = save_fakes_and_membership  # every run audits its D before its trainers close
     variants = args.variants or [*grid, PRIOR_ONLY]
     unknown = sorted(set(variants) - set(grid) - {PRIOR_ONLY})
     if unknown:

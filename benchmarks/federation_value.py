@@ -21,7 +21,7 @@ import json
 import os
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -159,8 +159,10 @@ def receive(trainer, global_params: Mapping[str, np.ndarray], guard: bool) -> bo
 
 
 def run_federation(variant: str, seed: int, base: dict[str, Any], studios: list[Path], out: Path,
-                   scratch: Path, device: str) -> dict[str, Any]:
-    """One federation (or local-only run) of every studio; returns per-round val metrics and timings."""
+                   scratch: Path, device: str, save_fakes: Callable[[Any, Path], None] | None = None) -> dict[str, Any]:
+    """One federation (or local-only run) of every studio; returns per-round val metrics and timings.
+    ``save_fakes`` (default save_test_fakes) writes each studio's outputs after the final receive, before its
+    trainer closes: where a caller adds its own audit of the final networks."""
     from fedgai.federated.round import studio_update
     from fedgai.trainer import StudioTrainer
 
@@ -196,7 +198,7 @@ def run_federation(variant: str, seed: int, base: dict[str, Any], studios: list[
         rounds.append({site: t.quality() for site, t in trainers.items()})
     (out / name).mkdir(parents=True, exist_ok=True)
     for site, trainer in trainers.items():
-        save_test_fakes(trainer, out / name / f"{site}.npz")
+        (save_fakes or save_test_fakes)(trainer, out / name / f"{site}.npz")
         trainer.close()
     record = {"variant": variant, "seed": seed, "seconds": time.perf_counter() - started, "rounds": rounds,
               "bytes_up_per_studio_round": bytes_up / max(1, cfg.fed.rounds * len(trainers)),
