@@ -245,3 +245,22 @@ def _tag_checkpoint(tag: dict) -> tuple[str | None, str | None]:
         return open_clip.download_pretrained(tag), None
     except (OSError, RuntimeError) as err:  # FileNotFoundError from the hub, URLError from a plain URL
         return None, f"weights could not be downloaded ({err})"
+
+
+def channel_statistics(taps: list[torch.Tensor], eps: float = 1e-5) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per tap, each sample's channel (mean, std) over H, W, shaped (N, C, 1, 1): AdaIN_SD's form."""
+    return [(f.mean(dim=(2, 3), keepdim=True), (f.var(dim=(2, 3), keepdim=True, unbiased=False) + eps).sqrt())
+            for f in taps]
+
+
+def statistics_consistency(fake_taps: list[torch.Tensor], target: list[tuple[torch.Tensor, torch.Tensor]]
+                           ) -> torch.Tensor:
+    """AdaIN's style loss: the re-encoded output's channel statistics against the injected ones, summed over taps
+    of MSE(mean) + MSE(std), each relative to the target's energy so every tap weighs alike. Zero iff the output
+    carries exactly the statistics it was asked to draw in; the term that makes a renderer obey its code."""
+    total = fake_taps[0].new_zeros(())
+    for (mean, std), (t_mean, t_std) in zip(channel_statistics(fake_taps), target, strict=True):
+        t_mean, t_std = t_mean.expand_as(mean), t_std.expand_as(std)
+        total = total + F.mse_loss(mean, t_mean) / (t_mean.pow(2).mean() + 1e-8) \
+            + F.mse_loss(std, t_std) / (t_std.pow(2).mean() + 1e-8)
+    return total

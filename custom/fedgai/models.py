@@ -369,6 +369,142 @@ class SketchGenerator(CoarseToFineGenerator):
                          fusion)
 
 
+# ----------------------------------------------------------------------------------------------- style-conditioned
+def style_vector(stats: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """AdaIN_SD statistics (per tap (mean, std), (1 or N, C, 1, 1)) as one row per sample: [mean, log std]."""
+    return torch.cat([torch.cat([m.flatten(1), s.clamp_min(1e-5).log().flatten(1)], 1) for m, s in stats], 1)
+
+
+class StyleMapping(nn.Module):
+    """The mapping network: a style's AdaIN_SD statistics -> a style code (StyleGAN's z -> w, from statistics).
+
+    LayerNorm first, so taps whose statistics differ in scale by orders of magnitude weigh alike.
+    """
+
+    def __init__(self, stats_dim: int, code_dim: int, hidden: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(stats_dim, elementwise_affine=False), nn.Linear(stats_dim, hidden),
+                                 nn.LeakyReLU(0.2), nn.Linear(hidden, code_dim), nn.LeakyReLU(0.2))
+
+    def forward(self, stats: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        return self.net(style_vector(stats))
+
+
+class FiLM(nn.Module):
+    """Per-channel scale and shift from the style code, applied after an affine-free instance norm: the code
+    sets exactly what the normalisation removed, so no later layer can erase the style (AdaIN at every stage).
+    Starts as the identity (zero weights)."""
+
+    def __init__(self, code_dim: int, channels: int):
+        super().__init__()
+        self.affine = nn.Linear(code_dim, 2 * channels)
+        nn.init.zeros_(self.affine.weight)
+        nn.init.zeros_(self.affine.bias)
+
+    def forward(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.affine(code).chunk(2, dim=1)
+        return x * (1 + gamma[..., None, None]) + beta[..., None, None]
+
+
+class StyledUnit(nn.Module):
+    """conv_block with its normalisation made style-driven: conv -> InstanceNorm (no affine) -> FiLM -> LeakyReLU."""
+
+    def __init__(self, cin: int, cout: int, code_dim: int, kernel: int = 3):
+        super().__init__()
+        pad = [nn.ReflectionPad2d(kernel // 2)] if kernel > 1 else []
+        self.conv = nn.Sequential(*pad, nn.Conv2d(cin, cout, kernel))
+        self.norm = nn.InstanceNorm2d(cout)
+        self.film = FiLM(code_dim, cout)
+
+    def forward(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(self.film(self.norm(self.conv(x)), code), 0.01)
+
+
+class StyledMRFMBlock(nn.Module):
+    """MRFMBlock's structure (down, up, raw-tap skip, 1x1 fuse) with every unit modulated by the style code."""
+
+    def __init__(self, fine_ch: int, coarse_ch: int, out_ch: int, code_dim: int):
+        super().__init__()
+        self.down = StyledUnit(fine_ch, coarse_ch, code_dim)
+        self.up = StyledUnit(2 * coarse_ch, out_ch, code_dim)
+        self.skip = nn.Conv2d(fine_ch, out_ch, 1)
+        self.fuse = StyledUnit(out_ch, out_ch, code_dim, kernel=1)
+        self.w = nn.Parameter(torch.zeros(()))
+
+    def forward(self, fine: torch.Tensor, coarse: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        f1 = self.down(F.max_pool2d(fine, 2), code)
+        y = self.up(F.interpolate(torch.cat([f1, coarse], 1), scale_factor=2, mode="nearest"), code)
+        return self.fuse(y + self.w * self.skip(fine), code)
+
+
+class StyledSketchGenerator(nn.Module):
+    """A renderer that must follow a style code (issue 27 §1).
+
+    - renderer: ``start``, ``blocks`` (MRFM), ``upsample`` units and ``out``: the convolutions, style-free;
+    - mapping: ``mapping``, the AdaIN_SD statistics -> style code;
+    - head: every ``film`` inside the units (per-stage modulation) - the part a studio keeps in the federation;
+    - ``adain``: the studio's AdaIN_SD statistics (buffers), which also re-style the encoder taps, as in MRFM.
+    ``forward(taps, stats)`` draws in the given statistics ((1 or N, C, 1, 1) per tap: a style per sample).
+    """
+
+    def __init__(self, channels: tuple[int, ...], finest_stride: int, width: int, code_dim: int = 64):
+        super().__init__()
+        self.adain = AdaINSD(channels)
+        self.mapping = StyleMapping(2 * sum(channels), code_dim)
+        widths = [max(width // 2**i, 8) for i in range(len(channels))]
+        self.start = StyledUnit(channels[-1], widths[0], code_dim)
+        self.blocks = nn.ModuleList(StyledMRFMBlock(channels[-2 - i], widths[i], widths[i + 1], code_dim)
+                                    for i in range(len(channels) - 1))
+        self.upsample = nn.ModuleList(StyledUnit(widths[-1], widths[-1], code_dim)
+                                      for _ in range(int(math.log2(finest_stride))))
+        self.out = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(widths[-1], 1, 3), nn.Tanh())
+
+    def set_stats(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The studio's own AdaIN_SD statistics, in the form ``forward`` takes."""
+        return [(getattr(self.adain, f"mean{i}"), getattr(self.adain, f"std{i}")) for i in range(len(self.blocks) + 1)]
+
+    def forward(self, taps: list[torch.Tensor], stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+                ) -> torch.Tensor:
+        stats = stats if stats is not None else self.set_stats()
+        code = self.mapping(stats).expand(taps[0].shape[0], -1)
+        taps = self.adain(taps, stats)
+        x = self.start(taps[-1], code)
+        for block, fine in zip(self.blocks, reversed(taps[:-1]), strict=True):
+            x = block(fine, x, code)
+        for unit in self.upsample:
+            x = unit(F.interpolate(x, scale_factor=2, mode="nearest"), code)
+        return self.out(x)
+
+
+class ProjectionCritic(nn.Module):
+    """The per-style critic: pix2pix's photo-conditioned PatchGAN with a projection onto the style
+    (Miyato & Koyama 2018), score = head(h) + <h, embed(style)>. One output "branch" per style, for hundreds of
+    public styles and for styles it has never seen, which one branch per class cannot do.
+    ``frozen_layers(n)``: the first n convolutions, which FreezeD keeps at the prior's values."""
+
+    def __init__(self, width: int, stats_dim: int):
+        super().__init__()
+        self.convs = nn.ModuleList([
+            spectral_norm(nn.Conv2d(4, width, 4, stride=2, padding=1)),
+            spectral_norm(nn.Conv2d(width, 2 * width, 4, stride=2, padding=1)),
+            spectral_norm(nn.Conv2d(2 * width, 4 * width, 3, padding=1)),
+        ])
+        self.head = spectral_norm(nn.Conv2d(4 * width, 1, 3, padding=1))
+        self.embed = nn.Sequential(nn.LayerNorm(stats_dim, elementwise_affine=False),
+                                   spectral_norm(nn.Linear(stats_dim, 4 * width)))
+
+    def frozen_layers(self, n: int) -> list[nn.Parameter]:
+        return [p for conv in self.convs[:n] for p in conv.parameters()]
+
+    def forward(self, photo: torch.Tensor, sketch: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """style: ``style_vector`` rows (1 or N); returns one score per sample."""
+        h = torch.cat([photo, sketch], 1)
+        for conv in self.convs:
+            h = F.leaky_relu(conv(h), 0.2)
+        projection = (h * self.embed(style)[..., None, None]).sum(1, keepdim=True)
+        return (self.head(h) + projection).mean(dim=(1, 2, 3))
+
+
 # ----------------------------------------------------------------------------------------------- discriminator
 class PatchCritic(nn.Module):
     """pix2pix's photo-conditioned PatchGAN: does each patch of a sketch fit the photo under it?

@@ -31,9 +31,7 @@ from PIL import Image
 from torch import nn
 
 from fedgai.config import FedgaiConfig, PrivacyConfig
-from fedgai.data.demo import PALETTE
-from fedgai.data.garments import KINDS, garment_tone, make_garment
-from fedgai.data.photo_render import PRINTS, render_photo
+from fedgai.data.public_styles import public_photo
 from fedgai.data.sketchify import sketchify_image
 from fedgai.data.studio import MIN_SIZE
 from fedgai.models import per_sample_networks, resolve_encoder
@@ -73,10 +71,7 @@ def prior_path(cfg: FedgaiConfig, encoder_name: str) -> Path:
 
 def public_pair(item: int, size: int) -> tuple[Image.Image, Image.Image]:
     """Public garment ``item``: (photo, edge-detector sketch of that photo)."""
-    rng = np.random.default_rng([PRIOR_STREAM, item])
-    garment = make_garment(KINDS[rng.integers(len(KINDS))], rng)
-    photo = render_photo(garment, garment_tone(garment, size), PALETTE, np.full(len(PRINTS), 1 / len(PRINTS)), rng,
-                         size)
+    photo = public_photo(PRIOR_STREAM, item, size)
     sketch = sketchify_image(np.asarray(photo), PRIOR_STYLES[item % len(PRIOR_STYLES)])
     return photo, Image.fromarray(sketch, "L")
 

@@ -133,8 +133,9 @@ def _xdog(gray: np.ndarray, sigma: float, eps: float = XDOG["eps"], phi: float =
     return (1.0 - paper).astype(np.float32)
 
 
-def _canny(gray: np.ndarray, unit: float, sigma: float) -> np.ndarray:
-    return canny(gray, sigma=sigma * max(unit, 0.5), low_threshold=0.8, high_threshold=0.93,
+def _canny(gray: np.ndarray, unit: float, sigma: float, high: float = 0.93) -> np.ndarray:
+    """Canny edges; ``high``: the quantile of the gradient above which an edge starts (0.13 below it continues)."""
+    return canny(gray, sigma=sigma * max(unit, 0.5), low_threshold=high - 0.13, high_threshold=high,
                  use_quantiles=True)
 
 
