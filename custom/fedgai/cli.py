@@ -208,6 +208,14 @@ def cmd_fuse(args: argparse.Namespace) -> None:
     print(f"style-fusion grid written to {path}")
 
 
+def cmd_studio(args: argparse.Namespace) -> None:
+    from fedgai.studio_page.app import PageSettings, serve
+
+    serve(PageSettings(model=args.model, styles=args.styles, evaluation=args.evaluation, workspace=args.workspace,
+                       host=args.host, port=args.port, size=args.size, max_upload_mb=args.max_upload_mb,
+                       device=args.device))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from fedgai.config import EvalConfig
     from fedgai.evaluation.evaluate import evaluate_runs
@@ -312,8 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (add_data_parsers, add_train_local_parser, add_sketch_parser, add_compress_parser,
-                add_export_parser, add_style_parsers, add_evaluate_parser, add_simulate_parser, add_job_parsers,
-                add_config_parsers, add_dp_parsers, add_prior_parsers):
+                add_export_parser, add_style_parsers, add_studio_parser, add_evaluate_parser, add_simulate_parser,
+                add_job_parsers, add_config_parsers, add_dp_parsers, add_prior_parsers):
         add(sub)
     return parser
 
@@ -422,6 +430,31 @@ def add_style_parsers(sub) -> None:
     p.add_argument("photos", type=Path, nargs="+", help="photo files or folders")
     add_device_arg(p, "auto")
     p.set_defaults(func=cmd_fuse)
+
+
+def add_studio_parser(sub) -> None:
+    from fedgai.studio_page import DEFAULT_PORT, MAX_UPLOAD_MB  # constants only: fastapi and torch load on start
+
+    p = sub.add_parser("studio", help="the studio page: sketch, blend and see your results in a web browser",
+                       description="A local web page for designers: drop photos to sketch them in the studio's "
+                       "style, blend towards shared styles, see the latest evaluation and round progress. It "
+                       "listens on 127.0.0.1 (this machine only) unless --host says otherwise; then it prints a "
+                       "link with a token, once. It writes no file.")
+    p.add_argument("--model", type=Path, required=True,
+                   help="run folder, checkpoint (full or compressed) or exported .onnx / .ts file")
+    p.add_argument("--styles", type=Path, help="folder of shared style files (*.style.json from `fedgai share-style`)")
+    p.add_argument("--evaluation", type=Path, help="`fedgai evaluate --out` folder (default: the newest one in "
+                   "the run folder's or its simulator workspace's evaluation/)")
+    p.add_argument("--workspace", type=Path, help="simulator workspace with the round summaries (default: the one "
+                   "around the run folder)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; any other needs "
+                   "the printed token)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    p.add_argument("--size", type=int, help="longer side of the sketches in px (default: the photo's, at most 1024)")
+    p.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB,
+                   help=f"largest photo file accepted, MB (default {MAX_UPLOAD_MB}; and at most data.max_megapixels)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto = GPU if available")
+    p.set_defaults(func=cmd_studio)
 
 
 def add_evaluate_parser(sub) -> None:
