@@ -22,6 +22,7 @@ from fedgai.federated.controller import initial_global
 from fedgai.federated.simulate import check_run, simulate
 from fedgai.privacy import GaussianDPFilter, PrivacyLedger
 from fedgai.privacy.accountant import reported_epsilon
+from fedgai.privacy.client_level import StudioClientDP
 from fedgai.trainer import StudioTrainer
 from fedgai.wire import BUDGET_EXHAUSTED_KEY, DP_RELEASABLE_META
 
@@ -43,8 +44,9 @@ def test_a_dp_result_carries_no_metrics_and_no_sample_count(client_dp_studio, tm
     cfg = client_dp_studio.cfg
     result = local_round(client_dp_studio, _global(cfg), tmp_path / "ledger.json")
     assert {"loss_g", "val_l1"} <= set(result.metrics)  # the studio's own record keeps them
-    sent = releasable(result, cfg)
-    assert sent.metrics is None and sent.params is result.params
+    sent = releasable(result, cfg, StudioClientDP(cfg.privacy, tmp_path / "ledger.json"))
+    assert sent.metrics is None and set(sent.params) == set(result.params)
+    assert all(not torch.equal(sent.params[k], result.params[k]) for k in result.params)  # noised by the studio
     assert set(sent.meta) <= DP_RELEASABLE_META and sent.meta[NUM_STEPS] == 1
     dxo = from_shareable(FLModelUtils.to_shareable(sent))
     assert dxo.data_kind == DataKind.WEIGHT_DIFF and MetaKey.INITIAL_METRICS not in dxo.meta
@@ -52,8 +54,10 @@ def test_a_dp_result_carries_no_metrics_and_no_sample_count(client_dp_studio, tm
 
 def test_without_dp_the_result_is_sent_as_is(studio_dir, tmp_path):
     cfg = profile("test")
-    result = FLModel(params={"w": torch.ones(1)}, metrics={"loss_g": 1.0}, meta={NUM_STEPS: 24})
-    assert releasable(result, cfg) is result
+    result = FLModel(params={"w": torch.ones(1)}, metrics={"loss_g": 1.0}, meta={NUM_STEPS: 24, "notes": "x"})
+    sent = releasable(result, cfg)
+    assert sent.params is result.params and sent.metrics == result.metrics
+    assert sent.meta == {NUM_STEPS: 24}  # the studio's own meta gate: only wire.RELEASABLE_META leaves
 
 
 def test_client_dp_budget_is_checked_before_training(client_dp_studio, tmp_path):

@@ -111,7 +111,7 @@ def test_every_job_at_a_site_charges_the_sites_one_ledger(site, tmp_path):
     for ledger_file in ("job-a.json", "job-b.json", str(tmp_path / "elsewhere.json")):
         GaussianDPFilter(clip_norm=1.0, noise_multiplier=4.0, delta=DELTA, ledger_file=ledger_file).process(
             _result(), fl_ctx)
-    assert PrivacyLedger(POLICY.ledger_path(root, "client")).steps == (Step(2.0, 1.0, 3),)
+    assert PrivacyLedger(POLICY.ledger_path(root)).steps == (Step(2.0, 1.0, 3),)
     assert not any(p.exists() for p in (root / "job-a.json", root / "job-b.json", tmp_path / "elsewhere.json"))
 
 

@@ -11,15 +11,16 @@ from nvflare.app_common.abstract.fl_model import FLModel
 
 from fedgai.config import ConfigError, FedgaiConfig, profile
 from fedgai.federated import round as round_mod
-from fedgai.federated.audit import release_meta
 from fedgai.federated.client import local_round, releasable
 from fedgai.federated.controller import initial_global
 from fedgai.federated.job import build_job
 from fedgai.models import build_gan
+from fedgai.modes import STRUCTURE_STAGES
+from fedgai.privacy.client_level import StudioClientDP
 from fedgai.privacy.mechanism import clip_and_noise
-from fedgai.sharing import STRUCTURE_STAGES, norm_keys, private_stats_keys, shared_keys, split_key
+from fedgai.sharing import norm_keys, private_stats_keys, shared_keys, split_key
 from fedgai.trainer import StudioTrainer
-from fedgai.wire import DP_RELEASABLE_META, TOOK_SHARED_STAGES_KEY
+from fedgai.wire import DP_RELEASABLE_META, TOOK_SHARED_STAGES_KEY, release_meta
 
 HE = {"fed.mode": "fedgai_struct", "privacy.he": True}
 CLIENT_DP = {"fed.mode": "fedgai_struct", "privacy.dp": "client", "privacy.noise_multiplier": 1.0}
@@ -112,17 +113,17 @@ def test_guard_scores_the_studios_own_val_gram_distance(studio):
     assert round_mod.val_style_score(studio) == studio.quality()["val_gram"]
 
 
-def test_only_the_guards_bit_leaves_under_client_dp(studio_dir, tmp_path):
+def test_under_client_dp_the_guards_bit_is_not_sent(studio_dir, tmp_path):
+    """Issue 24: the bit is a function of the studio's val pairs outside epsilon, so under DP it stays home."""
     studio = StudioTrainer(profile("test").with_overrides(CLIENT_DP), studio_dir, tmp_path / "studio")
     received = FLModel(params={k: torch.from_numpy(v) for k, v in initial_global(studio.cfg).items()},
                        current_round=0)
     result = local_round(studio, received, tmp_path / "ledger.json")
-    sent = releasable(result, studio.cfg)
-    assert isinstance(sent.meta[TOOK_SHARED_STAGES_KEY], bool)
+    assert isinstance(result.meta[TOOK_SHARED_STAGES_KEY], bool)  # the studio's own record keeps it
+    sent = releasable(result, studio.cfg, StudioClientDP(studio.cfg.privacy, tmp_path / "ledger.json"))
     assert sent.metrics is None and set(sent.meta) <= DP_RELEASABLE_META
-    released, _ = release_meta(dict(sent.meta), dp=True)  # the last gate before the wire keeps the bit
-    assert released[TOOK_SHARED_STAGES_KEY] == result.meta[TOOK_SHARED_STAGES_KEY]
-    assert not any(isinstance(v, float) and k != "dp_epsilon" for k, v in released.items())
+    assert TOOK_SHARED_STAGES_KEY not in sent.meta
+    assert TOOK_SHARED_STAGES_KEY not in release_meta({**result.meta}, dp=True)[0]  # nor past the last gate
 
 
 def test_modes_without_the_guard_send_no_bit(studio_dir, tmp_path):

@@ -8,10 +8,11 @@ Never shared, in any mode:
 - spectral-norm power-iteration state (``weight_u``/``weight_v``): each site's running estimate of the top
   singular vector of its own weights; averaging estimates from different sites can cancel them out, and
   one power-iteration step per forward re-converges ``u`` on the averaged ``weight_orig`` (which is shared);
-- BatchNorm's ``num_batches_tracked`` (an integer counter, not a model parameter);
+- every normalisation tensor: BatchNorm's weight, bias, running statistics and ``num_batches_tracked``, and
+  GroupNorm's under record-level DP (its stand-in for BatchNorm): a studio's image statistics (issue 24);
 - the generator's AdaIN_SD sketch-set statistics: a summary of the studio's private drawings.
 
-``fedgai_struct`` (opt-in) also shares the generator's coarse decoder stages (STRUCTURE_STAGES): where a garment's
+``fedgai_struct`` (opt-in) also shares the generator's coarse decoder stages (modes.STRUCTURE_STAGES): where a garment's
 outline and large shapes are decided, from the deepest encoder taps; the fine stages that draw the strokes stay
 local. It needs secure aggregation or client-level DP (config.py refuses it otherwise), and a studio takes the
 received stages only where they do not worsen its own val style (federated/round.py, the style guard).
@@ -32,6 +33,8 @@ from torch import nn
 from torch.nn.utils.spectral_norm import SpectralNorm
 
 from fedgai.models import AdaINSD
+from fedgai.modes import MODES
+from fedgai.modes import mode as fed_mode
 
 # Names that mark normalisation state even when the module type is hidden (e.g. a state dict from elsewhere).
 NORM_NAME_PATTERN = re.compile(
@@ -40,32 +43,9 @@ NORM_NAME_PATTERN = re.compile(
 SPECTRAL_STATE_PATTERN = re.compile(r"(^|\.)(weight_u|weight_v|_u|_v)$")
 PRIVATE_STATS_PATTERN = re.compile(r"(^|\.)adain\.")
 
-# The networks each mode federates; "local" federates nothing (the local-only baseline).
-MODE_NETWORKS: dict[str, tuple[str, ...]] = {
-    "fedgai": ("discriminator",),
-    "fedavg_bn": ("discriminator",),
-    "fedavg_full": ("generator", "discriminator"),
-    # FedBN (Li et al., ICLR 2021) on the whole GAN: a baseline that measures what sharing the generator would
-    # buy while each studio keeps its normalisation layers (where a style lives in G besides AdaIN_SD).
-    "fedbn": ("generator", "discriminator"),
-    # D as in FedGAI, plus the generator's coarse decoder stages only (MODE_STAGES); see the module docstring.
-    "fedgai_struct": ("generator", "discriminator"),
-    # Ditto (Li et al., ICML 2021): D as in FedGAI plus a *shared* generator trained as in FedAvg; the studio's
-    # personal generator (personal.py), which it evaluates, saves and sketches with, is never on the wire. Here
-    # "generator" is the shared one.
-    "fedgai_ditto": ("generator", "discriminator"),
-    "local": (),
-}
-# Modes whose normalisation layers never leave a studio.
-NORM_LOCAL_MODES = ("fedgai", "fedbn", "fedgai_struct", "fedgai_ditto")
-# The generator's coarse decoder stages (models.CoarseToFineGenerator): ``start``, the conv on the deepest
-# (stride-16) tap, and ``blocks.0``, the first fusion block (MRFM: the stride-8 tap fused into it, then the first
-# 2x upsampling). Later blocks, ``upsample`` and ``head`` draw the strokes at stride 4..1 and stay local.
-STRUCTURE_STAGES = ("start.", "blocks.0.")
-# Per mode, the state-dict prefixes a network shares (a network not named here shares every entry the rules allow).
-MODE_STAGES: dict[str, dict[str, tuple[str, ...]]] = {"fedgai_struct": {"generator": STRUCTURE_STAGES}}
-# Modes in which a studio takes the received generator entries only if they keep its val style (round.py).
-STYLE_GUARDED_MODES = ("fedgai_struct",)
+# Every mode's facts (networks, stages, style guard) live in modes.py; these names are its readers' view.
+MODE_NETWORKS: dict[str, tuple[str, ...]] = {name: spec.networks for name, spec in MODES.items()}
+STYLE_GUARDED_MODES = tuple(name for name, spec in MODES.items() if spec.style_guard)
 
 
 def _module_entries(module: nn.Module, prefix: str) -> list[str]:
@@ -122,15 +102,11 @@ def _keys_by_type_and_name(net: nn.Module, types: tuple[type, ...], pattern: re.
 def shared_keys(networks: Mapping[str, nn.Module], mode: str, groupnorm_is_norm: bool = False) -> list[str]:
     """Sorted wire keys a studio sends (and the server aggregates) in ``mode``.
 
-    fedgai: discriminator without normalisation layers (the paper's BN-excluding FedAvg);
-    fedavg_bn: the whole discriminator, BN affine parameters and running statistics included;
-    fedavg_full: generator and discriminator; fedbn: both without normalisation layers; fedgai_struct: D as in
-    fedgai plus the generator's STRUCTURE_STAGES without normalisation layers; fedgai_ditto: as fedbn, where the
-    generator is the studio's shared one, never its personal one; local: nothing.
+    fedgai and fedavg_bn: discriminator; fedavg_full and fedbn: generator and discriminator; fedgai_struct: D plus
+    the generator's coarse stages (modes.STRUCTURE_STAGES); fedgai_ditto: D and the studio's shared generator,
+    never its personal one; local: nothing. In every mode without normalisation layers (modes.py).
     """
-    if mode not in MODE_NETWORKS:
-        raise ValueError(f"unknown federation mode {mode!r}; choose one of {', '.join(MODE_NETWORKS)}")
-    return sorted(f"{net_name}.{k}" for net_name in MODE_NETWORKS[mode]
+    return sorted(f"{net_name}.{k}" for net_name in fed_mode(mode).networks
                   for k in network_shared_keys(networks[net_name], net_name, mode, groupnorm_is_norm))
 
 
@@ -138,11 +114,12 @@ def network_shared_keys(net: nn.Module, net_name: str, mode: str, groupnorm_is_n
     """The state-dict keys (without the network prefix) that ``net``, playing ``net_name``, shares in ``mode``;
     also what Ditto's proximal term pulls (personal.py), so pulled and shared entries are the same by construction."""
     state = net.state_dict()
+    spec = fed_mode(mode)
     never = spectral_state_keys(net) | private_stats_keys(net)
     never |= {k for k in state if k.endswith("num_batches_tracked")}
-    if mode in NORM_LOCAL_MODES:
+    if spec.norm_local:
         never |= norm_keys(net, groupnorm_is_norm)
-    stages = MODE_STAGES.get(mode, {}).get(net_name)
+    stages = spec.network_stages(net_name)
     return [k for k in state if k not in never and state[k].is_floating_point()
             and (stages is None or k.startswith(stages))]
 

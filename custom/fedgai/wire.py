@@ -1,8 +1,9 @@
 """Every meta key fedgai puts on NVFlare's wire, and which of them a studio may release.
 
 The studio script (federated/client.py, ``releasable``) and the last filter before the wire
-(federated/audit.py, ``release_meta``) both read their allow-lists here, so a new key is listed once. No
-torch, no DP machinery: the server reads these without loading either.
+(federated/audit.py) both apply ``release_meta``, so a new key is listed once and the studio's own send path
+gates the meta whatever filters a job installs. No torch, no DP machinery: the server reads these without
+loading either.
 """
 
 from __future__ import annotations
@@ -33,14 +34,25 @@ DP_WEIGHT = 1
 # The DP bookkeeping (client.py, privacy/filter.py): its presence marks a DP result.
 DP_META = frozenset({DP_EPSILON_META_KEY, DP_DELTA_META_KEY, DP_NOISE_META_KEY, DP_CLIP_META_KEY,
                      BUDGET_EXHAUSTED_KEY})
-# What the studio script lets a DP result carry: the (equal) weight, epsilon, the budget flag, the encoder
-# fingerprint (derived from the config, not from the studio's data) and the style guard's bit (not covered by
-# epsilon: docs/privacy.md).
-DP_RELEASABLE_META = frozenset({MetaKey.NUM_STEPS_CURRENT_ROUND, DP_EPSILON_META_KEY, BUDGET_EXHAUSTED_KEY,
-                                FINGERPRINT_META_KEY, TOOK_SHARED_STAGES_KEY})
+# What a DP result may carry: the (equal) weight, the DP bookkeeping (settings, this job's epsilon, the budget
+# flag) and the encoder fingerprint (derived from the config, not from the studio's data). Every value is inside
+# epsilon or independent of the pairs; the style guard's bit is neither, so under DP it is not sent (issue 24).
+DP_RELEASABLE_META = DP_META | {MetaKey.NUM_STEPS_CURRENT_ROUND, FINGERPRINT_META_KEY}
+# NVFlare's own records on a result: which filters ran, and what the HE encryptor encrypted (not data).
+HE_RECORD_META = frozenset({MetaKey.FILTER_HISTORY, MetaKey.PROCESSED_KEYS, MetaKey.PROCESSED_ALGORITHM})
 # Everything a result's meta may carry across the wire: the weight, the metrics (not under DP), the encoder
 # fingerprint, the DP bookkeeping, the style guard's bit, NVFlare's filter history and the HE encryptor's record of
 # what it encrypted.
-RELEASABLE_META = DP_META | {MetaKey.NUM_STEPS_CURRENT_ROUND, MetaKey.INITIAL_METRICS, FINGERPRINT_META_KEY,
-                             MetaKey.FILTER_HISTORY, MetaKey.PROCESSED_KEYS, MetaKey.PROCESSED_ALGORITHM,
-                             TOOK_SHARED_STAGES_KEY}
+RELEASABLE_META = DP_META | HE_RECORD_META | {MetaKey.NUM_STEPS_CURRENT_ROUND, MetaKey.INITIAL_METRICS,
+                                              FINGERPRINT_META_KEY, TOOK_SHARED_STAGES_KEY}
+
+
+def release_meta(meta: dict, dp: bool) -> tuple[dict, list[str]]:
+    """(the meta that may leave, the keys dropped): only RELEASABLE_META; under DP (``dp`` or DP bookkeeping in
+    the meta) only DP_RELEASABLE_META and NVFlare's filter records (no metrics, no style bit) and a weight of 1."""
+    dp = dp or bool(DP_META & set(meta))
+    allowed = DP_RELEASABLE_META | HE_RECORD_META if dp else RELEASABLE_META
+    kept = {k: v for k, v in meta.items() if k in allowed}
+    if dp:
+        kept[MetaKey.NUM_STEPS_CURRENT_ROUND] = DP_WEIGHT
+    return kept, sorted(str(k) for k in set(meta) - set(kept))

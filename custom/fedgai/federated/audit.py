@@ -1,10 +1,10 @@
 """A studio's gate and record of exactly what it sends: the last filter on every outgoing task result, and a
 listener on every federated event the site fires (the other way out: NVFlare's analytics stream, for one).
 
-The gate (``release_meta``): a result's meta keeps only the keys listed in RELEASABLE_META, whatever put
-others there (the trainer, a job's filter, NVFlare). Under DP - the result carries DP bookkeeping, or the
-site's policy (privacy/policy.py) demands DP - the metrics go too and the sample count becomes 1: no
-component before this one can make a DP studio send its pair count or its losses.
+The gate (``wire.release_meta``, which the studio script applies too): a result's meta keeps only the keys
+listed in RELEASABLE_META, whatever put others there (the trainer, a job's filter, NVFlare). Under DP - the
+result carries DP bookkeeping, or the site's policy (privacy/policy.py) demands DP - the metrics go too and the
+sample count becomes 1: no component before this one can make a DP studio send its pair count or its losses.
 
 Every outgoing result adds one line to ``<site run dir>/fedgai_outbound/outbound.jsonl``: its round, return
 code, every array's key, shape, dtype and size, the type of every meta entry and the value of every scalar
@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from nvflare.apis.dxo import MetaKey, from_shareable
+from nvflare.apis.dxo import from_shareable
 from nvflare.apis.filter import Filter
 from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_constant import EventScope, FedEventHeader, FLContextKey, ReturnCode
@@ -29,7 +29,7 @@ from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
 
 from fedgai.privacy.policy import load_site_policy
-from fedgai.wire import DP_META, DP_WEIGHT, RELEASABLE_META
+from fedgai.wire import release_meta
 
 AUDIT_DIR = "fedgai_outbound"
 LOG_FILE = "outbound.jsonl"
@@ -46,16 +46,6 @@ def describe(data: dict) -> dict[str, dict]:
             entry.update(shape=list(value.shape), dtype=str(value.dtype), nbytes=int(value.nbytes))
         out[key] = entry
     return out
-
-
-def release_meta(meta: dict, dp: bool) -> tuple[dict, list[str]]:
-    """(the meta that may leave, the keys dropped): only RELEASABLE_META; under DP (``dp`` or DP bookkeeping
-    in the meta) no metrics and a weight of 1."""
-    dp = dp or bool(DP_META & set(meta))
-    kept = {k: v for k, v in meta.items() if k in RELEASABLE_META and not (dp and k == MetaKey.INITIAL_METRICS)}
-    if dp:
-        kept[MetaKey.NUM_STEPS_CURRENT_ROUND] = DP_WEIGHT
-    return kept, sorted(str(k) for k in set(meta) - set(kept))
 
 
 def site_requires_dp(fl_ctx: FLContext) -> bool:

@@ -40,7 +40,9 @@ from fedgai.federated.slots import SlotWait, training_slot
 from fedgai.layout import ROUND_RECORDS
 from fedgai.privacy import LEDGER_FILE, PrivacyBudgetExceeded, budget_allows_next_round
 from fedgai.privacy.accountant import reported_epsilon
-from fedgai.privacy.policy import SitePolicy, SitePolicyError, load_site_policy
+from fedgai.privacy.client_level import StudioClientDP
+from fedgai.privacy.mechanism import UnsafeUpdateError
+from fedgai.privacy.policy import SitePolicy, SitePolicyError, load_site_policy, studio_config
 from fedgai.privacy.record import site_ledger
 from fedgai.rundir import RunFolder
 from fedgai.trainer import StudioTrainer
@@ -48,11 +50,10 @@ from fedgai.wire import (
     BUDGET_EXHAUSTED_KEY,
     CONFIG_META_KEY,
     DP_EPSILON_META_KEY,
-    DP_RELEASABLE_META,
-    DP_WEIGHT,
     FINGERPRINT_META_KEY,
     GLOBAL_REFUSED_META_KEY,
     TOOK_SHARED_STAGES_KEY,
+    release_meta,
 )
 
 if TYPE_CHECKING:
@@ -111,21 +112,20 @@ def dp_enabled(cfg: FedgaiConfig) -> bool:
     return cfg.privacy.dp != "none"
 
 
-def site_ledger_path(policy: SitePolicy | None = None, unit: str = "client") -> Path:
-    """A ledger as GaussianDPFilter keeps it: the in-process script runs in the site's workspace root (NVFlare
-    chdirs there in the simulator, POC and production); the site's policy names its own ledgers there."""
+def site_ledger_path(policy: SitePolicy | None = None) -> Path:
+    """The site's ledger: the in-process script runs in the site's workspace root (NVFlare chdirs there in the
+    simulator, POC and production); with a policy, the policy's one ledger there, else GaussianDPFilter's."""
     if policy is not None:
-        return policy.ledger_path(Path.cwd(), unit)
+        return policy.ledger_path(Path.cwd())
     return Path.cwd() / LEDGER_FILE
 
 
 def site_config(cfg: FedgaiConfig, policy: SitePolicy | None) -> FedgaiConfig:
-    """The job's config as this site runs it: its privacy settings checked against the site's policy (the
-    site's budget as the target when the job sets none); SitePolicyError, printed, when the job asks for less."""
-    if policy is None:
-        return cfg
+    """The job's config as this site runs it (policy.studio_config: mode protection for every studio, the
+    policy's consent and minimums, its budget as the target when the job sets none); SitePolicyError, printed,
+    when the job asks for less."""
     try:
-        return dataclasses.replace(cfg, privacy=policy.enforce(cfg.privacy))
+        return studio_config(cfg, policy)
     except SitePolicyError as err:
         print(f"refused: {err}", flush=True)
         raise
@@ -139,17 +139,28 @@ def can_afford_round(trainer: StudioTrainer, ledger_path: Path) -> bool:
     return budget_allows_next_round(ledger_path, cfg.privacy, cfg.privacy.accountant)
 
 
-def releasable(result: FLModel, cfg: FedgaiConfig) -> FLModel:
-    """What may leave the studio. Under DP: the (to be) noised params and the epsilon bookkeeping only -
-    no metrics (computed on private pairs, un-noised), equal weight instead of the pair count."""
-    if not dp_enabled(cfg):
-        return result
-    meta = {k: v for k, v in (result.meta or {}).items() if k in DP_RELEASABLE_META}
-    meta[FLMetaKey.NUM_STEPS_CURRENT_ROUND] = DP_WEIGHT
+def releasable(result: FLModel, cfg: FedgaiConfig, client_dp: StudioClientDP | None = None) -> FLModel:
+    """What leaves the studio, decided here in the studio's own send path whatever result filters the job
+    installs: only the meta wire.release_meta allows; under DP no metrics (computed on private pairs) and an
+    equal weight; under client-level DP the update clipped and noised by ``client_dp`` (charged to the site's
+    ledger), never as trained. A round the budget cannot pay for becomes a budget notice."""
+    dp = dp_enabled(cfg)
+    meta, _ = release_meta(dict(result.meta or {}), dp)
     if result.params is None:  # a notice: an empty METRICS result (the DP filter forwards only flagged ones)
-        return FLModel(metrics={}, meta=meta, current_round=result.current_round)
-    return FLModel(params=result.params, params_type=result.params_type, meta=meta,
-                   current_round=result.current_round)
+        return FLModel(metrics={} if dp else result.metrics, meta=meta, current_round=result.current_round)
+    params = result.params
+    if cfg.privacy.dp == "client":
+        if client_dp is None:
+            raise UnsafeUpdateError("client-level DP: the studio has no noise of its own to apply; nothing leaves")
+        try:
+            params, noise_meta = client_dp.release(params)
+        except PrivacyBudgetExceeded as err:
+            print(f"privacy budget exhausted at release ({err}); this studio stops contributing", flush=True)
+            return FLModel(metrics={}, meta={BUDGET_EXHAUSTED_KEY: True, **release_meta({}, True)[0],
+                                             DP_EPSILON_META_KEY: client_dp.job_epsilon()})
+        meta.update(noise_meta)
+    return FLModel(params=params, params_type=result.params_type, metrics=None if dp else result.metrics,
+                   meta=meta, current_round=result.current_round)
 
 
 def local_round(trainer: StudioTrainer, received: FLModel, ledger_path: Path | None = None) -> FLModel:
@@ -185,7 +196,7 @@ def local_round(trainer: StudioTrainer, received: FLModel, ledger_path: Path | N
     meta = {FLMetaKey.NUM_STEPS_CURRENT_ROUND: trainer.num_samples, FINGERPRINT_META_KEY: own_space}
     if took_shared_stages is not None:  # the guard's one bit; its scores stay here (and in the studio's metrics)
         meta[TOOK_SHARED_STAGES_KEY] = took_shared_stages
-    epsilon = trainer.dp_epsilon()  # record-level DP-SGD; client-level DP adds its own in the filter
+    epsilon = trainer.dp_epsilon()  # record-level DP-SGD; client-level DP adds its own in releasable
     if epsilon is not None:
         meta[DP_EPSILON_META_KEY] = reported_epsilon(epsilon)
     return FLModel(params=update.diff, params_type=ParamsType.DIFF, metrics=metrics, meta=meta)
@@ -250,12 +261,13 @@ def save_round(trainer: StudioTrainer, rnd: int, metrics: Mapping[str, float]) -
 
 @dataclasses.dataclass
 class Studio:
-    """What a studio process keeps from its first round to the last: trainer (with its data), metric writer and
-    the site's own DP ledger (None: the run's)."""
+    """What a studio process keeps from its first round to the last: trainer (with its data), metric writer,
+    the site's own DP ledger (None: the run's) and, under client-level DP, the noise the studio applies itself."""
 
     trainer: StudioTrainer
     writer: SummaryWriter | TensorBoardWriter
     ledger: Path | None
+    client_dp: StudioClientDP | None = None
 
 
 def open_studio(received: FLModel, site: str, studio_dir: Path, args: argparse.Namespace) -> Studio:
@@ -263,15 +275,16 @@ def open_studio(received: FLModel, site: str, studio_dir: Path, args: argparse.N
     policy = load_site_policy(Path.cwd())
     job_config = received.meta[CONFIG_META_KEY]
     cfg = site_config(FedgaiConfig.from_dict(job_config), policy)
-    ledger = site_ledger_path(policy, cfg.privacy.dp) if policy and dp_enabled(cfg) else None
+    ledger = site_ledger_path(policy) if dp_enabled(cfg) else None
     job_id = flare.get_job_id()  # (5) what a resumed checkpoint must belong to
     trainer = open_trainer(cfg, studio_dir, args.output_root / site, resume=received.current_round > 0,
                            owner=resume_owner(job_id, job_config), device=args.device,
-                           ledger=ledger if cfg.privacy.dp == "record" else None)
+                           ledger=ledger if policy and cfg.privacy.dp == "record" else None)
     # Under DP the scalars stay in the studio's own TensorBoard log: NVFlare's writer streams them to the server
     # as events, past every result filter.
     writer = trainer.writer if dp_enabled(cfg) else SummaryWriter()  # (6) NVFlare's metric streaming
-    return Studio(trainer, writer, ledger)
+    client_dp = StudioClientDP(cfg.privacy, ledger) if cfg.privacy.dp == "client" else None
+    return Studio(trainer, writer, ledger, client_dp)
 
 
 def studio_round(studio: Studio | None, received: FLModel, site: str, studio_dir: Path,
@@ -308,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # (slots.py); a studio's size is known once its trainer is built.
         with training_slot(work=studio.trainer.num_samples if studio else 0) as waited:
             studio, result = studio_round(studio, received, site, studio_dir, args, waited)
-        flare.send(releasable(result, studio.trainer.cfg))  # (7) the update, through the site's result filters
+        flare.send(releasable(result, studio.trainer.cfg, studio.client_dp))  # (7) noised, gated, then filtered
     if studio is not None:
         if studio.trainer.cfg.edge.compress_after_training:  # the site's compressed generator, after the last round
             from fedgai.edge.distill import compress_after_federation

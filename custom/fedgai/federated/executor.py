@@ -11,6 +11,11 @@ allows them by name in its ``local/resources.json`` class allow-list (kits.py: t
 
 Both check the version when the job starts (START_RUN) and stop the job with a clear reason
 (``system_panic``) instead of training with another version's code.
+
+``StudioExecutor`` is also where the studio encrypts its update when the job's config says privacy.he
+(issue 24): result filters are the job's to install, leave out or bind to another task, while this class is
+the site's (its class allow-list admits no other executor), so privacy.he holds only because the studio
+produced the ciphertexts itself. The job's encryptor filter then finds nothing left to do.
 """
 
 from __future__ import annotations
@@ -19,14 +24,24 @@ import shlex
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import tenseal as ts
+from nvflare.apis.dxo import DataKind, from_shareable
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_component import FLComponent
+from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable
+from nvflare.apis.signal import Signal
 from nvflare.app_common.executors.client_api_executor import ClientAPIExecutor, ExecutionMode
+from nvflare.app_opt.he.homomorphic_encrypt import load_tenseal_context_from_workspace
 from nvflare.client.config import ExchangeFormat
 
 from fedgai.federated import client
+from fedgai.federated.he_keys import CLIENT_CONTEXT
+from fedgai.federated.he_studio import seal
+from fedgai.privacy.mechanism import UnsafeUpdateError
 from fedgai.safe_paths import relative_only
+from fedgai.wire import CONFIG_META_KEY
 
 DISTRIBUTION = "fedgai"
 CLIENT_SCRIPT = str(Path(client.__file__).resolve())
@@ -56,6 +71,12 @@ def check_script_args(task_script_args: str) -> None:
             relative_only(named, "--output-root in the job's task_script_args")
 
 
+def job_requires_he(task: Shareable) -> bool:
+    """Whether the job's config (in the task's meta) says privacy.he: then the studio encrypts what it sends."""
+    config = from_shareable(task).get_meta_prop(CONFIG_META_KEY) or {}
+    return isinstance(config, dict) and (config.get("privacy") or {}).get("he") is True
+
+
 def version_problem(required: str, site: str) -> str | None:
     """Why this site must not run a job that needs fedgai ``required``, or None."""
     installed = installed_version()
@@ -80,6 +101,29 @@ class StudioExecutor(ClientAPIExecutor):
         super().__init__(execution_mode=ExecutionMode.IN_PROCESS, task_script_path=CLIENT_SCRIPT,
                          task_script_args=task_script_args, params_exchange_format=ExchangeFormat.PYTORCH)
         self.fedgai_version = fedgai_version
+        self._he_context: ts.Context | None = None
+
+    def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        """Run the studio's round; when the job's config says privacy.he, encrypt the result here, so that the
+        studio itself produces the ciphertexts whatever result filters the job installs (or leaves out)."""
+        encrypt = job_requires_he(shareable)
+        result = super().execute(task_name, shareable, fl_ctx, abort_signal)
+        if not encrypt or result.get_return_code() != ReturnCode.OK:
+            return result
+        return self._sealed(result, fl_ctx)
+
+    def _sealed(self, result: Shareable, fl_ctx: FLContext) -> Shareable:
+        """The result with every entry encrypted under the site's own client context (its startup kit)."""
+        dxo = from_shareable(result)
+        if dxo.data_kind not in (DataKind.WEIGHT_DIFF, DataKind.WEIGHTS):
+            if dxo.data:  # a budget notice carries no data; anything else would leave in clear
+                raise UnsafeUpdateError(f"under HE the studio sends only encrypted updates, got {dxo.data_kind}")
+            return result
+        if self._he_context is None:
+            self._he_context = load_tenseal_context_from_workspace(CLIENT_CONTEXT, fl_ctx)
+        sealed = seal(dxo, self._he_context)
+        self.log_info(fl_ctx, f"the studio encrypted its {len(sealed.data)} entries itself")
+        return sealed.update_shareable(result)
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         if event_type == EventType.START_RUN:

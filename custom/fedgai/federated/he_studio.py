@@ -1,5 +1,6 @@
-"""The studio side of the FedGAI job with homomorphic encryption: the filter that encrypts the studio's update
-in the compact format (he_wire.py), the filter that decrypts the global discriminator entries the server
+"""The studio side of the FedGAI job with homomorphic encryption: the studio's own encryption of its update in
+the compact format (he_wire.py; ``seal``, applied by StudioExecutor whatever filters the job installs, and the
+job's filter, which then only checks it), the filter that decrypts the global discriminator entries the server
 sends and checks them before the studio loads them, and decrypting a saved encrypted global with a studio's
 context.
 
@@ -20,9 +21,11 @@ from typing import Any
 
 import numpy as np
 import tenseal as ts
-from nvflare.apis.dxo import DXO
+from nvflare.apis.dxo import DXO, MetaKey
+from nvflare.apis.fl_constant import FilterKey, FLContextKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
+from nvflare.app_opt.he.constant import HE_ALGORITHM_CKKS
 from nvflare.app_opt.he.model_decryptor import HEModelDecryptor
 from nvflare.app_opt.he.model_encryptor import HEModelEncryptor
 
@@ -30,6 +33,7 @@ from fedgai.config import FedgaiConfig
 from fedgai.federated.controller import initial_global
 from fedgai.federated.he_keys import CLIENT_CONTEXT, layout_of, restore_layout
 from fedgai.federated.he_wire import decrypt_packed, encrypt_packed
+from fedgai.privacy.mechanism import UnsafeUpdateError
 from fedgai.wire import GLOBAL_REFUSED_META_KEY, LAYOUT_META_KEY
 
 # DXO meta key (decryptor -> client script): why the studio refused the decrypted global; absent when loaded.
@@ -78,6 +82,31 @@ class GlobalCheck:
         return self.first_factor * norm, f"{self.first_factor:g} x the last global's norm, before any change was seen"
 
 
+def encrypt_entries(context: ts.Context, params: Mapping[str, Any], weight: float) -> dict[str, bytes]:
+    """Every entry times ``weight`` (the studio's pair count, or 1 under DP), in the compact format."""
+    return {key: encrypt_packed(context, np.asarray(value, dtype=np.float64) * np.float64(weight))
+            for key, value in params.items()}
+
+
+def is_sealed(dxo: DXO) -> bool:
+    """Whether every entry of a result is a compact ciphertext and its meta records CKKS encryption of each."""
+    processed = dxo.get_meta_prop(MetaKey.PROCESSED_KEYS) or {}
+    return (dxo.get_meta_prop(MetaKey.PROCESSED_ALGORITHM) == HE_ALGORITHM_CKKS and bool(dxo.data)
+            and all(isinstance(value, bytes) and processed.get(key) is True for key, value in dxo.data.items()))
+
+
+def seal(dxo: DXO, context: ts.Context) -> DXO:
+    """The studio's own encryption of its update (issue 24 §1: privacy.he holds only where the studio produced
+    the ciphertexts), weighted by its NUM_STEPS_CURRENT_ROUND as the server's aggregator expects."""
+    weight = dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND)
+    if not isinstance(weight, int | float) or isinstance(weight, bool):
+        raise ValueError(f"the result carries no sample count to weigh by before encryption (got {weight!r})")
+    data = encrypt_entries(context, dxo.data, float(weight))
+    meta = {**dxo.meta, MetaKey.PROCESSED_KEYS: dict.fromkeys(data, True),
+            MetaKey.PROCESSED_ALGORITHM: HE_ALGORITHM_CKKS}
+    return DXO(dxo.data_kind, data=data, meta=meta)
+
+
 class PackedHEModelEncryptor(HEModelEncryptor):
     """HEModelEncryptor that sends every entry in the compact format: two values per CKKS slot, seeded
     symmetric encryption, serialised bytes without a context (he_wire.py; the stock filter sends one real
@@ -88,10 +117,15 @@ class PackedHEModelEncryptor(HEModelEncryptor):
     def __init__(self, tenseal_context_file: str = CLIENT_CONTEXT, weigh_by_local_iter: bool = True):
         super().__init__(tenseal_context_file=tenseal_context_file, weigh_by_local_iter=weigh_by_local_iter)
 
+    def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> DXO | None:
+        """A checked no-op on what the studio encrypted itself (StudioExecutor); encrypts anything else."""
+        if is_sealed(dxo):
+            self.log_info(fl_ctx, f"the studio encrypted all {len(dxo.data)} entries itself; passing them on")
+            return dxo
+        return super().process_dxo(dxo, shareable, fl_ctx)
+
     def encryption(self, params: dict, fl_ctx: FLContext) -> tuple[dict, dict]:
-        weight = np.float64(self.n_iter) if self.weigh_by_local_iter else np.float64(1.0)
-        encrypted = {key: encrypt_packed(self.tenseal_context, np.asarray(value, dtype=np.float64) * weight)
-                     for key, value in params.items()}
+        encrypted = encrypt_entries(self.tenseal_context, params, self.n_iter if self.weigh_by_local_iter else 1.0)
         self.log_info(fl_ctx, f"encrypted {len(encrypted)} entries, {sum(map(len, encrypted.values()))} bytes")
         return encrypted, dict.fromkeys(encrypted, True)
 
@@ -123,6 +157,9 @@ class ShapedHEModelDecryptor(HEModelDecryptor):
         return params
 
     def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> DXO | None:
+        if fl_ctx.get_prop(FLContextKey.FILTER_DIRECTION) == FilterKey.OUT:
+            # A job binding the decryptor to the studio's results would send the studio's update in clear.
+            raise UnsafeUpdateError(f"{type(self).__name__} decrypts what the studio receives, never what it sends")
         self._layout = dxo.get_meta_prop(LAYOUT_META_KEY) or {}
         result = super().process_dxo(dxo, shareable, fl_ctx)
         if result is None:  # nothing encrypted (round 0's plaintext seeded D): checked, and the first reference

@@ -12,16 +12,21 @@ the noise std in units of the release's sensitivity.
 
 The ledger is the only memory of spent budget, so it is written atomically after every release and read back
 on start: a crashed or resumed run keeps counting, and an unreadable ledger is an error, never a silent reset.
+Every charge holds a lock on the ledger's folder (``fcntl.flock``) and re-reads the ledger first: a site's ledger is
+shared by every job on its data (NVFlare runs up to 4 at once), and a charge written from a stale copy would
+drop the other jobs' releases.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import json
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -159,10 +164,37 @@ class PrivacyLedger:
 
     def record(self, noise_multiplier: float, sample_rate: float, count: int = 1) -> None:
         """Add releases and persist before returning, so a crash can only over-count, never under-count."""
-        step = Step(float(noise_multiplier), float(sample_rate), count)
+        with self._locked():
+            self._append(Step(float(noise_multiplier), float(sample_rate), count))
+
+    def charge(self, noise_multiplier: float, sample_rate: float, count: int, delta: float,
+               target_epsilon: float | None) -> float:
+        """Check the budget and record the releases as one step under the lock, against the ledger as it is on
+        disk now; returns the epsilon after them. PrivacyBudgetExceeded (nothing recorded) past the target."""
+        with self._locked():
+            if target_epsilon is not None:
+                self.check_budget(target_epsilon, noise_multiplier, sample_rate, count, delta)
+            self._append(Step(float(noise_multiplier), float(sample_rate), count))
+            return self.epsilon(delta)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the lock of the ledger's folder (the ledger itself is replaced on every save, so its own inode
+        cannot carry a lock) and re-read the ledger: every charge sees every other job's."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        folder = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            self.studio, self._steps = self._load(self.studio)
+            yield
+        finally:
+            os.close(folder)  # releases the lock
+
+    def _append(self, step: Step) -> None:
+        """Add ``step`` (merged into the last one when it has the same noise and rate) and persist."""
         last = self._steps[-1] if self._steps else None
         if last and (last.noise_multiplier, last.sample_rate) == (step.noise_multiplier, step.sample_rate):
-            self._steps[-1] = Step(last.noise_multiplier, last.sample_rate, last.count + count)
+            self._steps[-1] = Step(last.noise_multiplier, last.sample_rate, last.count + step.count)
         else:
             self._steps.append(step)
         self._save()

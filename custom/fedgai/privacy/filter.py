@@ -16,6 +16,10 @@ wasted round by calling ``budget_allows_next_round`` first and sending a metrics
 Accounting: a round is charged as noise multiplier sigma/2 (``client_level_noise``): the guarantee is for
 replacing the studio's data, which moves the clipped update by up to 2C.
 
+The studio noises its own update (client_level.py, in its send path), so a job that leaves this filter out
+still sends nothing un-noised; where the studio's record of its noise is in the result, this filter checks it
+(at least this filter's sigma, at most its clip norm) and passes the result on unchanged: noise is applied once.
+
 Site policy (privacy/policy.py): where the site has ``local/fedgai_privacy.json``, the filter refuses settings
 weaker than it, charges the site's own ledger (the job's ``ledger_file`` is ignored) and stops at the site's
 budget when the job sets no tighter target.
@@ -40,15 +44,10 @@ from fedgai.privacy.accountant import (
     PrivacyLedger,
     client_level_noise,
 )
+from fedgai.privacy.client_level import dp_meta, noise_problem
 from fedgai.privacy.mechanism import UnsafeUpdateError, check_parameters, clip_and_noise, validate_update
 from fedgai.privacy.policy import SitePolicy, SitePolicyError, load_site_policy
-from fedgai.wire import (
-    BUDGET_EXHAUSTED_KEY,
-    DP_CLIP_META_KEY,
-    DP_DELTA_META_KEY,
-    DP_EPSILON_META_KEY,
-    DP_NOISE_META_KEY,
-)
+from fedgai.wire import BUDGET_EXHAUSTED_KEY, DP_NOISE_META_KEY
 
 LEDGER_FILE = "fedgai_dp_ledger.json"
 
@@ -132,15 +131,14 @@ class GaussianDPFilter(DXOFilter):
                 f"{type(self).__name__} only releases WEIGHT_DIFF results, got {dxo.data_kind}; "
                 "send a DIFF (params_transfer_type=DIFF) so clipping bounds the studio's contribution"
             )
-        validate_update(dxo.data)
         policy = self._policy(fl_ctx)
+        if DP_NOISE_META_KEY in dxo.meta:  # the studio noised it in its own send path (client_level.py)
+            return self._studio_noised(dxo, fl_ctx)
+        validate_update(dxo.data)
         ledger = self._ledger(fl_ctx, policy)
         target = self._target(policy)
-        if target is not None:
-            self._check_budget(ledger, target, fl_ctx)
         noised, info = clip_and_noise(dxo.data, self.clip_norm, self.noise_multiplier)
-        ledger.record(client_level_noise(self.noise_multiplier), CLIENT_LEVEL_SAMPLE_RATE)
-        epsilon = ledger.epsilon(self.delta)
+        epsilon = self._charge(ledger, target, fl_ctx)
         self.log_info(
             fl_ctx,
             f"DP release: norm {info['norm_before']:.4g} scaled by {info['clip_factor']:.4g} "
@@ -150,6 +148,16 @@ class GaussianDPFilter(DXOFilter):
         meta = {k: v for k, v in dxo.meta.items() if k != MetaKey.FILTER_HISTORY}
         meta.update(self._dp_meta(epsilon))  # the un-noised norm stays in the site log only
         return DXO(DataKind.WEIGHT_DIFF, data=noised, meta=meta)
+
+    def _studio_noised(self, dxo: DXO, fl_ctx: FLContext) -> DXO:
+        """A checked no-op: the studio applied (and charged) the noise; refuse a record weaker than this filter's
+        settings, never noise twice."""
+        problem = noise_problem(dxo.meta, self.noise_multiplier, self.clip_norm)
+        if problem:
+            self.log_error(fl_ctx, f"{problem}. Nothing leaves this site.")
+            raise UnsafeUpdateError(problem)
+        self.log_info(fl_ctx, "the studio clipped and noised this update itself; passing it on unchanged")
+        return dxo
 
     def _policy(self, fl_ctx: FLContext) -> SitePolicy | None:
         """The site's policy (None without one, or outside a site); raises SitePolicyError when this filter's
@@ -175,14 +183,16 @@ class GaussianDPFilter(DXOFilter):
 
     def _ledger(self, fl_ctx: FLContext, policy: SitePolicy | None) -> PrivacyLedger:
         """Reloaded on every call: the simulator may restart the site process between rounds."""
-        path = (policy.ledger_path(fl_ctx.get_workspace().get_root_dir(), "client") if policy is not None
-                else site_ledger_path(fl_ctx, self.ledger_file))
-        return PrivacyLedger(path, fl_ctx.get_identity_name() or None, self.accountant)
+        if policy is not None:  # the site's one ledger, which record-level jobs charge under the studio's name
+            return PrivacyLedger(policy.ledger_path(fl_ctx.get_workspace().get_root_dir()), None, self.accountant)
+        return PrivacyLedger(site_ledger_path(fl_ctx, self.ledger_file), fl_ctx.get_identity_name() or None,
+                             self.accountant)
 
-    def _check_budget(self, ledger: PrivacyLedger, target: float, fl_ctx: FLContext) -> None:
+    def _charge(self, ledger: PrivacyLedger, target: float | None, fl_ctx: FLContext) -> float:
+        """Charge one round to the ledger (locked, re-read; refused past ``target``); the epsilon after it."""
         try:
-            ledger.check_budget(target, client_level_noise(self.noise_multiplier), CLIENT_LEVEL_SAMPLE_RATE, 1,
-                                self.delta)
+            return ledger.charge(client_level_noise(self.noise_multiplier), CLIENT_LEVEL_SAMPLE_RATE, 1, self.delta,
+                                 target)
         except PrivacyBudgetExceeded as err:
             self.log_error(fl_ctx, f"{err}. This studio stops contributing: no further update leaves the site.")
             raise
@@ -198,9 +208,4 @@ class GaussianDPFilter(DXOFilter):
         return DXO(DataKind.METRICS, data={}, meta=meta)
 
     def _dp_meta(self, epsilon: float) -> dict[str, float]:
-        return {
-            DP_EPSILON_META_KEY: epsilon,
-            DP_DELTA_META_KEY: self.delta,
-            DP_NOISE_META_KEY: self.noise_multiplier,
-            DP_CLIP_META_KEY: self.clip_norm,
-        }
+        return dp_meta(epsilon, self.delta, self.noise_multiplier, self.clip_norm)

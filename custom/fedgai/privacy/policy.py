@@ -20,14 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedgai.config import DP_MODES, PrivacyConfig
+from fedgai.config import DP_MODES, FedgaiConfig, PrivacyConfig
+from fedgai.modes import D_ONLY_MODES, MODES, protection_problem
 
 POLICY_FILE = "fedgai_privacy.json"
 POLICY_FORMAT = "fedgai-site-privacy/1"
 # Client-level DP implies record-level DP at the same epsilon (changing one pair changes the studio's data),
 # so it is the stronger mode.
 DP_STRENGTH = {"none": 0, "record": 1, "client": 2}
-LEDGER_FILES = {"client": "client_ledger.json", "record": "record_ledger.json"}
+# One ledger for record- and client-level releases: both bound what one pair's presence changes (a client-level
+# round is a Gaussian release of sensitivity 2C for any change of the studio's data, one pair included), so
+# their composition in one accountant is an honest epsilon for the studio's pairs, and one budget caps both.
+LEDGER_FILE = "site_ledger.json"
 
 
 class SitePolicyError(RuntimeError):
@@ -45,11 +49,21 @@ class SitePolicy:
     max_delta: float = 1e-5
     epsilon_budget: float = 10.0
     ledger_dir: str = "fedgai_privacy"
+    # The modes this studio consents to (modes.py); a mode that sends generator weights needs more besides.
+    allowed_modes: tuple[str, ...] = D_ONLY_MODES
+    # Record-level DP's one release of the AdaIN_SD sketch statistics (privacy.stats_*): its own minimum noise.
+    min_stats_noise_multiplier: float = 5.0
+    max_stats_clip_norm: float = 64.0
 
     def __post_init__(self) -> None:
         if self.min_dp not in DP_MODES:
             raise SitePolicyError(f"site policy: min_dp must be one of {', '.join(DP_MODES)}, got {self.min_dp!r}")
-        for name in ("min_noise_multiplier", "max_clip_norm", "max_delta", "epsilon_budget"):
+        modes = self.allowed_modes
+        if isinstance(modes, str) or not isinstance(modes, list | tuple) or not set(modes) <= set(MODES):
+            raise SitePolicyError(f"site policy: allowed_modes must be a list of {', '.join(MODES)}, got {modes!r}")
+        object.__setattr__(self, "allowed_modes", tuple(modes))  # JSON gives a list; the policy is frozen
+        for name in ("min_noise_multiplier", "max_clip_norm", "max_delta", "epsilon_budget",
+                     "min_stats_noise_multiplier", "max_stats_clip_norm"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise SitePolicyError(f"site policy: {name} must be a finite number >= 0, got {value!r}")
@@ -58,12 +72,18 @@ class SitePolicy:
                                   f"got {self.ledger_dir!r}")
 
     def refusal(self, privacy: PrivacyConfig) -> str | None:
-        """Why a job with these privacy settings must not run on this studio's data, or None."""
+        """Why a job with these privacy settings must not run on this studio's data, or None.
+
+        Under a minimum of "record" only record-level DP-SGD runs: a job claiming client-level DP instead is
+        refused, so DP-SGD runs at this site whenever a job runs at all (issue 24)."""
         if DP_STRENGTH[privacy.dp] < DP_STRENGTH[self.min_dp]:
             return f"the job's privacy.dp = {privacy.dp!r} is weaker than the site's minimum {self.min_dp!r}"
+        if self.min_dp == "record" and privacy.dp != "record":
+            return (f"this site trains only with record-level DP-SGD (min_dp 'record'); the job's privacy.dp = "
+                    f"{privacy.dp!r} would switch it off")
         if privacy.dp == "none":
             return None
-        problems = []
+        problems = self._stats_problems(privacy) if privacy.dp == "record" else []
         if privacy.noise_multiplier < self.min_noise_multiplier:
             problems.append(f"privacy.noise_multiplier {privacy.noise_multiplier} < the site's minimum "
                             f"{self.min_noise_multiplier}")
@@ -76,6 +96,35 @@ class SitePolicy:
                             f"{self.epsilon_budget}")
         return "; ".join(problems) or None
 
+    def _stats_problems(self, privacy: PrivacyConfig) -> list[str]:
+        """Record-level DP's release of the sketch statistics, against the site's minimum for it."""
+        problems = []
+        if privacy.stats_noise_multiplier < self.min_stats_noise_multiplier:
+            problems.append(f"privacy.stats_noise_multiplier {privacy.stats_noise_multiplier} < the site's minimum "
+                            f"{self.min_stats_noise_multiplier}")
+        if privacy.stats_clip_norm > self.max_stats_clip_norm:
+            problems.append(f"privacy.stats_clip_norm {privacy.stats_clip_norm} > the site's maximum "
+                            f"{self.max_stats_clip_norm}")
+        return problems
+
+    def mode_refusal(self, cfg: FedgaiConfig) -> str | None:
+        """Why this studio must not run the job's fed.mode, or None: the site must consent to it (allowed_modes),
+        and a mode that sends generator weights must be protected (modes.protection_problem, which a studio
+        without a policy applies too: studio_refusal)."""
+        if cfg.fed.mode not in self.allowed_modes:
+            return (f"fed.mode {cfg.fed.mode!r} is not among the modes this site allows "
+                    f"({', '.join(self.allowed_modes)}; allowed_modes in its policy)")
+        return None
+
+    def enforce_job(self, cfg: FedgaiConfig) -> FedgaiConfig:
+        """The job's config as this site runs it (``enforce`` on its privacy), or SitePolicyError with the
+        reason when its mode or privacy asks for less than the policy."""
+        reason = self.mode_refusal(cfg)
+        if reason:
+            raise SitePolicyError(f"this studio's privacy policy refuses the job: {reason}")
+        return dataclasses.replace(cfg, privacy=self.enforce(cfg.privacy))
+
+
     def enforce(self, privacy: PrivacyConfig) -> PrivacyConfig:
         """The settings this site runs: the job's, with the site's budget as the target when the job sets none;
         SitePolicyError (with the reason) when the job asks for less than the policy."""
@@ -86,12 +135,22 @@ class SitePolicy:
             return privacy
         return dataclasses.replace(privacy, target_epsilon=self.epsilon_budget)
 
-    def ledger_path(self, workspace_root: str | Path, unit: str) -> Path:
-        """The site's ledger for ``unit`` ("client" or "record"), shared by every job at this site."""
-        return Path(workspace_root) / self.ledger_dir / LEDGER_FILES[unit]
+    def ledger_path(self, workspace_root: str | Path) -> Path:
+        """The site's one ledger, charged by every job and both DP units at this site."""
+        return Path(workspace_root) / self.ledger_dir / LEDGER_FILE
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": POLICY_FORMAT, **dataclasses.asdict(self)}
+        return {"format": POLICY_FORMAT, **dataclasses.asdict(self), "allowed_modes": list(self.allowed_modes)}
+
+
+def studio_config(cfg: FedgaiConfig, policy: SitePolicy | None) -> FedgaiConfig:
+    """The job's config as a studio runs it, or SitePolicyError with the reason. Every studio, with a policy
+    file or without, refuses a mode that would send generator weights unprotected; one with a policy also
+    applies its consent and minimums (SitePolicy.enforce_job)."""
+    problem = protection_problem(cfg.fed.mode, cfg.privacy, cfg.fed.min_clients)
+    if problem:
+        raise SitePolicyError(f"this studio refuses the job: {problem}")
+    return cfg if policy is None else policy.enforce_job(cfg)
 
 
 def policy_path(workspace_root: str | Path) -> Path:

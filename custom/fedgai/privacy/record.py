@@ -141,10 +141,7 @@ class RecordLevelDP:
         self._charge(Step(self.cfg.noise_multiplier, self.sample_rate, self.epoch_steps()))
 
     def _charge(self, step: Step) -> None:
-        if self.cfg.target_epsilon is not None:
-            self.ledger.check_budget(self.cfg.target_epsilon, step.noise_multiplier, step.sample_rate, step.count,
-                                     self.cfg.delta)
-        self.ledger.record(step.noise_multiplier, step.sample_rate, step.count)
+        self.ledger.charge(step.noise_multiplier, step.sample_rate, step.count, self.cfg.delta, self.cfg.target_epsilon)
 
     # ------------------------------------------------------------------ DP-SGD
     def sample(self) -> torch.Tensor:

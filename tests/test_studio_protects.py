@@ -1,0 +1,267 @@
+"""Issue 24 §1-§3: the studio applies its privacy itself (noise, meta gate, encryption), whatever filters a job
+installs; the site decides the modes; every BatchNorm tensor stays home; the site's one ledger is locked."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import re
+
+import numpy as np
+import pytest
+import tenseal as ts
+import torch
+from nvflare.apis.dxo import DXO, DataKind, from_shareable
+from nvflare.apis.fl_constant import FilterKey, FLContextKey, FLMetaKey
+from nvflare.apis.signal import Signal
+from nvflare.app_common.abstract.fl_model import FLModel
+from nvflare.app_common.executors.client_api_executor import ClientAPIExecutor
+
+from fedgai.config import profile
+from fedgai.federated import executor
+from fedgai.federated.client import local_round, open_trainer, releasable, site_config
+from fedgai.federated.controller import initial_global
+from fedgai.federated.executor import StudioExecutor
+from fedgai.federated.he_keys import CLIENT_CONTEXT, make_contexts
+from fedgai.federated.he_studio import PackedHEModelEncryptor, ShapedHEModelDecryptor, is_sealed
+from fedgai.federated.he_wire import decrypt_packed
+from fedgai.modes import D_ONLY_MODES, MODES
+from fedgai.privacy import GaussianDPFilter, PrivacyLedger, Step, compute_epsilon
+from fedgai.privacy.accountant import client_level_noise
+from fedgai.privacy.client_level import StudioClientDP
+from fedgai.privacy.mechanism import UnsafeUpdateError, update_norm
+from fedgai.privacy.policy import SitePolicy, SitePolicyError, load_site_policy, write_site_policy
+from fedgai.sharing import NORM_NAME_PATTERN, norm_keys
+from fedgai.trainer import StudioTrainer
+from fedgai.wire import CONFIG_META_KEY, DP_EPSILON_META_KEY, DP_NOISE_META_KEY
+
+NUM_STEPS = FLMetaKey.NUM_STEPS_CURRENT_ROUND
+DELTA = 1e-5
+CLIENT_DP = {"privacy.dp": "client", "privacy.noise_multiplier": 4.0, "privacy.target_epsilon": 50.0}
+
+
+def _global(cfg) -> FLModel:
+    return FLModel(params={k: torch.from_numpy(v) for k, v in initial_global(cfg).items()}, current_round=0)
+
+
+@pytest.fixture(scope="module")
+def dp_round(studio_dir, tmp_path_factory):
+    """A client-level DP studio's trained round (its own record, before anything is released)."""
+    cfg = profile("test").with_overrides(CLIENT_DP)
+    trainer = StudioTrainer(cfg, studio_dir, tmp_path_factory.mktemp("studio"))
+    return cfg, local_round(trainer, _global(cfg), tmp_path_factory.mktemp("ledger") / "ledger.json")
+
+
+# ----------------------------------------------------------------------------------------------- §1 noise
+def test_the_studio_noises_its_update_itself_without_any_filter(dp_round, tmp_path):
+    """Old code: releasable returned the trained DIFF as is, and only a job-installed filter noised it."""
+    cfg, result = dp_round
+    ledger = tmp_path / "ledger.json"
+    sent = releasable(result, cfg, StudioClientDP(cfg.privacy, ledger))
+    arrays = {k: v.numpy() for k, v in sent.params.items()}
+    noise = {k: arrays[k] - result.params[k].numpy() for k in arrays}
+    d = sum(v.size for v in arrays.values())
+    expected = cfg.privacy.noise_multiplier * cfg.privacy.clip_norm * math.sqrt(d)
+    assert update_norm(noise) > 0.5 * expected  # sigma C sqrt(d) of noise: nothing leaves as trained
+    assert sent.meta[DP_NOISE_META_KEY] == cfg.privacy.noise_multiplier
+    assert PrivacyLedger(ledger).steps == (Step(client_level_noise(4.0), 1.0, 1),)
+
+
+def test_client_dp_without_the_studios_noise_refuses_to_release(dp_round):
+    cfg, result = dp_round
+    with pytest.raises(UnsafeUpdateError, match="nothing leaves"):
+        releasable(result, cfg)
+
+
+def test_the_jobs_dp_filter_is_a_checked_no_op_on_the_studios_noise(dp_round, site_context):
+    """Noise is applied once: the studio's. A job filter asking for more than the studio applied refuses."""
+    fl_ctx, root = site_context
+    cfg, result = dp_round
+    sent = releasable(result, cfg, StudioClientDP(cfg.privacy, root / "ledger.json"))
+    shareable = DXO(DataKind.WEIGHT_DIFF, data={k: v.numpy() for k, v in sent.params.items()},
+                    meta=dict(sent.meta)).to_shareable()
+    out = from_shareable(GaussianDPFilter(clip_norm=1.0, noise_multiplier=4.0, delta=DELTA).process(shareable, fl_ctx))
+    assert all(np.array_equal(out.data[k], sent.params[k].numpy()) for k in out.data)
+    assert not (root / "fedgai_dp_ledger.json").exists()  # charged once, by the studio
+    with pytest.raises(UnsafeUpdateError, match="sigma >= 6.0"):
+        GaussianDPFilter(clip_norm=1.0, noise_multiplier=6.0, delta=DELTA).process(shareable, fl_ctx)
+
+
+def test_client_dp_sends_this_jobs_epsilon_not_the_sites_total(dp_round, tmp_path):
+    cfg, result = dp_round
+    ledger = tmp_path / "ledger.json"
+    PrivacyLedger(ledger).record(client_level_noise(4.0), 1.0, count=20)  # another job's rounds
+    sent = releasable(result, cfg, StudioClientDP(cfg.privacy, ledger))
+    one_round = compute_epsilon([Step(client_level_noise(4.0), 1.0, 1)], DELTA)
+    assert sent.meta[DP_EPSILON_META_KEY] == pytest.approx(one_round)
+    assert PrivacyLedger(ledger).epsilon(DELTA) > 2 * one_round
+
+
+# ----------------------------------------------------------------------------------------------- §1 encryption
+@pytest.fixture
+def keyed_site(site_context, monkeypatch):
+    """A studio with its client context in its startup kit (read as NVFlare reads it, minus the signature)."""
+    fl_ctx, root = site_context
+    _, client = make_contexts()
+    (root / "startup" / CLIENT_CONTEXT).write_bytes(client)
+    monkeypatch.setattr(executor, "load_tenseal_context_from_workspace",
+                        lambda name, ctx: ts.context_from((root / "startup" / name).read_bytes()))
+    return fl_ctx, ts.context_from(client)
+
+
+def _task(he: bool):
+    config = profile("test").with_overrides({"privacy.he": he}).to_dict()
+    return DXO(DataKind.WEIGHTS, data={"w": np.zeros(3, np.float32)}, meta={CONFIG_META_KEY: config}).to_shareable()
+
+
+def _trained() -> DXO:
+    return DXO(DataKind.WEIGHT_DIFF, data={"w": np.array([0.5, -1.0, 2.0], np.float32)}, meta={NUM_STEPS: 4})
+
+
+@pytest.mark.parametrize("he", [True, False])
+def test_under_he_the_studio_encrypts_whatever_filters_the_job_installs(he, keyed_site, monkeypatch):
+    """Old code: StudioExecutor returned the script's plaintext update; only the job's encryptor filter (which a
+    job can leave out or bind to another task) encrypted it."""
+    fl_ctx, client = keyed_site
+    monkeypatch.setattr(ClientAPIExecutor, "execute", lambda *args: _trained().to_shareable())
+    out = from_shareable(StudioExecutor(fedgai_version="x").execute("train", _task(he), fl_ctx, Signal()))
+    assert is_sealed(out) is he
+    if he:  # weighted by the pair count, as the server's aggregator expects
+        np.testing.assert_allclose(decrypt_packed(client, out.data["w"], 3), [2.0, -4.0, 8.0], atol=1e-3)
+        again = PackedHEModelEncryptor().process_dxo(out, out.to_shareable(), fl_ctx)
+        assert again.data == out.data  # the job's encryptor finds it sealed: nothing to do, no double weighting
+
+
+def test_a_job_cannot_bind_the_decryptor_to_what_the_studio_sends(keyed_site):
+    fl_ctx, _ = keyed_site
+    fl_ctx.set_prop(FLContextKey.FILTER_DIRECTION, FilterKey.OUT, private=True, sticky=False)
+    with pytest.raises(UnsafeUpdateError, match="never what it sends"):
+        ShapedHEModelDecryptor().process_dxo(_trained(), _trained().to_shareable(), fl_ctx)
+
+
+def test_under_he_a_result_with_data_that_is_not_an_update_is_refused(keyed_site, monkeypatch):
+    fl_ctx, _ = keyed_site
+    metrics = DXO(DataKind.METRICS, data={"loss_g": 1.0}).to_shareable()
+    monkeypatch.setattr(ClientAPIExecutor, "execute", lambda *args: metrics)
+    with pytest.raises(UnsafeUpdateError, match="only encrypted updates"):
+        StudioExecutor(fedgai_version="x").execute("train", _task(True), fl_ctx, Signal())
+
+
+# ----------------------------------------------------------------------------------------------- §1 modes, policy
+GENERATOR_MODES = sorted(name for name, spec in MODES.items() if spec.sends_generator)
+
+
+def test_the_default_policy_allows_exactly_the_d_only_modes():
+    assert set(D_ONLY_MODES) == {"fedgai", "fedavg_bn", "local"}
+    assert SitePolicy().allowed_modes == D_ONLY_MODES
+    assert set(GENERATOR_MODES) == {"fedavg_full", "fedbn", "fedgai_struct", "fedgai_ditto"}
+
+
+@pytest.mark.parametrize("mode", GENERATOR_MODES)
+def test_a_generator_mode_needs_the_sites_consent(mode):
+    cfg = profile("test").with_overrides({"fed.mode": mode, **CLIENT_DP})
+    with pytest.raises(SitePolicyError, match=f"fed.mode '{mode}' is not among the modes this site allows"):
+        site_config(cfg, SitePolicy())
+    assert site_config(cfg, SitePolicy(allowed_modes=(mode,), epsilon_budget=50.0)).fed.mode == mode
+
+
+@pytest.mark.parametrize("mode", ["fedavg_full", "fedbn"])
+def test_every_studio_refuses_a_generator_mode_without_protection(mode):
+    """Old code ran fedavg_full and fedbn (the whole generator) with no HE and no DP."""
+    with pytest.raises(SitePolicyError, match=f"fed.mode '{mode}' sends generator weights"):
+        site_config(profile("test").with_overrides({"fed.mode": mode}), None)
+
+
+@pytest.mark.parametrize(("settings", "ok"), [
+    ({"privacy.he": True, "fed.min_clients": 2}, False),  # two studios: each holds the other's update
+    ({"privacy.he": True, "fed.min_clients": 3}, True),
+    ({"privacy.dp": "client", "privacy.noise_multiplier": 0.0}, False),  # clipping only
+    ({"privacy.dp": "client", "privacy.noise_multiplier": 1.0}, True),
+])
+def test_a_generator_mode_needs_he_with_three_studios_or_noised_client_dp(settings, ok):
+    cfg = profile("test").with_overrides({"fed.mode": "fedbn", **settings})
+    policy = SitePolicy(allowed_modes=("fedbn",), min_noise_multiplier=0.0)
+    if ok:
+        assert site_config(cfg, policy).fed.mode == "fedbn"
+    else:
+        with pytest.raises(SitePolicyError, match="sends generator weights"):
+            site_config(cfg, policy)
+
+
+def test_a_record_level_site_is_not_switched_off_dp_sgd_by_a_client_level_job():
+    """Old code: a job claiming client-level DP passed a min_dp = record policy, and DP-SGD did not run."""
+    policy = SitePolicy(min_dp="record")
+    with pytest.raises(SitePolicyError, match="only with record-level DP-SGD"):
+        site_config(profile("test").with_overrides(CLIENT_DP), policy)
+    record = profile("test").with_overrides({"privacy.dp": "record", "privacy.noise_multiplier": 1.0})
+    assert site_config(record, policy).privacy.dp == "record"
+
+
+@pytest.mark.parametrize(("setting", "reason"), [
+    ({"privacy.stats_noise_multiplier": 1.0}, "stats_noise_multiplier 1.0 < the site's minimum 5.0"),
+    ({"privacy.stats_clip_norm": 500.0}, "stats_clip_norm 500.0 > the site's maximum 64.0"),
+])
+def test_the_policys_minimum_noise_covers_the_released_sketch_statistics(setting, reason):
+    cfg = profile("test").with_overrides({"privacy.dp": "record", "privacy.noise_multiplier": 1.0, **setting})
+    with pytest.raises(SitePolicyError, match=re.escape(reason)):
+        site_config(cfg, SitePolicy(min_dp="record"))
+
+
+def test_the_policy_file_round_trips_its_modes(tmp_path):
+    policy = SitePolicy(allowed_modes=("fedgai", "fedgai_struct"))
+    write_site_policy(tmp_path, policy)
+    assert load_site_policy(tmp_path) == policy
+    with pytest.raises(SitePolicyError, match="allowed_modes"):
+        SitePolicy(allowed_modes=("fedgai", "everything"))
+
+
+# ----------------------------------------------------------------------------------------------- §1 BatchNorm
+@pytest.mark.parametrize("mode", [name for name in MODES if name != "local"])
+def test_no_batchnorm_tensor_leaves_in_any_mode(mode, studio_dir, tmp_path):
+    """On the wire: the DIFF a studio sends. Old code sent D's BatchNorm in fedavg_bn and G's and D's (weights,
+    biases, running statistics) in fedavg_full."""
+    cfg = profile("test").with_overrides({"fed.mode": mode, "privacy.he": True, "fed.min_clients": 3})
+    trainer = StudioTrainer(cfg, studio_dir, tmp_path)
+    sent = releasable(local_round(trainer, _global(cfg)), cfg)
+    norms = {f"{name}.{key}" for name, net in trainer.wire_networks().items() for key in norm_keys(net)}
+    assert norms and not set(sent.params) & norms
+    assert not [key for key in sent.params if NORM_NAME_PATTERN.search(key.partition(".")[2])]
+
+
+# ----------------------------------------------------------------------------------------------- §3 ledgers
+def test_a_charge_rereads_the_ledger_so_concurrent_jobs_lose_no_release(tmp_path):
+    """Old code: two jobs holding the ledger each saved their own copy, and the second erased the first's."""
+    path = tmp_path / "ledger.json"
+    job_a, job_b = PrivacyLedger(path), PrivacyLedger(path)
+    job_a.record(2.0, 1.0)
+    job_b.record(3.0, 1.0)
+    job_a.charge(2.0, 1.0, 1, DELTA, None)
+    assert PrivacyLedger(path).steps == (Step(2.0, 1.0, 1), Step(3.0, 1.0, 1), Step(2.0, 1.0, 1))
+
+
+def _charge_many(path: str, times: int) -> None:
+    ledger = PrivacyLedger(path)
+    for _ in range(times):
+        ledger.charge(2.0, 1.0, 1, DELTA, None)
+
+
+def test_four_processes_charging_one_ledger_lose_nothing(tmp_path):
+    path = str(tmp_path / "ledger.json")
+    workers = [multiprocessing.get_context("fork").Process(target=_charge_many, args=(path, 10)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert PrivacyLedger(path).steps == (Step(2.0, 1.0, 40),)
+
+
+def test_record_and_client_level_spending_draw_on_one_site_budget(studio_dir, tmp_path, dp_round):
+    """A record-level job and a client-level job at one site charge the policy's one ledger, whose budget
+    then holds both (old code: one ledger per unit, each with the whole budget)."""
+    ledger = SitePolicy().ledger_path(tmp_path / "site")
+    record = profile("test").with_overrides({"privacy.dp": "record", "privacy.noise_multiplier": 2.0})
+    open_trainer(record, studio_dir, tmp_path / "job-1", resume=False, device="cpu", ledger=ledger)
+    stats = PrivacyLedger(ledger).steps
+    cfg, result = dp_round
+    releasable(result, cfg, StudioClientDP(cfg.privacy, ledger))
+    assert PrivacyLedger(ledger).steps == (*stats, Step(client_level_noise(4.0), 1.0, 1))
