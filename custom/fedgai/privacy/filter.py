@@ -122,6 +122,9 @@ class GaussianDPFilter(DXOFilter):
         dxo = from_shareable(shareable)  # ValueError when the result is not a DXO: blocked
         if dxo.data_kind == DataKind.METRICS and dxo.get_meta_prop(BUDGET_EXHAUSTED_KEY) is True:
             return self._budget_notice(dxo, fl_ctx).update_shareable(shareable)
+        if DP_NOISE_META_KEY in dxo.meta:  # noised in the studio's own send path (client_level.py), maybe encrypted
+            self._policy(fl_ctx)
+            return self._studio_noised(dxo, fl_ctx).update_shareable(shareable)
         validate_update(dxo.data)  # DXOFilter._apply_filter would pass an empty DXO through
         return self._apply_filter(dxo, shareable, fl_ctx).update_shareable(shareable)
 
@@ -131,10 +134,8 @@ class GaussianDPFilter(DXOFilter):
                 f"{type(self).__name__} only releases WEIGHT_DIFF results, got {dxo.data_kind}; "
                 "send a DIFF (params_transfer_type=DIFF) so clipping bounds the studio's contribution"
             )
-        policy = self._policy(fl_ctx)
-        if DP_NOISE_META_KEY in dxo.meta:  # the studio noised it in its own send path (client_level.py)
-            return self._studio_noised(dxo, fl_ctx)
         validate_update(dxo.data)
+        policy = self._policy(fl_ctx)
         ledger = self._ledger(fl_ctx, policy)
         target = self._target(policy)
         noised, info = clip_and_noise(dxo.data, self.clip_norm, self.noise_multiplier)
