@@ -290,7 +290,7 @@ def test_resolve_studio(tmp_path):
     (tmp_path / "studio-02").mkdir()
     (tmp_path / "studio-03-a").mkdir()
     (tmp_path / "studio-03-b").mkdir()
-    explicit = studio_map(["studio-09=/data/x"])
+    explicit = studio_map('{"studio-09": "/data/x"}')
     assert resolve_studio("studio-09", explicit, tmp_path) == Path("/data/x")
     assert resolve_studio("studio-01", {}, tmp_path) == tmp_path / "studio-01-fine"
     assert resolve_studio("studio-02", {}, tmp_path) == tmp_path / "studio-02"
@@ -298,8 +298,8 @@ def test_resolve_studio(tmp_path):
         resolve_studio("studio-03", {}, tmp_path)
     with pytest.raises(ValueError, match="no studio folder configured"):
         resolve_studio("studio-01", {}, None)
-    with pytest.raises(ValueError, match="SITE=FOLDER"):
-        studio_map(["nonsense"])
+    with pytest.raises(ValueError, match="JSON object"):
+        studio_map("nonsense")
 
 
 @pytest.fixture(scope="module")

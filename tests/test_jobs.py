@@ -20,9 +20,10 @@ from nvflare.fuel.sec.authz import Authorizer, AuthzContext, Person
 
 from fedgai.config import profile
 from fedgai.federated import executor
+from fedgai.federated.client import STUDIOS_ENV, SitePaths
 from fedgai.federated.executor import CLIENT_SCRIPT, FedgaiVersionCheck, StudioExecutor
 from fedgai.federated.he_job import export_jobs
-from fedgai.federated.job import DP_JOB_SETTINGS, build_job, client_args
+from fedgai.federated.job import DP_JOB_SETTINGS, build_job
 from fedgai.federated.kits import STUDIO_POLICY, allow_fedgai
 from fedgai.wire import VERSION_META_KEY
 
@@ -190,11 +191,11 @@ def test_committed_job_runs_the_paper_schedule():
     assert (cfg["fed"]["rounds"], cfg["train"]["epochs"], cfg["fed"]["mode"]) == (11, 11, "fedgai")
 
 
-def test_studio_map_becomes_script_args(tmp_path):
-    args = client_args({"studio-02": tmp_path / "b", "studio-01": tmp_path / "a"})
-    assert args == f"--studio studio-01={tmp_path}/a --studio studio-02={tmp_path}/b"
-    with pytest.raises(ValueError, match="spaces"):
-        client_args({"studio-01": Path("/my studios/a")})
+def test_a_simulator_runs_studio_folders_reach_the_sites_through_their_environment(tmp_path):
+    """Never as script arguments (issue 24 §2): the job's client config names no folder."""
+    job = build_job(profile("test"), {"studio-02": tmp_path / "b", "studio-01": tmp_path / "a"})
+    assert json.loads(job.site_env[STUDIOS_ENV]) == {"studio-01": str(tmp_path / "a"), "studio-02": str(tmp_path / "b")}
+    assert SitePaths.from_env(job.site_env).studios == {"studio-01": tmp_path / "a", "studio-02": tmp_path / "b"}
 
 
 def test_client_level_dp_filter_runs_before_the_audit(tmp_path):
@@ -236,8 +237,8 @@ def test_poc_end_to_end(tmp_path):
     assert len(logs) == 6
     for log in logs:
         assert [x for x in log.read_text().splitlines() if " ERROR " in x or "Traceback" in x] == [], log
-    for site in ("studio-01", "studio-02"):  # the studios found their data via $FEDGAI_DATA_ROOT
-        assert (prod / site / "fedgai_output" / site / "grids" / "round-001.png").is_file()
+    for site in ("studio-01", "studio-02"):  # the studios found their data via $FEDGAI_DATA_ROOT; one folder per job
+        assert len(list((prod / site / "fedgai_output" / site).glob("*/grids/round-001.png"))) == 1
     assert len(list((tmp_path / "results").rglob("fedgai/global-round-*.pt"))) == 2
     assert _processes_mentioning(tmp_path / "poc") == []
 

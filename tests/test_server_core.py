@@ -26,7 +26,7 @@ from test_he import (  # noqa: F401 - fixtures used by name
 
 from fedgai.config import profile
 from fedgai.federated.controller import STATE_FILE
-from fedgai.federated.executor import StudioExecutor, installed_version
+from fedgai.federated.executor import StudioExecutor, UnsafeScriptArgs, installed_version
 from fedgai.federated.he_job import build_he_job, he_job_config
 from fedgai.federated.he_server import (
     HE_OUTPUT_DIR,
@@ -104,16 +104,16 @@ def test_a_job_cannot_choose_where_the_server_writes(test_cfg, tmp_path, checkpo
 
 def test_machine_folders_run_in_the_simulator_but_never_go_into_an_exported_job(test_cfg, tmp_path):
     job = build_job(test_cfg, output_root=tmp_path / "studios", checkpoint_dir=str(tmp_path / "state"))
-    assert set(job.site_env.values()) == {str(tmp_path / "studios"), str(tmp_path / "state")}
+    assert set(job.site_env.values()) == {str(tmp_path / "studios"), str(tmp_path / "state"), "0"}  # + flat outputs
     with pytest.raises(ValueError, match="only a simulator run may"):
         job.export_job(str(tmp_path / "export"))
     with pytest.raises(UnsafePathError, match="checkpoint_dir"):
         build_job(test_cfg, checkpoint_dir="../outside")
     version = installed_version() or "0"
     for args in ("--output-root /etc", "--output=/etc", "--studio a=/d --output-root ../../x"):
-        with pytest.raises(UnsafePathError, match="output-root"):
+        with pytest.raises(UnsafeScriptArgs, match="may pass only '--device"):
             StudioExecutor(fedgai_version=version, task_script_args=args)
-    StudioExecutor(fedgai_version=version, task_script_args="--studio a=/data/a --output-root outputs")
+    StudioExecutor(fedgai_version=version, task_script_args="--device cpu")
 
 
 # ----------------------------------------------------------------------------------------------- HE limits

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from nvflare.app_common.executors.client_api_executor import ClientAPIExecutor
 
 from fedgai.config import profile
 from fedgai.federated import executor
-from fedgai.federated.client import local_round, open_trainer, releasable, site_config
+from fedgai.federated.client import SitePaths, local_round, open_trainer, parse_args, releasable, site_config
 from fedgai.federated.controller import initial_global
 from fedgai.federated.executor import StudioExecutor
 from fedgai.federated.he_keys import CLIENT_CONTEXT, make_contexts
@@ -265,3 +266,41 @@ def test_record_and_client_level_spending_draw_on_one_site_budget(studio_dir, tm
     cfg, result = dp_round
     releasable(result, cfg, StudioClientDP(cfg.privacy, ledger))
     assert PrivacyLedger(ledger).steps == (*stats, Step(client_level_noise(4.0), 1.0, 1))
+
+
+# ----------------------------------------------------------------------------------------------- §2 site paths
+@pytest.mark.parametrize("args", [
+    "--studio studio-a=/etc",  # a folder the job chose
+    "--output-root /tmp/elsewhere", "--output-root=../../x", "--data-root /", "--output x",
+    "--device cpu --output-root /etc", "--device 'cpu --output-root /etc'", '--device "cpu"',
+    "--device ${secret:HOME}", "--device=${secret:FEDGAI_OUTPUT_ROOT}", "--device cuda:0/../..",
+    "--device cpu extra", "'--device cpu'",
+])
+def test_a_job_can_pass_the_studio_nothing_but_a_device(args):
+    """Old code accepted --studio and a relative --output-root from the job (and any path NVFlare's whitespace
+    splitting or ${secret:...} expansion made of them after the check)."""
+    with pytest.raises(executor.UnsafeScriptArgs, match="may pass only '--device"):
+        executor.check_script_args(args)
+
+
+@pytest.mark.parametrize("args", ["", "--device cpu", "--device=cuda:1", "  --device auto "])
+def test_a_device_is_all_a_job_may_choose(args):
+    executor.check_script_args(args)
+
+
+def test_the_studio_script_takes_no_folder_from_its_arguments():
+    with pytest.raises(SystemExit):
+        parse_args(["--output-root", "/etc"])
+    assert parse_args(["--device", "cpu"]).device == "cpu"
+
+
+def test_folders_come_from_the_sites_environment_and_outputs_are_kept_per_job(tmp_path):
+    env = {"FEDGAI_DATA_ROOT": str(tmp_path / "data"), "FEDGAI_OUTPUT_ROOT": str(tmp_path / "out")}
+    paths = SitePaths.from_env(env)
+    assert paths.data_root == tmp_path / "data" and paths.studios == {}
+    assert paths.output_dir("studio-a", "job-1") == tmp_path / "out" / "studio-a" / "job-1"
+    assert paths.output_dir("studio-a", "job-2") != paths.output_dir("studio-a", "job-1")
+    assert paths.output_dir("studio-a", "../../etc").parent == tmp_path / "out" / "studio-a"  # one component
+    assert SitePaths.from_env({}).output_root == Path("fedgai_output")  # the site's working directory
+    flat = SitePaths.from_env({**env, "FEDGAI_OUTPUT_PER_JOB": "0"})  # the site opts in (the simulator)
+    assert flat.output_dir("studio-a", "job-1") == tmp_path / "out" / "studio-a"

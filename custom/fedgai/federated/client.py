@@ -5,11 +5,15 @@ u/v and the whole generator stay as trained here) -> train G and D for the confi
 back only the shared entries as a DIFF, weighted by this studio's pair count, with the loss terms as metrics.
 Photos, sketches, the generator and its AdaIN_SD sketch statistics never leave the site.
 
-Where a site's studio folder is: ``--studio SITE=FOLDER`` (repeatable), else ``--data-root`` /
-$FEDGAI_DATA_ROOT joined with the site name (``ROOT/SITE`` or the one ``ROOT/SITE-*`` folder).
-Outputs go to ``--output-root`` / $FEDGAI_OUTPUT_ROOT (default ``fedgai_output`` in the site's working
-directory), one folder per site: checkpoints/last.pt (resumable, holds the generator), grids/round-NNN.png,
-metrics.jsonl and a local TensorBoard log.
+Where a site reads and writes is the site's choice, never the job's (issue 24 §2): its environment names the
+studio folder ($FEDGAI_STUDIOS, a JSON object {site: folder}, else $FEDGAI_DATA_ROOT joined with the site name:
+``ROOT/SITE`` or the one ``ROOT/SITE-*`` folder) and the output root ($FEDGAI_OUTPUT_ROOT, default
+``fedgai_output`` in the site's working directory); the ledgers live in its workspace (privacy/policy.py). The
+job's script arguments may name the device only (executor.check_script_args). Outputs go to
+``OUTPUT_ROOT/<site>/<job id>``, so a new job never overwrites another's generator or metrics: checkpoints/last.pt
+(resumable, holds the generator), grids/round-NNN.png, metrics.jsonl and a local TensorBoard log. A site that
+sets $FEDGAI_OUTPUT_PER_JOB=0 (the simulator, whose workspace is one run) keeps ``OUTPUT_ROOT/<site>`` instead,
+where the job's fed.resume rules decide which job's checkpoint continues.
 
 The site decides its own privacy: with a policy in ``local/fedgai_privacy.json`` (privacy/policy.py) a job
 that asks for less is refused before any pair is read, and the DP ledgers are the site's, in its workspace.
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -45,6 +50,7 @@ from fedgai.privacy.mechanism import UnsafeUpdateError
 from fedgai.privacy.policy import SitePolicy, SitePolicyError, load_site_policy, studio_config
 from fedgai.privacy.record import site_ledger
 from fedgai.rundir import RunFolder
+from fedgai.safe_paths import safe_name
 from fedgai.trainer import StudioTrainer
 from fedgai.wire import (
     BUDGET_EXHAUSTED_KEY,
@@ -61,6 +67,8 @@ if TYPE_CHECKING:
 
 DATA_ROOT_ENV = "FEDGAI_DATA_ROOT"
 OUTPUT_ROOT_ENV = "FEDGAI_OUTPUT_ROOT"
+STUDIOS_ENV = "FEDGAI_STUDIOS"
+PER_JOB_ENV = "FEDGAI_OUTPUT_PER_JOB"
 RESUME_OWNER_KEY = "resume_owner"  # in the checkpoint's metadata: {"job_id", "config_hash"} of the job that wrote it
 
 
@@ -69,26 +77,43 @@ class StudioResumeRefused(RuntimeError):
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The job's script arguments: the device only (folders are the site's, SitePaths)."""
     p = argparse.ArgumentParser(description="FedGAI studio trainer (an NVFlare Client-API script)")
-    p.add_argument("--studio", action="append", default=[], metavar="SITE=FOLDER",
-                   help="studio folder of a site; repeat for several sites")
-    p.add_argument("--data-root", type=Path, default=os.environ.get(DATA_ROOT_ENV),
-                   help=f"folder holding one studio folder per site (default ${DATA_ROOT_ENV})")
-    p.add_argument("--output-root", type=Path, default=os.environ.get(OUTPUT_ROOT_ENV, "fedgai_output"),
-                   help=f"where each site writes its outputs (default ${OUTPUT_ROOT_ENV} or ./fedgai_output)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the job config's train.device)")
     return p.parse_args(argv)
 
 
-def studio_map(entries: Sequence[str]) -> dict[str, Path]:
-    """["site=folder", ...] -> {site: folder}."""
-    out = {}
-    for entry in entries:
-        site, sep, folder = entry.partition("=")
-        if not sep or not site or not folder:
-            raise ValueError(f"--studio expects SITE=FOLDER, got {entry!r}")
-        out[site] = Path(folder)
-    return out
+@dataclasses.dataclass(frozen=True)
+class SitePaths:
+    """Where this site's studio reads and writes, from the site's own environment."""
+
+    studios: dict[str, Path]
+    data_root: Path | None
+    output_root: Path
+    per_job: bool = True
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> SitePaths:
+        return cls(studios=studio_map(environ.get(STUDIOS_ENV, "{}")),
+                   data_root=Path(environ[DATA_ROOT_ENV]) if environ.get(DATA_ROOT_ENV) else None,
+                   output_root=Path(environ.get(OUTPUT_ROOT_ENV) or "fedgai_output"),
+                   per_job=environ.get(PER_JOB_ENV, "1") != "0")
+
+    def output_dir(self, site: str, job_id: str | None) -> Path:
+        """This site's outputs for this job (job id from NVFlare, a path component: safe_name)."""
+        folder = self.output_root / site
+        return folder / safe_name(job_id or "job") if self.per_job else folder
+
+
+def studio_map(text: str) -> dict[str, Path]:
+    """$FEDGAI_STUDIOS ({"site": "folder", ...}) -> {site: folder}."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"${STUDIOS_ENV} must be a JSON object {{site: folder}}: {err}") from err
+    if not isinstance(data, dict) or not all(isinstance(v, str) and v for v in data.values()):
+        raise ValueError(f"${STUDIOS_ENV} must be a JSON object {{site: folder}}, got {text!r}")
+    return {site: Path(folder) for site, folder in data.items()}
 
 
 def resolve_studio(site: str, studios: Mapping[str, Path], data_root: Path | None) -> Path:
@@ -96,8 +121,8 @@ def resolve_studio(site: str, studios: Mapping[str, Path], data_root: Path | Non
     if site in studios:
         return studios[site]
     if data_root is None:
-        raise ValueError(f"site {site}: no studio folder configured; pass --studio {site}=FOLDER or "
-                         f"--data-root, or set ${DATA_ROOT_ENV}")
+        raise ValueError(f"site {site}: no studio folder configured; set ${DATA_ROOT_ENV} (or ${STUDIOS_ENV}) in "
+                         "the site's environment")
     if (data_root / site).is_dir():
         return data_root / site
     matches = sorted(p for p in data_root.glob(f"{site}-*") if p.is_dir())
@@ -270,14 +295,16 @@ class Studio:
     client_dp: StudioClientDP | None = None
 
 
-def open_studio(received: FLModel, site: str, studio_dir: Path, args: argparse.Namespace) -> Studio:
-    """The trainer on the job's config under the site's policy, resumed past round 0."""
+def open_studio(received: FLModel, site: str, studio_dir: Path, args: argparse.Namespace,
+                paths: SitePaths) -> Studio:
+    """The trainer on the job's config under the site's policy, in this job's output folder, resumed past
+    round 0."""
     policy = load_site_policy(Path.cwd())
     job_config = received.meta[CONFIG_META_KEY]
     cfg = site_config(FedgaiConfig.from_dict(job_config), policy)
     ledger = site_ledger_path(policy) if dp_enabled(cfg) else None
     job_id = flare.get_job_id()  # (5) what a resumed checkpoint must belong to
-    trainer = open_trainer(cfg, studio_dir, args.output_root / site, resume=received.current_round > 0,
+    trainer = open_trainer(cfg, studio_dir, paths.output_dir(site, job_id), resume=received.current_round > 0,
                            owner=resume_owner(job_id, job_config), device=args.device,
                            ledger=ledger if policy and cfg.privacy.dp == "record" else None)
     # Under DP the scalars stay in the studio's own TensorBoard log: NVFlare's writer streams them to the server
@@ -288,12 +315,12 @@ def open_studio(received: FLModel, site: str, studio_dir: Path, args: argparse.N
 
 
 def studio_round(studio: Studio | None, received: FLModel, site: str, studio_dir: Path,
-                 args: argparse.Namespace, waited: SlotWait) -> tuple[Studio, FLModel]:
+                 args: argparse.Namespace, paths: SitePaths, waited: SlotWait) -> tuple[Studio, FLModel]:
     """One round's work (the studio is opened in the first): train, save, log; returns the result to send."""
     started, cpu_started = time.perf_counter(), time.process_time()
     setup_seconds = 0.0  # stays 0 after the first round: the trainer and its data live as long as the run
     if studio is None:
-        studio = open_studio(received, site, studio_dir, args)
+        studio = open_studio(received, site, studio_dir, args, paths)
         setup_seconds = time.perf_counter() - started
     result = local_round(studio.trainer, received, studio.ledger)
     save_round(studio.trainer, received.current_round, result.metrics)
@@ -309,10 +336,10 @@ def studio_round(studio: Studio | None, received: FLModel, site: str, studio_dir
 
 def main(argv: Sequence[str] | None = None) -> None:
     """The studio's loop; the numbered lines are its only contact with NVFlare (as in NVFlare's examples)."""
-    args = parse_args(argv)
+    args, paths = parse_args(argv), SitePaths.from_env()
     flare.init()  # (1) join the job
     site = flare.get_site_name()  # (2) the site's authenticated name: which studio folder to train on
-    studio_dir = resolve_studio(site, studio_map(args.studio), args.data_root)
+    studio_dir = resolve_studio(site, paths.studios, paths.data_root)
     studio, rnd = None, 0
     while flare.is_running():  # (3) until the server ends the job
         received = flare.receive()  # (4) the global D entries and the job's config
@@ -320,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Studios sharing one machine (the simulator) take turns, largest first, and return freed memory after
         # (slots.py); a studio's size is known once its trainer is built.
         with training_slot(work=studio.trainer.num_samples if studio else 0) as waited:
-            studio, result = studio_round(studio, received, site, studio_dir, args, waited)
+            studio, result = studio_round(studio, received, site, studio_dir, args, paths, waited)
         flare.send(releasable(result, studio.trainer.cfg, studio.client_dp))  # (7) noised, gated, then filtered
     if studio is not None:
         if studio.trainer.cfg.edge.compress_after_training:  # the site's compressed generator, after the last round

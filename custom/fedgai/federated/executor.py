@@ -20,7 +20,7 @@ produced the ciphertexts itself. The job's encryptor filter then finds nothing l
 
 from __future__ import annotations
 
-import shlex
+import re
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -40,12 +40,16 @@ from fedgai.federated import client
 from fedgai.federated.he_keys import CLIENT_CONTEXT
 from fedgai.federated.he_studio import seal
 from fedgai.privacy.mechanism import UnsafeUpdateError
-from fedgai.safe_paths import relative_only
 from fedgai.wire import CONFIG_META_KEY
 
 DISTRIBUTION = "fedgai"
 CLIENT_SCRIPT = str(Path(client.__file__).resolve())
-OUTPUT_ROOT_OPTION = "--output-root"
+DEVICE_OPTION = "--device"
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+class UnsafeScriptArgs(ValueError):
+    """A job's script arguments try to pass the studio more than a device: a folder, an option, a secret."""
 
 
 def installed_version() -> str | None:
@@ -57,18 +61,23 @@ def installed_version() -> str | None:
 
 
 def check_script_args(task_script_args: str) -> None:
-    """Raise UnsafePathError when the job names an absolute (or '..') --output-root: a job must not choose
-    where on the studio's disk it writes. The studio's own $FEDGAI_OUTPUT_ROOT may be anywhere.
+    """Raise UnsafeScriptArgs unless the job's arguments for client.py are at most ``--device D``.
 
-    Read token by token, as client.py's argparse reads them (``--output-root X``, ``--output-root=X`` and any
-    unambiguous prefix such as ``--output``), without parsing the rest, which the script checks itself.
+    Folders (studio data, outputs, ledgers) are the site's to choose (client.SitePaths), so a job names none.
+    The check is an allow-list on the raw string, before NVFlare splits it on whitespace and expands
+    ``${secret:...}`` references from the site's environment: quotes, spaces inside a value, secret references,
+    '..' and absolute paths are all refused because nothing but a device name is accepted.
     """
-    tokens = shlex.split(task_script_args)
-    for i, token in enumerate(tokens):
-        name, eq, value = token.partition("=")
-        if name.startswith("--o") and OUTPUT_ROOT_OPTION.startswith(name):  # no other option starts with --o
-            named = value if eq else (tokens[i + 1] if i + 1 < len(tokens) else "")
-            relative_only(named, "--output-root in the job's task_script_args")
+    tokens = task_script_args.split()
+    if not tokens:
+        return
+    if len(tokens) == 1 and tokens[0].startswith(f"{DEVICE_OPTION}="):
+        tokens = [DEVICE_OPTION, tokens[0].partition("=")[2]]
+    if len(tokens) != 2 or tokens[0] != DEVICE_OPTION or not DEVICE_PATTERN.fullmatch(tokens[1]):
+        raise UnsafeScriptArgs(
+            f"the job's task_script_args {task_script_args!r} are refused: a job may pass only "
+            f"'{DEVICE_OPTION} auto|cpu|cuda|cuda:N' to a studio; its data folder, output root and ledgers are "
+            f"the site's ($FEDGAI_DATA_ROOT, $FEDGAI_OUTPUT_ROOT, local/fedgai_privacy.json)")
 
 
 def job_requires_he(task: Shareable) -> bool:
@@ -93,7 +102,7 @@ class StudioExecutor(ClientAPIExecutor):
 
     Args:
         fedgai_version: the fedgai version the job was exported with; any other version refuses to run.
-        task_script_args: arguments for client.py (``--studio``/``--output-root``; empty for portable jobs).
+        task_script_args: arguments for client.py: empty, or ``--device D`` (check_script_args).
     """
 
     def __init__(self, fedgai_version: str, task_script_args: str = ""):

@@ -97,8 +97,8 @@ def build_he_job(
         raise ValueError("under HE these settings cannot be honoured: " + "; ".join(refusals))
     config = cfg.with_overrides({"privacy.he": True}).to_dict()
     job = new_job(HE_JOB_NAME, cfg)  # config only, pinned to the installed fedgai (see job.py)
-    _add_server(job, cfg, config, site_folders(job, output_root, checkpoint_dir))
-    add_studio_trainer(job, studios)
+    _add_server(job, cfg, config, site_folders(job, output_root, checkpoint_dir, studios))
+    add_studio_trainer(job)
     job.to_clients(ShapedHEModelDecryptor(tenseal_context_file=CLIENT_CONTEXT), tasks=[TASK],
                    filter_type=FilterType.TASK_DATA)
     # Result filters run in order: client-level DP on the plaintext DIFF (if configured), encrypt (weighted by

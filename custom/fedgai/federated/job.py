@@ -34,7 +34,7 @@ from nvflare.job_config.defs import FilterType
 from fedgai.config import FedgaiConfig, generator_sharing_problem, profile
 from fedgai.environment import scoped_env
 from fedgai.federated.audit import OutboundAudit, OutboundEventAudit
-from fedgai.federated.client import OUTPUT_ROOT_ENV
+from fedgai.federated.client import OUTPUT_ROOT_ENV, PER_JOB_ENV, STUDIOS_ENV
 from fedgai.federated.controller import FilteredFedAvg
 from fedgai.federated.executor import FedgaiVersionCheck, StudioExecutor, installed_version
 from fedgai.federated.kits import allow_fedgai
@@ -52,16 +52,6 @@ DP_JOB_SETTINGS = {"privacy.dp": "client", "privacy.noise_multiplier": 4.0, "pri
                    "privacy.target_epsilon": 10.0}
 TASK = "train"
 DEFAULT_CHECKPOINT_DIR = "fedgai_state"
-
-
-def client_args(studios: Mapping[str, Path] | None) -> str:
-    """Script arguments; without studios, sites use $FEDGAI_DATA_ROOT/<site>. Where a studio writes is never
-    in them: that is the site's own choice ($FEDGAI_OUTPUT_ROOT, else ./fedgai_output)."""
-    args = [f"--studio {site}={Path(folder).resolve()}" for site, folder in sorted((studios or {}).items())]
-    text = " ".join(args)
-    if any(" " in str(p) for p in (studios or {}).values()):
-        raise ValueError(f"paths passed to the studios must not contain spaces: {text}")
-    return text
 
 
 def required_version() -> str:
@@ -113,21 +103,27 @@ def new_job(name: str, cfg: FedgaiConfig) -> FedgaiJob:
     return job
 
 
-def site_folders(job: FedgaiJob, output_root: Path | None, checkpoint_dir: str) -> str:
-    """Hand this machine's folders to a simulator run's sites (FedgaiJob.site_env); returns the job's
+def site_folders(job: FedgaiJob, output_root: Path | None, checkpoint_dir: str,
+                 studios: Mapping[str, Path] | None = None) -> str:
+    """Hand this machine's folders to a simulator run's sites (FedgaiJob.site_env), as a real site sets its own
+    (a job's script arguments never name folders: executor.check_script_args); returns the job's
     ``checkpoint_dir``: an absolute one becomes the simulated server's own resume folder, and the job keeps
-    only the default relative name (which also keeps resuming on)."""
+    only the default relative name (which also keeps resuming on). A simulator workspace holds one run, so its
+    studios write ``output_root/<site>`` (no job-id level)."""
+    if studios:
+        job.site_env[STUDIOS_ENV] = json.dumps({site: str(Path(folder).resolve()) for site, folder in studios.items()})
     if output_root is not None:
         job.site_env[OUTPUT_ROOT_ENV] = str(Path(output_root).resolve())
+        job.site_env[PER_JOB_ENV] = "0"
     if checkpoint_dir and Path(checkpoint_dir).is_absolute():
         job.site_env[STATE_DIR_ENV] = checkpoint_dir
         return DEFAULT_CHECKPOINT_DIR
     return relative_only(checkpoint_dir, "checkpoint_dir") if checkpoint_dir else ""
 
 
-def add_studio_trainer(job: FedJob, studios: Mapping[str, Path] | None) -> None:
+def add_studio_trainer(job: FedJob) -> None:
     """The studios' executor (installed client.py, version-checked) and their metrics forwarding."""
-    executor = StudioExecutor(fedgai_version=required_version(), task_script_args=client_args(studios))
+    executor = StudioExecutor(fedgai_version=required_version())
     job.to_clients(executor, tasks=[TASK])
     job.to_clients(ConvertToFedEvent(events_to_convert=[ANALYTIC_EVENT_TYPE]), id="event_to_fed")
     job.to_clients(OutboundEventAudit(), id="outbound_event_audit")  # the event stream leaves the site too
@@ -155,8 +151,8 @@ def build_job(
     """The FedGAI job for ``cfg``.
 
     Args:
-        studios: site name -> studio folder, passed to the studios as script arguments (simulator, tests);
-            None for a portable job whose sites find ``$FEDGAI_DATA_ROOT/<site>``.
+        studios: site name -> studio folder, handed to a simulator run's sites in their environment
+            (FedgaiJob.site_env; tests); None for a portable job whose sites find ``$FEDGAI_DATA_ROOT/<site>``.
         output_root: where the studios of a simulator run write their outputs (FedgaiJob.site_env; an
             exported job leaves it to each site: $FEDGAI_OUTPUT_ROOT, else ./fedgai_output).
         checkpoint_dir: the server's resume-state folder, relative to its workspace (see FilteredFedAvg);
@@ -170,11 +166,11 @@ def build_job(
     if problem:
         raise ValueError(problem)
     job = new_job(name, cfg)
-    checkpoint_dir = site_folders(job, output_root, checkpoint_dir)
+    checkpoint_dir = site_folders(job, output_root, checkpoint_dir, studios)
     job.to_server(FilteredFedAvg(config=cfg.to_dict(), checkpoint_dir=checkpoint_dir, task_name=TASK),
                   id="controller")
     job.to_server(TBAnalyticsReceiver(), id="tb_receiver")
-    add_studio_trainer(job, studios)
+    add_studio_trainer(job)
     add_dp_filter(job, cfg)
     job.to_clients(OutboundAudit(save_arrays=save_outbound_arrays), tasks=[TASK],
                    filter_type=FilterType.TASK_RESULT)
