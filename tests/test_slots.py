@@ -153,3 +153,16 @@ def test_studios_arriving_together_are_ordered_by_size_not_arrival(tmp_path, mon
     for t in (small, large):
         t.join()
     assert order == ["large", "small"]
+
+
+def test_a_stray_or_malformed_file_in_the_queue_does_not_stop_it(tmp_path):
+    """Issue 24 §4: old code split every name in the queue folder into three fields and crashed the studio on
+    anything else (a README, an editor's backup, a folder)."""
+    queue = tmp_path / "slots" / "waiting"
+    queue.mkdir(parents=True)
+    for name in ("README", "notes_x", "1_abc_lots", "x_y_1", "1_a_nan", ".nfs0001_2_3", "9_a_b_c"):
+        (queue / name).write_text("")
+    (queue / "1_dir_5").mkdir()
+    with training_slot(slots_spec(tmp_path / "slots", 1), work=3) as waited:
+        assert waited.seconds < 5
+    assert (queue / "README").exists()  # not the studio's to remove

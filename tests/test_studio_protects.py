@@ -20,9 +20,18 @@ from nvflare.app_common.executors.client_api_executor import ClientAPIExecutor
 
 from fedgai.config import profile
 from fedgai.federated import executor
-from fedgai.federated.client import SitePaths, local_round, open_trainer, parse_args, releasable, site_config
+from fedgai.federated.client import (
+    SitePaths,
+    local_round,
+    open_trainer,
+    parse_args,
+    releasable,
+    save_round,
+    site_config,
+)
 from fedgai.federated.controller import initial_global
 from fedgai.federated.executor import StudioExecutor
+from fedgai.federated.global_check import GlobalCheck
 from fedgai.federated.he_keys import CLIENT_CONTEXT, make_contexts
 from fedgai.federated.he_studio import PackedHEModelEncryptor, ShapedHEModelDecryptor, is_sealed
 from fedgai.federated.he_wire import decrypt_packed
@@ -304,3 +313,49 @@ def test_folders_come_from_the_sites_environment_and_outputs_are_kept_per_job(tm
     assert SitePaths.from_env({}).output_root == Path("fedgai_output")  # the site's working directory
     flat = SitePaths.from_env({**env, "FEDGAI_OUTPUT_PER_JOB": "0"})  # the site opts in (the simulator)
     assert flat.output_dir("studio-a", "job-1") == tmp_path / "out" / "studio-a"
+
+
+# ----------------------------------------------------------------------------------------------- §4 globals
+def test_a_global_grown_tenfold_every_round_cannot_ratchet_the_bound():
+    """Old code: each round's change was within 10x of the last accepted one, so 7 rounds of 9.9x growth passed
+    and the global ended at ~1e7 x its norm."""
+    check, rng = GlobalCheck(), np.random.default_rng(0)
+    start = {"w": rng.normal(0, 1, 1000)}
+    assert check.review(start) is None
+    current, step, refused = dict(start), 0.05, []
+    for _ in range(7):
+        step *= 9.9
+        proposed = {"w": current["w"] + step * rng.normal(0, 1, 1000) / math.sqrt(1000)}
+        reason = check.review(proposed)
+        refused.append(reason is not None)
+        current = current if reason else proposed
+    assert refused[:2] == [False, False] and all(refused[2:])
+    assert update_norm(current) < 20 * update_norm(start)
+
+
+def test_an_honest_run_of_shrinking_changes_is_accepted():
+    check = GlobalCheck()
+    w = np.ones(100)
+    for step in (0.5, 0.6, 0.3, 0.2, 0.25, 0.1):
+        w = w + step / 10
+        assert check.review({"w": w}) is None
+
+
+def _shifted(trainer, value: float) -> FLModel:
+    return FLModel(params={k: torch.full_like(v, value) for k, v in trainer.shared_state().items()},
+                   current_round=1)
+
+
+def test_a_plain_studio_refuses_a_global_out_of_bounds_and_keeps_it_out_of_its_checkpoint(studio_dir, tmp_path):
+    """Old code loaded whatever a plain server sent (only the HE decryptor checked) and saved it."""
+    trainer = StudioTrainer(profile("test"), studio_dir, tmp_path)
+    check = GlobalCheck()
+    local_round(trainer, _global(trainer.cfg), check=check)  # the first global: the studio's reference
+    for poisoned in (1e9, float("nan")):
+        own = trainer.shared_state()
+        result = local_round(trainer, _shifted(trainer, poisoned), check=check)
+        save_round(trainer, 1, result.metrics)
+        saved = torch.load(trainer.folder.checkpoint, weights_only=True)
+        assert all(float(v.abs().max()) < 1e3 for v in saved["discriminator"].values() if v.is_floating_point())
+        for key, diff in result.params.items():  # the DIFF is the studio's own round, from its own D
+            torch.testing.assert_close(diff, trainer.shared_state()[key] - own[key])

@@ -39,7 +39,8 @@ from nvflare.client.tracking import SummaryWriter
 
 from fedgai.config import FedgaiConfig
 from fedgai.federated.fingerprint import check_global_model, studio_feature_space
-from fedgai.federated.round import receive_global, studio_update
+from fedgai.federated.global_check import GlobalCheck
+from fedgai.federated.round import Received, receive_global, studio_update
 from fedgai.federated.server_state import config_hash
 from fedgai.federated.slots import SlotWait, training_slot
 from fedgai.layout import ROUND_RECORDS
@@ -188,8 +189,24 @@ def releasable(result: FLModel, cfg: FedgaiConfig, client_dp: StudioClientDP | N
                    meta=meta, current_round=result.current_round)
 
 
-def local_round(trainer: StudioTrainer, received: FLModel, ledger_path: Path | None = None) -> FLModel:
-    """One federated round at a studio: load the global entries, train, return the DIFF update + metrics.
+def accept_global(trainer: StudioTrainer, received: FLModel, check: GlobalCheck | None) -> Received:
+    """Load the round's global unless the HE decryptor or the studio's own ``check`` refuses it; a refused
+    global is never loaded (so never saved in the studio's checkpoint): the round trains from the studio's own D,
+    and the DIFF is taken from it. Only what this studio shares is accepted; fedgai_struct: after the guard."""
+    reason = (received.meta or {}).get(GLOBAL_REFUSED_META_KEY)
+    if not reason and check is not None:
+        reason = check.review(received.params or {})
+    if reason:
+        print(f"{trainer.studio.name}: refusing the global model ({reason}); this round trains from the studio's "
+              "own D", flush=True)
+        return Received(trainer.shared_state())
+    return receive_global(trainer, received.params or {})
+
+
+def local_round(trainer: StudioTrainer, received: FLModel, ledger_path: Path | None = None,
+                check: GlobalCheck | None = None) -> FLModel:
+    """One federated round at a studio: load the global entries (``check``: the studio's GlobalCheck), train,
+    return the DIFF update + metrics.
 
     The result is the studio's own record (metrics included); ``releasable`` decides what of it is sent.
     Under DP a round the budget cannot pay for is not trained: the result is a budget notice.
@@ -201,16 +218,8 @@ def local_round(trainer: StudioTrainer, received: FLModel, ledger_path: Path | N
     own_space = studio_feature_space(trainer)  # refuse a global D trained on another encoder's features
     if federated:
         check_global_model(own_space, (received.meta or {}).get(FINGERPRINT_META_KEY))
-    took_shared_stages = None
-    if federated and (received.meta or {}).get(GLOBAL_REFUSED_META_KEY):
-        # The studio's HE decryptor refused the global (he_studio.GlobalCheck, reason in the site log): this
-        # round trains from the studio's own D, and the DIFF is taken from it.
-        baseline = trainer.shared_state()
-    elif federated:  # only what this studio shares is accepted; fedgai_struct: after the style guard
-        loaded = receive_global(trainer, received.params or {})
-        baseline, took_shared_stages = loaded.baseline, loaded.took_shared_stages
-    else:
-        baseline = {}
+    loaded = accept_global(trainer, received, check) if federated else Received({})
+    baseline, took_shared_stages = loaded.baseline, loaded.took_shared_stages
     started = time.perf_counter()
     try:
         update = studio_update(trainer, baseline if federated else None, tag=f" round {received.current_round}")
@@ -287,12 +296,14 @@ def save_round(trainer: StudioTrainer, rnd: int, metrics: Mapping[str, float]) -
 @dataclasses.dataclass
 class Studio:
     """What a studio process keeps from its first round to the last: trainer (with its data), metric writer,
-    the site's own DP ledger (None: the run's) and, under client-level DP, the noise the studio applies itself."""
+    the site's own DP ledger (None: the run's), under client-level DP the noise the studio applies itself, and
+    its check of every global it receives."""
 
     trainer: StudioTrainer
     writer: SummaryWriter | TensorBoardWriter
     ledger: Path | None
     client_dp: StudioClientDP | None = None
+    global_check: GlobalCheck = dataclasses.field(default_factory=GlobalCheck)
 
 
 def open_studio(received: FLModel, site: str, studio_dir: Path, args: argparse.Namespace,
@@ -322,7 +333,7 @@ def studio_round(studio: Studio | None, received: FLModel, site: str, studio_dir
     if studio is None:
         studio = open_studio(received, site, studio_dir, args, paths)
         setup_seconds = time.perf_counter() - started
-    result = local_round(studio.trainer, received, studio.ledger)
+    result = local_round(studio.trainer, received, studio.ledger, studio.global_check)
     save_round(studio.trainer, received.current_round, result.metrics)
     # All the studio's own work this round (set-up, training, outputs), in wall and in this process's CPU
     # seconds: the rest of a round is NVFlare's (benchmarks/federation.py). The wait for a slot is neither.

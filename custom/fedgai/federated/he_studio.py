@@ -7,15 +7,15 @@ context.
 Why the studio checks the global: each studio multiplies its own update by its own pair count before
 encrypting, and the server cannot look inside a ciphertext, so one studio can put 1e9 x its update (or 1e12,
 which also corrupts every other slot through CKKS precision) into the aggregate. Only the studios can see the
-result: ``GlobalCheck`` refuses a decrypted global that is not finite or that moved further from the last one
-than the recent rounds' changes allow; the studio then keeps its own D for that round (client.py).
+result: ``GlobalCheck`` (global_check.py) refuses a decrypted global that is not finite or that moved too far;
+the studio then keeps its own D for that round. The studio's script checks every global again with its own
+GlobalCheck (client.py), so the check holds where a job leaves this filter out.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from nvflare.app_opt.he.model_encryptor import HEModelEncryptor
 
 from fedgai.config import FedgaiConfig
 from fedgai.federated.controller import initial_global
+from fedgai.federated.global_check import GlobalCheck
 from fedgai.federated.he_keys import CLIENT_CONTEXT, layout_of, restore_layout
 from fedgai.federated.he_wire import decrypt_packed, encrypt_packed
 from fedgai.privacy.mechanism import UnsafeUpdateError
@@ -39,47 +40,6 @@ from fedgai.wire import GLOBAL_REFUSED_META_KEY, LAYOUT_META_KEY
 # DXO meta key (decryptor -> client script): why the studio refused the decrypted global; absent when loaded.
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class GlobalCheck:
-    """A studio's check of each decrypted global before it loads it, against the last global it accepted.
-
-    Refused: any non-finite value; a change (L2 over all shared entries) larger than ``factor`` x the largest
-    of the last ``history`` accepted changes, or, before any change was seen, larger than ``first_factor`` x
-    the last global's own norm. The bounds are loose on purpose (an honest round moves D by about as much as
-    the previous one; the first round can move it by about its own norm): they stop a scaled or corrupted
-    aggregate, not a small poisoned step inside them. A refused global does not become the reference.
-    """
-
-    factor: float = 10.0
-    history: int = 3
-    first_factor: float = 10.0
-    last: dict[str, np.ndarray] | None = None
-    changes: list[float] = field(default_factory=list)
-
-    def review(self, params: Mapping[str, np.ndarray]) -> str | None:
-        """Why ``params`` must not be loaded, or None (then it is the new reference)."""
-        nonfinite = sorted(key for key, value in params.items() if not np.isfinite(value).all())
-        if nonfinite:
-            return f"{len(nonfinite)} entries hold non-finite values: {nonfinite[:3]}"
-        if self.last is not None and set(self.last) == set(params):
-            change = float(np.sqrt(sum(np.sum((np.asarray(params[k], np.float64) - self.last[k]) ** 2)
-                                       for k in params)))
-            bound, basis = self.bound()
-            if change > bound:
-                return f"it moved by {change:.3g} since the last global, more than the bound {bound:.3g} ({basis})"
-            self.changes = [*self.changes, change][-self.history:]
-        self.last = {key: np.array(value, dtype=np.float64) for key, value in params.items()}
-        return None
-
-    def bound(self) -> tuple[float, str]:
-        """The largest change accepted now, and what it is derived from."""
-        if self.changes:
-            return self.factor * max(self.changes), (f"{self.factor:g} x the largest of the last "
-                                                     f"{len(self.changes)} changes")
-        norm = float(np.sqrt(sum(np.sum(value ** 2) for value in (self.last or {}).values())))
-        return self.first_factor * norm, f"{self.first_factor:g} x the last global's norm, before any change was seen"
 
 
 def encrypt_entries(context: ts.Context, params: Mapping[str, Any], weight: float) -> dict[str, bytes]:

@@ -21,6 +21,7 @@ import ctypes.util
 import fcntl
 import functools
 import gc
+import math
 import os
 import time
 import uuid
@@ -99,18 +100,29 @@ def _take_slot(folder: Path, count: int, work: float) -> Iterator[int]:
         ticket.unlink(missing_ok=True)
 
 
-def _queue_rank(queue: Path, ticket: Path) -> int:
-    """How many live waiting studios go before ``ticket``: more work first, then the lower process id. A ticket
-    whose process is gone is removed."""
-    def key(path: Path) -> tuple[float, int, str]:
-        pid, token, work = path.name.split("_")
-        return -float(work), int(pid), token
+def ticket_key(path: Path) -> tuple[float, int, str] | None:
+    """A ticket's place in the queue (more work first, then the lower process id), or None for anything in the
+    queue folder that is not a ticket (a stray or malformed file, a folder): it must not stop the queue."""
+    parts = path.name.split("_")
+    if len(parts) != 3 or not parts[0].isdigit() or not path.is_file():
+        return None
+    pid, token, work = parts
+    try:
+        amount = float(work)
+    except ValueError:
+        return None
+    return None if math.isnan(amount) else (-amount, int(pid), token)
 
-    mine = key(ticket)
+
+def _queue_rank(queue: Path, ticket: Path) -> int:
+    """How many live waiting studios go before ``ticket``. A ticket whose process is gone is removed; anything
+    that is not a ticket is ignored."""
+    mine = ticket_key(ticket)
     ahead = 0
     for other in queue.iterdir():
-        if other != ticket and key(other) < mine:
-            if _alive(key(other)[1]):
+        key = ticket_key(other)
+        if other != ticket and key is not None and key < mine:
+            if _alive(key[1]):
                 ahead += 1
             else:
                 other.unlink(missing_ok=True)
