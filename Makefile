@@ -23,6 +23,7 @@ demo: install
 	$(BIN)/fedgai simulate --studios $(STUDIOS) --workspace $(WORKSPACE)
 	$(BIN)/fedgai evaluate $(WORKSPACE) --out $(WORKSPACE)/evaluation
 	@echo "report (galleries, scores, bytes per round): $(abspath $(WORKSPACE))/evaluation/report.html"
+	@echo "studio page for a designer (any studio-NN): $(BIN)/fedgai studio --model $(WORKSPACE)/studios/studio-01, then open http://127.0.0.1:8765/"
 
 ## one studio, local training only
 local-demo: install

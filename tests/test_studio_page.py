@@ -9,14 +9,18 @@ docs/img/studio-page-*.png were made).
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +124,14 @@ def test_other_hosts_need_the_token(trained):
     assert stranger.get("/api/info", headers={"authorization": "Bearer s3cret-token"}).status_code == 200
 
 
+def test_the_page_answers_while_the_model_is_busy(client):
+    """Only sketching takes the model's lock: settings and results still load while a batch is being drawn."""
+    page = client.app.state.page
+    with page.model.lock:
+        assert client.get("/api/info").status_code == 200 and client.get("/api/joining").status_code == 200
+        assert client.get("/").status_code == 200
+
+
 def test_uploads_must_come_from_the_page(client, photo):
     assert client.post("/api/sketches", content=photo.read_bytes()).status_code == 403
 
@@ -192,10 +204,11 @@ def test_uploaded_names_never_become_paths_and_nothing_is_written(client, photo,
     assert {folder: tree(folder) for folder in before} == before
 
 
-def test_what_joining_gave_shows_the_evaluation_and_rounds(trained, tmp_path):
-    import json
-
-    workspace = tmp_path / "ws"
+@pytest.fixture(scope="module")
+def workspace(trained, tmp_path_factory) -> Path:
+    """The trained run as studio-01 of a simulator workspace: two federated rounds of five (the studio's
+    records and the server's summaries; its first update dropped) and an evaluation against training alone."""
+    workspace = tmp_path_factory.mktemp("workspace")
     run = workspace / "studios" / "studio-01"
     shutil.copytree(trained["run"], run)
     (run / "metrics.jsonl").write_text("".join(json.dumps({"round": r, "loss_g": 1.0}) + "\n" for r in range(2)))
@@ -206,16 +219,21 @@ def test_what_joining_gave_shows_the_evaluation_and_rounds(trained, tmp_path):
                    "contributions": {"studio-01": {"accepted": rnd == 1}}}
         (summaries / f"round-{rnd:03d}.json").write_text(json.dumps(summary))
     studio = json.loads((run / "metadata.json").read_text())["studio"]
-    rows = [{"run": run_label, "studio": studio, "site": "studio-01", "metrics": {"FD-EffNetLite0": fd, "SSIM": 0.5}}
-            for run_label, fd in (("local-only", 100.0), ("fedgai", 90.0))]
+    rows = [{"run": label, "studio": studio, "site": "studio-01", "metrics": {"FD-EffNetLite0": fd, "SSIM": ssim}}
+            for label, fd, ssim in (("local-only", 100.0, 0.5), ("fedgai", 90.0, 0.45))]
     (workspace / "evaluation").mkdir()
     (workspace / "evaluation" / "metrics.json").write_text(json.dumps({"results": rows, "metrics": {}}))
     (workspace / "evaluation" / "report.html").write_text("<html><body>report</body></html>")
-    client = client_for(run)
+    return workspace
+
+
+def test_what_joining_gave_shows_the_evaluation_and_rounds(workspace):
+    client = client_for(workspace / "studios" / "studio-01")
     joining = client.get("/api/joining").json()
     assert [r["run"] for r in joining["evaluation"]["rows"]] == ["local-only", "fedgai"]
-    fd = joining["evaluation"]["gains"][0]["changes"][0]
+    fd, ssim = joining["evaluation"]["gains"][0]["changes"][:2]
     assert fd == {"name": "FD", "percent": -10.0, "better": True}
+    assert ssim == {"name": "SSIM", "percent": -10.0, "better": False}
     assert joining["rounds"]["done"] == 2 and joining["rounds"]["total"] == 5
     assert [r["accepted"] for r in joining["rounds"]["records"]] == [False, True]
     assert client.get("/evaluation/report").text.startswith("<html>")
@@ -229,11 +247,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(trained):
-    """`fedgai studio` as a designer starts it, in its own process; yields the URL it printed."""
+def served(trained, workspace):
+    """`fedgai studio` as a designer starts it, in its own process, on studio-01 of the workspace; yields the
+    URL it printed."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "fedgai.cli", "studio", "--model", str(trained["run"]), "--styles",
-               str(trained["styles"]), "--port", str(free_port()), "--device", "cpu"]
+    command = [sys.executable, "-m", "fedgai.cli", "studio", "--model", str(workspace / "studios" / "studio-01"),
+               "--styles", str(trained["styles"]), "--port", str(free_port()), "--device", "cpu"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url, lines = None, []
     deadline = time.monotonic() + 60
@@ -267,7 +286,7 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1280,1000"):
+                 "--window-size=1280,1500"):
         options.add_argument(flag)
     session = webdriver.Chrome(service=Service(driver), options=options)
     yield session
@@ -298,6 +317,9 @@ def test_the_page_in_a_real_browser(served, browser, photo, studios, tmp_path):
     wait.until(lambda b: b.execute_script("return document.body.dataset.ready") == "true")
     assert "public_styles" in browser.find_element(By.ID, "blend-note").text
     assert browser.find_element(By.ID, "blend-controls").is_displayed()
+    joining = browser.find_element(By.ID, "joining-section").text
+    assert "fedgai compared with training alone (local-only)" in joining and "FD: -10 % (better)" in joining
+    assert "round 2 of 5 done" in joining
 
     browser.find_element(By.ID, "files").send_keys(str(photo))
     sketch = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, ".card img.sketch[data-full='true']"))
@@ -327,3 +349,34 @@ def test_the_page_in_a_real_browser(served, browser, photo, studios, tmp_path):
     wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, ".card img.sketch[data-full='true']")) == 2)
     shoot(browser, tmp_path, "studio-page-error.png")
     assert tree(studios[0]) == data_before
+
+
+@contextmanager
+def page_in_thread(client: TestClient) -> Iterator[str]:
+    """A test client's app served by uvicorn in this process (a second page without a second start-up)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(client.app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}/"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_the_page_says_plainly_when_the_generator_does_not_follow_shared_styles(trained, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with page_in_thread(client_for(trained["plain"], trained["styles"])) as url:
+        browser.get(url)
+        WebDriverWait(browser, 30).until(lambda b: b.execute_script("return document.body.dataset.ready") == "true")
+        note = browser.find_element(By.ID, "blend-note").text
+        assert "does not follow shared styles" in note and "train.public_styles" in note
+        assert not browser.find_element(By.ID, "blend-controls").is_displayed()
+        assert not browser.find_element(By.ID, "alpha").is_displayed()
+        shoot(browser, tmp_path, "studio-page-no-blend.png")

@@ -220,6 +220,7 @@ def has_token(request: Request, token: str) -> bool:
 def create_app(page: Page, token: str | None = None, allowed_hosts: list[str] | None = None) -> FastAPI:
     """The page's app. `allowed_hosts`: the Host names it answers (LOCAL_NAMES on loopback), None = any."""
     app = FastAPI(title="fedgai studio page", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.page = page
     app.middleware("http")(guard(token))
     if allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
@@ -292,7 +293,7 @@ def serve(settings: PageSettings) -> None:
 
     page = Page.open(settings)
     token = access_token(settings.host)
-    app = create_app(page, token, None if token else [*LOCAL_NAMES, settings.host])
+    app = create_app(page, token, None if token else [*LOCAL_NAMES, settings.host, f"[{settings.host}]"])
     print(f"studio page for {page.model.describe()}")
     print(f"open {page_url(settings.host, settings.port, token)}")
     if token:

@@ -63,15 +63,13 @@ def evaluation_view(folder: Path | None, studio: str, site: str) -> dict[str, An
     if path is None or not path.is_file():
         return {"note": "No evaluation yet. Run `fedgai evaluate RUN_DIR --out RUN_DIR/evaluation` (make demo does) "
                         "to see how your generator scores on your own held-out pairs."}
-    from fedgai.evaluation.report import TABLE_COLUMNS, fmt  # matplotlib: only when there is something to show
+    from fedgai.evaluation.report import METRICS, TABLE_COLUMNS, fmt  # matplotlib: only when there is one
 
     data = json.loads(path.read_text())
     rows = [r for r in data.get("results", []) if r.get("studio") == studio or r.get("site") == site]
     if not rows:
         return {"note": f"The evaluation in {folder} has no results for this studio ({studio or site})."}
-    meanings = data.get("metrics", {})
-    columns = [{"name": name, "better": meanings.get(key, {}).get("better", ""),
-                "meaning": meanings.get(key, {}).get("meaning", key)} for name, key, _ in TABLE_COLUMNS]
+    columns = [{"name": name, "better": METRICS[key][1], "meaning": METRICS[key][0]} for name, key, _ in TABLE_COLUMNS]
     table = [{"run": r["run"], "values": [fmt(r["metrics"].get(key), pattern) for _, key, pattern in TABLE_COLUMNS]}
              for r in rows]
     written = datetime.fromtimestamp(path.stat().st_mtime, UTC).strftime("%Y-%m-%d %H:%M UTC")
