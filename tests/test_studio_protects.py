@@ -210,15 +210,16 @@ def test_a_record_level_site_is_not_switched_off_dp_sgd_by_a_client_level_job():
 @pytest.mark.parametrize(("setting", "reason"), [
     ({"privacy.stats_noise_multiplier": 1.0}, "stats_noise_multiplier 1.0 < the site's minimum 5.0"),
     ({"privacy.stats_clip_norm": 500.0}, "stats_clip_norm 500.0 > the site's maximum 64.0"),
+    ({"privacy.record_trainable": "all"}, "privacy.record_trainable 'all' is not among the site's style_head"),
 ])
-def test_the_policys_minimum_noise_covers_the_released_sketch_statistics(setting, reason):
+def test_the_policy_covers_the_released_sketch_statistics_and_what_dp_sgd_trains(setting, reason):
     cfg = profile("test").with_overrides({"privacy.dp": "record", "privacy.noise_multiplier": 1.0, **setting})
     with pytest.raises(SitePolicyError, match=re.escape(reason)):
-        site_config(cfg, SitePolicy(min_dp="record"))
+        site_config(cfg, SitePolicy(min_dp="record", allowed_record_trainable=("style_head",)))
 
 
 def test_the_policy_file_round_trips_its_modes(tmp_path):
-    policy = SitePolicy(allowed_modes=("fedgai", "fedgai_struct"))
+    policy = SitePolicy(allowed_modes=("fedgai", "fedgai_struct"), allowed_record_trainable=["style_head"])
     write_site_policy(tmp_path, policy)
     assert load_site_policy(tmp_path) == policy
     with pytest.raises(SitePolicyError, match="allowed_modes"):

@@ -22,9 +22,11 @@ from typing import Any, Literal
 EncoderName = Literal["auto", "vgg16", "efficientnet-lite0", "random"]
 FedMode = Literal["fedgai", "local", "fedavg_full", "fedavg_bn", "fedbn", "fedgai_struct", "fedgai_ditto"]
 DpMode = Literal["none", "client", "record"]
+RecordTrainable = Literal["all", "style_head"]
 ENCODERS: tuple[str, ...] = typing.get_args(EncoderName)
 FED_MODES: tuple[str, ...] = typing.get_args(FedMode)
 DP_MODES: tuple[str, ...] = typing.get_args(DpMode)
+RECORD_TRAINABLE: tuple[str, ...] = typing.get_args(RecordTrainable)
 
 
 # The aggregators' robustness rule, here (not in federated/aggregation.py, which applies it) so that the config
@@ -267,7 +269,7 @@ class PrivacyConfig:
     # Record-level DP only: which parameters DP-SGD trains and noises; the rest stay at their start (the prior,
     # train.prior). "all", or "style_head" (G's last decoder block, upsampling stages and output head; D's heads:
     # privacy/record.py TRAINABLE). The noise's norm grows with the square root of the noised parameters.
-    record_trainable: Literal["all", "style_head"] = "all"
+    record_trainable: RecordTrainable = "all"
 
     @property
     def planned(self) -> bool:
@@ -280,7 +282,7 @@ class PrivacyConfig:
 
     def validate(self) -> None:
         _choice("privacy.dp", self.dp, DP_MODES)
-        _choice("privacy.record_trainable", self.record_trainable, ("all", "style_head"))
+        _choice("privacy.record_trainable", self.record_trainable, RECORD_TRAINABLE)
         _positive("privacy.plan_max_batch", self.plan_max_batch)
         _positive("privacy.plan_min_steps", self.plan_min_steps)
         if self.plan is True and self.dp == "record" and self.target_epsilon is None:

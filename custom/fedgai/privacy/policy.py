@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedgai.config import DP_MODES, FedgaiConfig, PrivacyConfig
+from fedgai.config import DP_MODES, RECORD_TRAINABLE, FedgaiConfig, PrivacyConfig
 from fedgai.modes import D_ONLY_MODES, MODES, protection_problem
 
 POLICY_FILE = "fedgai_privacy.json"
@@ -54,6 +54,8 @@ class SitePolicy:
     # Record-level DP's one release of the AdaIN_SD sketch statistics (privacy.stats_*): its own minimum noise.
     min_stats_noise_multiplier: float = 5.0
     max_stats_clip_norm: float = 64.0
+    # Which parameters record-level DP-SGD may train (privacy.record_trainable): the site's choice, not the job's.
+    allowed_record_trainable: tuple[str, ...] = RECORD_TRAINABLE
 
     def __post_init__(self) -> None:
         if self.min_dp not in DP_MODES:
@@ -62,6 +64,12 @@ class SitePolicy:
         if isinstance(modes, str) or not isinstance(modes, list | tuple) or not set(modes) <= set(MODES):
             raise SitePolicyError(f"site policy: allowed_modes must be a list of {', '.join(MODES)}, got {modes!r}")
         object.__setattr__(self, "allowed_modes", tuple(modes))  # JSON gives a list; the policy is frozen
+        trainable = self.allowed_record_trainable
+        if isinstance(trainable, str) or not isinstance(trainable, list | tuple) or not set(trainable) <= set(
+                RECORD_TRAINABLE):
+            raise SitePolicyError(f"site policy: allowed_record_trainable must be a list of "
+                                  f"{', '.join(RECORD_TRAINABLE)}, got {trainable!r}")
+        object.__setattr__(self, "allowed_record_trainable", tuple(trainable))
         for name in ("min_noise_multiplier", "max_clip_norm", "max_delta", "epsilon_budget",
                      "min_stats_noise_multiplier", "max_stats_clip_norm"):
             value = getattr(self, name)
@@ -97,8 +105,12 @@ class SitePolicy:
         return "; ".join(problems) or None
 
     def _stats_problems(self, privacy: PrivacyConfig) -> list[str]:
-        """Record-level DP's release of the sketch statistics, against the site's minimum for it."""
+        """Record-level DP's own settings (what DP-SGD trains, the release of the sketch statistics) against the
+        site's."""
         problems = []
+        if privacy.record_trainable not in self.allowed_record_trainable:
+            problems.append(f"privacy.record_trainable {privacy.record_trainable!r} is not among the site's "
+                            f"{', '.join(self.allowed_record_trainable)}")
         if privacy.stats_noise_multiplier < self.min_stats_noise_multiplier:
             problems.append(f"privacy.stats_noise_multiplier {privacy.stats_noise_multiplier} < the site's minimum "
                             f"{self.min_stats_noise_multiplier}")
@@ -140,7 +152,8 @@ class SitePolicy:
         return Path(workspace_root) / self.ledger_dir / LEDGER_FILE
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": POLICY_FORMAT, **dataclasses.asdict(self), "allowed_modes": list(self.allowed_modes)}
+        return {"format": POLICY_FORMAT, **dataclasses.asdict(self), "allowed_modes": list(self.allowed_modes),
+                "allowed_record_trainable": list(self.allowed_record_trainable)}
 
 
 def studio_config(cfg: FedgaiConfig, policy: SitePolicy | None) -> FedgaiConfig:
