@@ -106,6 +106,14 @@ def test_listens_on_this_machine_only_unless_told_and_then_with_a_token():
     assert first and second and first != second and len(first) >= 32
 
 
+def test_the_command_has_help_and_refuses_a_missing_styles_folder(trained, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["studio", "--help"])
+    assert exit_info.value.code == 0 and "127.0.0.1" in capsys.readouterr().out
+    assert main(["studio", "--model", str(trained["run"]), "--styles", str(tmp_path / "none")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
 def test_on_loopback_only_this_machines_names_are_answered(client):
     assert client.get("/api/info").status_code == 200
     assert client.get("/api/info", headers={"host": "attacker.example"}).status_code == 400  # DNS rebinding
