@@ -33,8 +33,8 @@ from fedgai.studio_page.uploads import (
     KEEP_PHOTOS,
     KEEP_SKETCHES,
     Memory,
+    PageError,
     Photo,
-    UploadError,
     decode_upload,
     new_id,
     too_big,
@@ -114,7 +114,7 @@ class Page:
     def photo(self, photo_id: str) -> Photo:
         photo = self.photos.get(photo_id)
         if photo is None:
-            raise UploadError(f"this photo is no longer held by the page (it keeps the last {KEEP_PHOTOS}): drop it "
+            raise PageError(f"this photo is no longer held by the page (it keeps the last {KEEP_PHOTOS}): drop it "
                               "again", status=404)
         return photo
 
@@ -123,9 +123,9 @@ class Page:
         if index == OWN_STYLE or alpha == 0:
             return None
         if not self.model.blend_support().available:
-            raise UploadError(self.model.blend_support().reason, status=409)
+            raise PageError(self.model.blend_support().reason, status=409)
         if not 0 <= index < len(self.styles) or self.styles[index].style is None:
-            raise UploadError(f"no usable shared style number {index}", status=404)
+            raise PageError(f"no usable shared style number {index}", status=404)
         return self.styles[index]
 
     def render(self, photo_id: str, index: int, alpha: float, size: int | None) -> bytes:
@@ -226,8 +226,8 @@ def create_app(page: Page, token: str | None = None, allowed_hosts: list[str] | 
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.exception_handler(UploadError)
-    async def refused(_: Request, err: UploadError) -> JSONResponse:
+    @app.exception_handler(PageError)
+    async def refused(_: Request, err: PageError) -> JSONResponse:
         return JSONResponse({"error": str(err)}, status_code=err.status)
 
     @app.get("/", include_in_schema=False)
@@ -246,7 +246,7 @@ def create_app(page: Page, token: str | None = None, allowed_hosts: list[str] | 
     def report() -> Response:
         path = page.places.evaluation / REPORT_HTML if page.places.evaluation is not None else None
         if path is None or not path.is_file():
-            raise UploadError("no evaluation report next to this model", status=404)
+            raise PageError("no evaluation report next to this model", status=404)
         return FileResponse(path, media_type="text/html", headers={"Content-Security-Policy": REPORT_CSP})
 
     @app.post("/api/sketches")

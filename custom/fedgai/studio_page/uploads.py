@@ -27,8 +27,9 @@ NAME_CHARS = 80
 K, V = TypeVar("K"), TypeVar("V")
 
 
-class UploadError(ValueError):
-    """An upload the page refuses; the message is shown to the designer as is."""
+class PageError(ValueError):
+    """A request the page refuses (an upload, a photo it no longer holds, a blend it cannot do); the message is
+    shown to the designer as is."""
 
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
@@ -61,16 +62,16 @@ def download_name(name: str) -> str:
         return "photo-sketch.png"
 
 
-def too_big(size: int, max_bytes: int, name: str) -> UploadError:
-    return UploadError(f"{display_name(name)}: {size / 1e6:.1f} MB is more than this page takes "
+def too_big(size: int, max_bytes: int, name: str) -> PageError:
+    return PageError(f"{display_name(name)}: {size / 1e6:.1f} MB is more than this page takes "
                        f"({max_bytes / 1e6:g} MB); downscale it first", status=413)
 
 
 def decode_upload(data: bytes, name: str, max_pixels: int, size: int | None) -> Photo:
-    """The upload as an upright RGB photo at its sketch's size; UploadError says what is wrong with it."""
+    """The upload as an upright RGB photo at its sketch's size; PageError says what is wrong with it."""
     label = display_name(name)
     if not data:
-        raise UploadError(f"{label}: the file is empty")
+        raise PageError(f"{label}: the file is empty")
     try:
         with Image.open(io.BytesIO(data)) as header:
             problem = pixel_problem(header, label, max_pixels)
@@ -79,10 +80,10 @@ def decode_upload(data: bytes, name: str, max_pixels: int, size: int | None) -> 
     except DECODE_ERRORS:  # not an image: read_photo below says so
         problem = None
     if problem:
-        raise UploadError(problem, status=413)
+        raise PageError(problem, status=413)
     photo = read_photo(io.BytesIO(data))  # type: ignore[arg-type]  # Pillow opens a path or a file object
     if photo is None:
-        raise UploadError(f"{label}: not an image this page can read (a photo as PNG, JPEG or WebP), or the file "
+        raise PageError(f"{label}: not an image this page can read (a photo as PNG, JPEG or WebP), or the file "
                           "is broken", status=415)
     width, height = output_size(*photo.size, size)
     if photo.size != (width, height):
