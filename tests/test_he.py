@@ -51,6 +51,7 @@ from fedgai.federated.he_server import (
     DiscriminatorPersistor,
     FeatureSpaceHEAggregator,
     FedgaiHEShareableGenerator,
+    HESettingsRefused,
     PlaintextUpdate,
     ResumableScatterAndGather,
     ResumeRefused,
@@ -359,10 +360,33 @@ def test_round_zero_majority_feature_space_is_adopted_sent_and_enforced(contexts
         guard.process(later, fl_ctx(rnd=1, run_root=tmp_path, persistor=persistor))
 
 
+def test_under_dp_the_he_server_weighs_every_studio_the_same_whatever_count_it_claims(contexts, global_d, tmp_path):
+    """Issue 24 §4: as the plain server does under DP (old code weighed the claimed counts, capped)."""
+    _, client_ctx = contexts
+    encryptor, config, persistor, ctx, guard, aggregator, diffs = three_studio_aggregation(client_ctx, global_d,
+                                                                                          tmp_path)
+    persistor.config = profile("test").with_overrides({"privacy.dp": "client", "privacy.noise_multiplier": 1.0}
+                                                      ).to_dict()
+    for site, count in (("studio-a", 1), ("studio-b", 1), ("studio-c", 40)):  # c claims 40 pairs under DP
+        assert aggregator.accept(guard.process(encrypted_update(encryptor, diffs[site], count, site), ctx), ctx)
+    aggregated = from_shareable(aggregator.aggregate(ctx)).data
+    for key, value in aggregated.items():
+        got = decrypt_packed(client_ctx, value.serialize(), global_d[key].size)
+        np.testing.assert_allclose(got, sum(d[key] for d in diffs.values()).ravel() / 3, atol=1e-5)
+
+
+def test_the_he_server_refuses_at_run_time_a_setting_it_cannot_honour(tmp_path):
+    """A job edited after build_he_job (its config asks for a norm bound again) stops with the reason."""
+    config = profile("test").with_overrides({"fed.max_update_norm": 10.0, "fed.norm_bound_factor": None}).to_dict()
+    persistor = DiscriminatorPersistor(config)
+    with pytest.raises(HESettingsRefused, match="fed.max_update_norm = 10 needs each update's norm"):
+        persistor.load_model(fl_ctx(run_root=tmp_path, persistor=persistor))
+
+
 # ----------------------------------------------------------------------------------------------- resume
 def test_restarted_he_server_continues_from_the_last_saved_round(contexts, global_d, tmp_path):
     server_ctx, client_ctx = contexts
-    config = profile("test").with_overrides({"fed.rounds": 3}).to_dict()
+    config = he_job_config(profile("test").with_overrides({"fed.rounds": 3})).to_dict()
     persistor = DiscriminatorPersistor(config)
     persistor.federation.feature_space = studio_space()
     persistor.federation.first_counts["studio-a"] = 8
@@ -392,20 +416,21 @@ def test_restarted_he_server_continues_from_the_last_saved_round(contexts, globa
 
 def test_he_server_refuses_another_jobs_state_and_never_starts_over(contexts, global_d, tmp_path):
     _, client_ctx = contexts
-    config = profile("test").with_overrides({"fed.rounds": 3}).to_dict()
+    config = he_job_config(profile("test").with_overrides({"fed.rounds": 3})).to_dict()
     persistor = DiscriminatorPersistor(config)
     encrypted = {k: ts.ckks_vector(client_ctx, v.ravel()).serialize() for k, v in global_d.items()}
     persistor.save_model(make_model_learnable(encrypted, {}), fl_ctx(rnd=0, run_root=tmp_path, persistor=persistor))
 
-    changed = profile("test").with_overrides({"fed.rounds": 3, "train.lr_d": 0.001}).to_dict()
+    changed = he_job_config(profile("test").with_overrides({"fed.rounds": 3, "train.lr_d": 0.001})).to_dict()
     other = DiscriminatorPersistor(changed)
     with pytest.raises(ResumeRefused, match=r"differs: .*train.lr_d: 0.0002 -> 0.001.*Set fed.resume to never"):
         other.load_model(fl_ctx(run_root=tmp_path, persistor=other, job=("job-2", "fedgai_he")))
-    same_job_only = DiscriminatorPersistor(profile("test").with_overrides(
-        {"fed.rounds": 3, "fed.resume": "same_job"}).to_dict())
+    same_job_only = DiscriminatorPersistor(he_job_config(profile("test").with_overrides(
+        {"fed.rounds": 3, "fed.resume": "same_job"})).to_dict())
     with pytest.raises(ResumeRefused, match="same_job continues only this job's own state"):
         same_job_only.load_model(fl_ctx(run_root=tmp_path, persistor=same_job_only, job=("job-2", "fedgai_he")))
-    fresh = DiscriminatorPersistor(profile("test").with_overrides({"fed.rounds": 3, "fed.resume": "never"}).to_dict())
+    fresh = DiscriminatorPersistor(he_job_config(profile("test").with_overrides({"fed.rounds": 3,
+                                                                                "fed.resume": "never"})).to_dict())
     start = fresh.load_model(fl_ctx(run_root=tmp_path, persistor=fresh, job=("job-2", "fedgai_he")))
     assert fresh.next_round == 0 and all(isinstance(v, np.ndarray) for v in start["weights"].values())
 

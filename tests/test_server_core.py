@@ -97,7 +97,7 @@ def test_a_job_cannot_choose_where_the_server_writes(test_cfg, tmp_path, checkpo
     ctrl.run()
     assert ctrl.sent == [] and "checkpoint_dir" in ctrl.panics[0]
 
-    persistor = DiscriminatorPersistor(test_cfg.to_dict(), checkpoint_dir=checkpoint_dir)
+    persistor = DiscriminatorPersistor(he_job_config(test_cfg).to_dict(), checkpoint_dir=checkpoint_dir)
     with pytest.raises(ResumeRefused, match="checkpoint_dir"):
         persistor.load_model(fl_ctx(run_root=tmp_path, persistor=persistor))
 

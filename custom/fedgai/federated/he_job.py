@@ -28,6 +28,7 @@ from fedgai.federated.he_server import (
     FeatureSpaceHEAggregator,
     FedgaiHEShareableGenerator,
     ResumableScatterAndGather,
+    he_refusals,
 )
 from fedgai.federated.he_studio import PackedHEModelEncryptor, ShapedHEModelDecryptor
 from fedgai.federated.he_wire import PackedCiphertextLoader
@@ -52,22 +53,6 @@ def he_job_config(cfg: FedgaiConfig) -> FedgaiConfig:
     data = cfg.to_dict()
     data["fed"].update(dict.fromkeys(HE_UNREADABLE_BOUNDS))
     return FedgaiConfig.from_dict(data)
-
-
-def he_refusals(cfg: FedgaiConfig) -> list[str]:
-    """The settings of ``cfg`` an HE server cannot honour, each with the reason (empty: none)."""
-    fed, unreadable = cfg.fed, "the server cannot read encrypted updates"
-    out = []
-    if fed.aggregator != "fedavg":
-        out.append(f"fed.aggregator = {fed.aggregator!r} needs every update's values coordinate by coordinate, and "
-                   f"{unreadable}; use fedavg (the weight caps still apply)")
-    if fed.max_update_norm is not None:
-        out.append(f"fed.max_update_norm = {fed.max_update_norm:g} needs each update's norm, and {unreadable}; "
-                   "set it to null")
-    if fed.norm_bound_factor is not None:
-        out.append(f"fed.norm_bound_factor = {fed.norm_bound_factor:g} clips updates to the round's median norm, "
-                   f"and {unreadable}; set it to null")
-    return out
 
 
 def build_he_job(

@@ -52,7 +52,7 @@ from nvflare.app_opt.he.model_shareable_generator import HEModelShareableGenerat
 
 from fedgai.config import FedgaiConfig
 from fedgai.federated import fingerprint as fp
-from fedgai.federated.aggregation import capped_weights, site_cap
+from fedgai.federated.aggregation import Weight, capped_weights, site_cap
 from fedgai.federated.controller import initial_global
 from fedgai.federated.he_keys import SERVER_CONTEXT, layout_of
 from fedgai.federated.he_wire import add_to_plain_global, packed_size
@@ -81,6 +81,26 @@ HE_STATE_FILE = "he_server_state.pt"
 
 class PlaintextUpdate(ValueError):
     """A studio's update reached the server not (only) as public CKKS ciphertexts, or its clear meta failed."""
+
+
+class HESettingsRefused(RuntimeError):
+    """The job's config asks for a defence an HE server cannot apply to updates it cannot read."""
+
+
+def he_refusals(cfg: FedgaiConfig) -> list[str]:
+    """The settings of ``cfg`` an HE server cannot honour, each with the reason (empty: none)."""
+    fed, unreadable = cfg.fed, "the server cannot read encrypted updates"
+    out = []
+    if fed.aggregator != "fedavg":
+        out.append(f"fed.aggregator = {fed.aggregator!r} needs every update's values coordinate by coordinate, and "
+                   f"{unreadable}; use fedavg (the weight caps still apply)")
+    if fed.max_update_norm is not None:
+        out.append(f"fed.max_update_norm = {fed.max_update_norm:g} needs each update's norm, and {unreadable}; "
+                   "set it to null")
+    if fed.norm_bound_factor is not None:
+        out.append(f"fed.norm_bound_factor = {fed.norm_bound_factor:g} clips updates to the round's median norm, "
+                   f"and {unreadable}; set it to null")
+    return out
 
 
 class ResumeRefused(RuntimeError):
@@ -124,6 +144,9 @@ class DiscriminatorPersistor(ModelPersistor):
 
     def load_model(self, fl_ctx: FLContext) -> ModelLearnable:
         cfg = FedgaiConfig.from_dict(self.config)
+        refusals = he_refusals(cfg)  # at run time too: a job edited after he_job.build_he_job must not run
+        if refusals:
+            raise HESettingsRefused("under HE these settings cannot be honoured: " + "; ".join(refusals))
         reference = initial_global(cfg)
         try:
             path = he_state_path(fl_ctx, self.checkpoint_dir)
@@ -326,7 +349,7 @@ class FeatureSpaceHEAggregator(HEInTimeAccumulateWeightedAggregator):
             self.log_warning(fl_ctx, f"dropping the update of {site}: {problem}")
             del dxos[site]
         counts = {site: int(dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND)) for site, dxo in dxos.items()}
-        weights = capped_weights(counts, cfg.fed, federation.first_counts)
+        weights = he_weights(counts, cfg, federation)
         for site, weight in weights.items():
             update_record(fl_ctx, site, round_of(pending[site]), weight=weight.value, weight_note=weight.note)
         total = sum(w.value for w in weights.values())  # 0 only when nothing is left to aggregate
@@ -340,6 +363,15 @@ class FeatureSpaceHEAggregator(HEInTimeAccumulateWeightedAggregator):
     def reset(self, fl_ctx: FLContext) -> None:
         super().reset(fl_ctx)
         self._pending = {}
+
+
+def he_weights(counts: Mapping[str, int], cfg: FedgaiConfig, federation: Federation) -> dict[str, Weight]:
+    """Each studio's weight, as the plain server weighs it (round.server_step): under DP every studio weighs the
+    same whatever count it claims (a count is not noised, so a DP studio sends 1 and the server trusts none);
+    otherwise the capped counts."""
+    if cfg.privacy.dp != "none":
+        return {site: Weight(1.0, "DP: equal weights") for site in counts}
+    return capped_weights(counts, cfg.fed, federation.first_counts)
 
 
 def weighted_sum(updates: Mapping[str, Mapping[str, Any]], factors: Mapping[str, float]) -> dict[str, Any]:
@@ -359,7 +391,7 @@ class ResumableScatterAndGather(ScatterAndGather):
     def start_controller(self, fl_ctx: FLContext) -> None:
         try:
             super().start_controller(fl_ctx)
-        except (ResumeRefused, PriorError) as err:  # PriorError: train.prior names no usable prior
+        except (ResumeRefused, HESettingsRefused, PriorError) as err:  # PriorError: no usable train.prior
             self.system_panic(str(err), fl_ctx)
             return
         resumed = getattr(self.persistor, "next_round", 0)
