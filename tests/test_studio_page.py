@@ -307,6 +307,16 @@ const ctx = c.getContext('2d'); ctx.drawImage(img, 0, 0);
 return Array.from(ctx.getImageData(0, 0, c.width, c.height).data.filter((_, i) => i % 4 === 0));"""
 
 
+DROP_JS = """const c = document.createElement('canvas'); c.width = 80; c.height = 60;
+const ctx = c.getContext('2d'); ctx.fillStyle = '#fff'; ctx.fillRect(0, 0, 80, 60);
+ctx.fillStyle = '#36c'; ctx.fillRect(25, 5, 30, 50);
+c.toBlob((blob) => {
+  const data = new DataTransfer();
+  data.items.add(new File([blob], 'dropped.png', {type: 'image/png'}));
+  document.getElementById('drop').dispatchEvent(new DragEvent('drop', {dataTransfer: data, bubbles: true}));
+});"""
+
+
 def shoot(browser, tmp_path: Path, name: str) -> None:
     browser.save_screenshot(str(tmp_path / name))
     if os.environ.get("FEDGAI_STUDIO_SCREENSHOTS"):
@@ -356,6 +366,10 @@ def test_the_page_in_a_real_browser(served, browser, photo, studios, tmp_path):
     assert "fabric-notes.jpg" in error.text and "not an image" in error.text
     wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, ".card img.sketch[data-full='true']")) == 2)
     shoot(browser, tmp_path, "studio-page-error.png")
+
+    browser.execute_script(DROP_JS)  # a photo dropped on the drop zone, as a file manager drops one
+    wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, ".card img.sketch[data-full='true']")) == 3)
+    assert browser.find_element(By.CSS_SELECTOR, ".card .meta").text.startswith("dropped.png")
     assert tree(studios[0]) == data_before
 
 
