@@ -64,7 +64,7 @@ class Recipe:
 
 
 PRIOR = Recipe(steps=1200, eval_every=0)
-FINETUNE = Recipe(steps=400)
+FINETUNE = Recipe(steps=300)
 
 
 @dataclass
@@ -269,9 +269,9 @@ def target_subset(studios, encoder, n: int, seed: int) -> StyleSet:
 
 
 def run_job(job: tuple) -> str:
-    """One (arm, seed) job: every n for that arm, scores written to OUT/ARM-seedS.json."""
-    arm, seed, data, out, threads, finetune = job
-    path = out / f"{arm}-seed{seed}.json"
+    """One (arm, seed, ns) job, scores written to OUT/ARM-seedS-nN.json (loso: one training serves every n)."""
+    arm, seed, ns, data, out, threads, finetune = job
+    path = out / f"{arm}-seed{seed}-n{'-'.join(map(str, ns))}.json"
     if path.is_file():
         return f"{path.name}: done before"
     torch.set_num_threads(threads)
@@ -283,7 +283,7 @@ def run_job(job: tuple) -> str:
     studios = load_all(data, encoder)
     scorer = Scorer(studios, TARGET)
     prior = torch.load(out / "prior.pt", weights_only=True)
-    subsets = {n: target_subset(studios, encoder, n, seed) for n in NS}
+    subsets = {n: target_subset(studios, encoder, n, seed) for n in ns}
     val = studios[TARGET]["val"]
     others = [sides["train"] for name, sides in studios.items() if name != TARGET]
     results, grids = {}, {}
@@ -300,8 +300,8 @@ def run_job(job: tuple) -> str:
     if arm == "loso":
         gen, critic = fresh()
         states = train(gen, critic, encoder, others, finetune, seed,
-                       {str(n): criterion(subsets[n].stats) for n in NS})
-    for n in NS:
+                       {str(n): criterion(subsets[n].stats) for n in ns})
+    for n in ns:
         gen, critic = fresh()
         if arm == "local":
             gen.load_state_dict(train(gen, critic, encoder, [subsets[n]], replace(finetune, freeze_d=2), seed,
@@ -314,7 +314,7 @@ def run_job(job: tuple) -> str:
         fakes = draw(gen, studios[TARGET]["test"], subsets[n].stats)
         results[str(n)] = scorer.test(fakes)
         grids[n] = fakes[:8]
-    save_grid(out / f"{arm}-seed{seed}.png", studios[TARGET]["test"], grids)
+    save_grid(path.with_suffix(".png"), studios[TARGET]["test"], grids)
     path.write_text(json.dumps({"arm": arm, "seed": seed, "target": TARGET, "scores": results,
                                 "recipe": finetune.__dict__,
                                 "seconds": time.perf_counter() - started}, indent=2) + "\n")
@@ -373,6 +373,15 @@ def report(out: Path) -> str:
     return "\n".join(lines)
 
 
+def plan(arms: list[str], seeds: list[int]) -> list[tuple[str, int, tuple[int, ...]]]:
+    """(arm, seed, ns) jobs, the kill rule's n first: loso trains once for every n, the other arms once per n."""
+    def per_n(ns: list[int]) -> list[tuple[str, int, tuple[int, ...]]]:
+        return [(arm, seed, (n,)) for n in ns for seed in seeds for arm in arms if arm != "loso"]
+
+    loso = [("loso", seed, NS) for seed in seeds if "loso" in arms]
+    return per_n([KILL_N]) + loso + per_n([n for n in NS if n != KILL_N])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="demo studios (fedgai data demo --seed 15)")
@@ -392,7 +401,8 @@ def main() -> None:
         build_prior(args.out, args.prior_styles, args.prior_per_style, replace(PRIOR, steps=args.prior_steps))
         threads = max(1, (os.cpu_count() or 1) // args.workers)
         finetune = replace(FINETUNE, steps=args.steps, eval_every=min(FINETUNE.eval_every, args.steps))
-        jobs = [(arm, seed, args.data, args.out, threads, finetune) for seed in args.seeds for arm in args.arms]
+        jobs = [(arm, seed, ns, args.data, args.out, threads, finetune)
+                for arm, seed, ns in plan(args.arms, args.seeds)]
         with ProcessPoolExecutor(args.workers, mp_context=torch.multiprocessing.get_context("spawn")) as pool:
             for message in pool.map(run_job, jobs):
                 print(message, flush=True)
