@@ -43,7 +43,7 @@ from fedgai.privacy.mechanism import UnsafeUpdateError, update_norm
 from fedgai.privacy.policy import SitePolicy, SitePolicyError, load_site_policy, write_site_policy
 from fedgai.sharing import NORM_NAME_PATTERN, norm_keys
 from fedgai.trainer import StudioTrainer
-from fedgai.wire import CONFIG_META_KEY, DP_EPSILON_META_KEY, DP_NOISE_META_KEY
+from fedgai.wire import BUDGET_EXHAUSTED_KEY, CONFIG_META_KEY, DP_EPSILON_META_KEY, DP_NOISE_META_KEY
 
 NUM_STEPS = FLMetaKey.NUM_STEPS_CURRENT_ROUND
 DELTA = 1e-5
@@ -105,6 +105,16 @@ def test_client_dp_sends_this_jobs_epsilon_not_the_sites_total(dp_round, tmp_pat
     one_round = compute_epsilon([Step(client_level_noise(4.0), 1.0, 1)], DELTA)
     assert sent.meta[DP_EPSILON_META_KEY] == pytest.approx(one_round)
     assert PrivacyLedger(ledger).epsilon(DELTA) > 2 * one_round
+
+
+def test_a_budget_spent_by_another_job_since_the_check_turns_the_release_into_a_notice(dp_round, tmp_path):
+    cfg, result = dp_round
+    ledger = tmp_path / "ledger.json"
+    PrivacyLedger(ledger).record(client_level_noise(4.0), 1.0, count=2000)  # another job, in the meantime
+    sent = releasable(result, cfg, StudioClientDP(cfg.privacy, ledger))
+    assert sent.params is None and sent.metrics == {} and sent.meta[BUDGET_EXHAUSTED_KEY] is True
+    assert sent.meta[DP_EPSILON_META_KEY] == 0.0  # this job released nothing
+    assert PrivacyLedger(ledger).steps == (Step(client_level_noise(4.0), 1.0, 2000),)  # nothing charged
 
 
 # ----------------------------------------------------------------------------------------------- §1 encryption

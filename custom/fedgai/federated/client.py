@@ -172,19 +172,20 @@ def releasable(result: FLModel, cfg: FedgaiConfig, client_dp: StudioClientDP | N
     ledger), never as trained. A round the budget cannot pay for becomes a budget notice."""
     dp = dp_enabled(cfg)
     meta, _ = release_meta(dict(result.meta or {}), dp)
-    if result.params is None:  # a notice: an empty METRICS result (the DP filter forwards only flagged ones)
-        return FLModel(metrics={} if dp else result.metrics, meta=meta, current_round=result.current_round)
     params = result.params
-    if cfg.privacy.dp == "client":
+    if params is not None and cfg.privacy.dp == "client":
         if client_dp is None:
             raise UnsafeUpdateError("client-level DP: the studio has no noise of its own to apply; nothing leaves")
         try:
             params, noise_meta = client_dp.release(params)
-        except PrivacyBudgetExceeded as err:
+            meta.update(noise_meta)
+        except PrivacyBudgetExceeded as err:  # another job spent the budget since this round was checked
             print(f"privacy budget exhausted at release ({err}); this studio stops contributing", flush=True)
-            return FLModel(metrics={}, meta={BUDGET_EXHAUSTED_KEY: True, **release_meta({}, True)[0],
-                                             DP_EPSILON_META_KEY: client_dp.job_epsilon()})
-        meta.update(noise_meta)
+            params, meta[BUDGET_EXHAUSTED_KEY] = None, True
+    if params is None:  # a notice: an empty METRICS result with the budget flag and this job's epsilon
+        if client_dp is not None:
+            meta[DP_EPSILON_META_KEY] = client_dp.job_epsilon()
+        return FLModel(metrics={} if dp else result.metrics, meta=meta, current_round=result.current_round)
     return FLModel(params=params, params_type=result.params_type, metrics=None if dp else result.metrics,
                    meta=meta, current_round=result.current_round)
 

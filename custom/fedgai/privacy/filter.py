@@ -205,7 +205,7 @@ class GaussianDPFilter(DXOFilter):
             fl_ctx,
             f"studio's privacy budget is exhausted; forwarding a notice without metrics (dropped: {sorted(dxo.data)})",
         )
-        meta = {**dxo.meta, **self._dp_meta(ledger.epsilon(self.delta))}
+        meta = {**self._dp_meta(ledger.epsilon(self.delta)), **dxo.meta}  # the studio's own (this job's) epsilon wins
         return DXO(DataKind.METRICS, data={}, meta=meta)
 
     def _dp_meta(self, epsilon: float) -> dict[str, float]:
