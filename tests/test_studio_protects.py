@@ -40,7 +40,7 @@ from fedgai.privacy import GaussianDPFilter, PrivacyLedger, Step, compute_epsilo
 from fedgai.privacy.accountant import client_level_noise
 from fedgai.privacy.client_level import StudioClientDP
 from fedgai.privacy.mechanism import UnsafeUpdateError, update_norm
-from fedgai.privacy.policy import SitePolicy, SitePolicyError, load_site_policy, write_site_policy
+from fedgai.privacy.policy import SitePolicy, SitePolicyError, file_sha256, load_site_policy, write_site_policy
 from fedgai.sharing import NORM_NAME_PATTERN, norm_keys
 from fedgai.trainer import StudioTrainer
 from fedgai.wire import BUDGET_EXHAUSTED_KEY, CONFIG_META_KEY, DP_EPSILON_META_KEY, DP_NOISE_META_KEY
@@ -370,3 +370,22 @@ def test_a_plain_studio_refuses_a_global_out_of_bounds_and_keeps_it_out_of_its_c
         assert all(float(v.abs().max()) < 1e3 for v in saved["discriminator"].values() if v.is_floating_point())
         for key, diff in result.params.items():  # the DIFF is the studio's own round, from its own D
             torch.testing.assert_close(diff, trainer.shared_state()[key] - own[key])
+
+
+# ----------------------------------------------------------------------------------------------- §2 weight files
+def test_a_job_named_weight_file_is_loaded_only_if_the_site_lists_it_with_its_hash(tmp_path):
+    """Old code loaded any prior, VGG or CLIP file a job named, from anywhere on the studio's disk."""
+    weights = tmp_path / "vgg16.pth"
+    weights.write_bytes(b"weights")
+    cfg = profile("test").with_overrides({"model.vgg_weights": str(weights)})
+    with pytest.raises(SitePolicyError, match="model.vgg_weights names .* not among the site's weight_files"):
+        site_config(cfg, SitePolicy())
+    listed = SitePolicy(weight_files={str(weights): file_sha256(weights)})
+    assert site_config(cfg, listed).model.vgg_weights == str(weights)
+    weights.write_bytes(b"swapped")  # the same path, other content
+    with pytest.raises(SitePolicyError, match="whose content is not the one"):
+        site_config(cfg, listed)
+    tag = profile("test").with_overrides({"loss.clip_pretrained": "openai", "train.prior": "none"})
+    assert site_config(tag, SitePolicy()) is not None  # an open_clip tag names no file at the site
+    with pytest.raises(SitePolicyError, match="sha256"):
+        SitePolicy(weight_files={str(weights): "not-a-hash"})

@@ -3,19 +3,23 @@
 The policy is a file in the studio's kit, ``<site workspace>/local/fedgai_privacy.json``: provisioning writes
 it (``fedgai.federated.kits``), the studio edits it, no job can change it. (``local/privacy.json`` is NVFlare's
 own file of privacy scopes, so the policy has its own name.) Every fedgai component that runs at the site
-reads it: the studio trainer refuses a job that asks for less before it touches a pair, the client-level DP
-filter checks its own settings against it, and both charge the ledgers named here, in the site's workspace,
-so every job on the studio's data draws on one budget. A job may always ask for more (more noise, a smaller
-clip norm, a smaller target epsilon).
+reads it: the studio trainer refuses a job that asks for less before it touches a pair (its DP settings, its
+fed.mode, the weight files it names), the client-level DP filter checks its own settings against it, and both
+charge the one ledger named here, in the site's workspace, so every job on the studio's data draws on one
+budget. A job may always ask for more (more noise, a smaller clip norm, a smaller target epsilon).
 
-A site without the file (the simulator, POC) runs a job's privacy settings as the job states them.
+A site without the file (the simulator, POC) runs a job's privacy settings as the job states them; only a mode
+that would send generator weights unprotected is refused there too (``studio_config``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,7 @@ DP_STRENGTH = {"none": 0, "record": 1, "client": 2}
 # round is a Gaussian release of sensitivity 2C for any change of the studio's data, one pair included), so
 # their composition in one accountant is an honest epsilon for the studio's pairs, and one budget caps both.
 LEDGER_FILE = "site_ledger.json"
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class SitePolicyError(RuntimeError):
@@ -56,6 +61,9 @@ class SitePolicy:
     max_stats_clip_norm: float = 64.0
     # Which parameters record-level DP-SGD may train (privacy.record_trainable): the site's choice, not the job's.
     allowed_record_trainable: tuple[str, ...] = RECORD_TRAINABLE
+    # The weight files a job may have this studio load (train.prior, model.vgg_weights, loss.clip_pretrained):
+    # {path: sha256 of its content}. Any other file a job names is refused, and so is a listed one that changed.
+    weight_files: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.min_dp not in DP_MODES:
@@ -70,6 +78,11 @@ class SitePolicy:
             raise SitePolicyError(f"site policy: allowed_record_trainable must be a list of "
                                   f"{', '.join(RECORD_TRAINABLE)}, got {trainable!r}")
         object.__setattr__(self, "allowed_record_trainable", tuple(trainable))
+        files = self.weight_files
+        if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) and SHA256.fullmatch(v)
+                                                  for k, v in files.items()):
+            raise SitePolicyError(f"site policy: weight_files must map file paths to their sha256 (64 hex digits), "
+                                  f"got {files!r}")
         for name in ("min_noise_multiplier", "max_clip_norm", "max_delta", "epsilon_budget",
                      "min_stats_noise_multiplier", "max_stats_clip_norm"):
             value = getattr(self, name)
@@ -119,6 +132,21 @@ class SitePolicy:
                             f"{self.max_stats_clip_norm}")
         return problems
 
+    def weights_refusal(self, named: Mapping[str, str]) -> str | None:
+        """Why this studio must not load the files a job names ({setting: path}; only those that are files at
+        this site count, as only those would be loaded), or None. A file is allowed when weight_files lists it
+        (by resolved path) with the sha256 of its content now."""
+        allowed = {Path(path).expanduser().resolve(): digest for path, digest in self.weight_files.items()}
+        for setting, name in sorted(named.items()):
+            path = Path(name).expanduser().resolve()
+            if not path.is_file():
+                continue
+            if path not in allowed:
+                return f"{setting} names {path}, which is not among the site's weight_files"
+            if file_sha256(path) != allowed[path]:
+                return f"{setting} names {path}, whose content is not the one the site's weight_files allows (sha256)"
+        return None
+
     def mode_refusal(self, cfg: FedgaiConfig) -> str | None:
         """Why this studio must not run the job's fed.mode, or None: the site must consent to it (allowed_modes),
         and a mode that sends generator weights must be protected (modes.protection_problem, which a studio
@@ -131,7 +159,7 @@ class SitePolicy:
     def enforce_job(self, cfg: FedgaiConfig) -> FedgaiConfig:
         """The job's config as this site runs it (``enforce`` on its privacy), or SitePolicyError with the
         reason when its mode or privacy asks for less than the policy."""
-        reason = self.mode_refusal(cfg)
+        reason = self.mode_refusal(cfg) or self.weights_refusal(job_weight_files(cfg))
         if reason:
             raise SitePolicyError(f"this studio's privacy policy refuses the job: {reason}")
         return dataclasses.replace(cfg, privacy=self.enforce(cfg.privacy))
@@ -154,6 +182,23 @@ class SitePolicy:
     def to_dict(self) -> dict[str, Any]:
         return {"format": POLICY_FORMAT, **dataclasses.asdict(self), "allowed_modes": list(self.allowed_modes),
                 "allowed_record_trainable": list(self.allowed_record_trainable)}
+
+
+def job_weight_files(cfg: FedgaiConfig) -> dict[str, str]:
+    """The settings with which a job can name a weight file for the studio to load ("none"/"auto" prior, no VGG
+    file and "none" CLIP weights name none; an open_clip tag is no file at the site, so weights_refusal skips it)."""
+    named = {"train.prior": cfg.train.prior, "model.vgg_weights": cfg.model.vgg_weights,
+             "loss.clip_pretrained": cfg.loss.clip_pretrained}
+    return {setting: value for setting, value in named.items() if value and value not in ("none", "auto")}
+
+
+def file_sha256(path: Path) -> str:
+    """The file's content hash, read in chunks (a CLIP checkpoint is ~600 MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def studio_config(cfg: FedgaiConfig, policy: SitePolicy | None) -> FedgaiConfig:
