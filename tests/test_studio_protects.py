@@ -22,6 +22,9 @@ from fedgai.config import profile
 from fedgai.federated import executor
 from fedgai.federated.client import (
     SitePaths,
+    Studio,
+    StudioConfigChanged,
+    check_same_config,
     local_round,
     open_trainer,
     parse_args,
@@ -35,6 +38,7 @@ from fedgai.federated.global_check import GlobalCheck
 from fedgai.federated.he_keys import CLIENT_CONTEXT, make_contexts
 from fedgai.federated.he_studio import PackedHEModelEncryptor, ShapedHEModelDecryptor, is_sealed
 from fedgai.federated.he_wire import decrypt_packed
+from fedgai.federated.server_state import config_hash
 from fedgai.modes import D_ONLY_MODES, MODES
 from fedgai.privacy import GaussianDPFilter, PrivacyLedger, Step, compute_epsilon
 from fedgai.privacy.accountant import client_level_noise
@@ -150,6 +154,24 @@ def test_under_he_the_studio_encrypts_whatever_filters_the_job_installs(he, keye
         np.testing.assert_allclose(decrypt_packed(client, out.data["w"], 3), [2.0, -4.0, 8.0], atol=1e-3)
         again = PackedHEModelEncryptor().process_dxo(out, out.to_shareable(), fl_ctx)
         assert again.data == out.data  # the job's encryptor finds it sealed: nothing to do, no double weighting
+
+
+def test_a_server_cannot_switch_encryption_off_mid_job(keyed_site, monkeypatch):
+    fl_ctx, _ = keyed_site
+    monkeypatch.setattr(ClientAPIExecutor, "execute", lambda *args: _trained().to_shareable())
+    studio = StudioExecutor(fedgai_version="x")
+    assert is_sealed(from_shareable(studio.execute("train", _task(True), fl_ctx, Signal())))
+    assert is_sealed(from_shareable(studio.execute("train", _task(False), fl_ctx, Signal())))
+
+
+def test_a_studio_stops_when_a_later_task_carries_another_config():
+    """The policy's decisions were taken on the first task's config; a server must not change it mid-job."""
+    cfg = profile("test").with_overrides(CLIENT_DP)
+    studio = Studio(trainer=None, writer=None, ledger=None, config_hash=config_hash(cfg.to_dict()))
+    check_same_config(studio, FLModel(params={}, current_round=1, meta={CONFIG_META_KEY: cfg.to_dict()}))
+    weaker = cfg.with_overrides({"privacy.noise_multiplier": 0.1}).to_dict()
+    with pytest.raises(StudioConfigChanged, match="round 2: the job's config changed"):
+        check_same_config(studio, FLModel(params={}, current_round=2, meta={CONFIG_META_KEY: weaker}))
 
 
 def test_a_job_cannot_bind_the_decryptor_to_what_the_studio_sends(keyed_site):

@@ -73,6 +73,10 @@ PER_JOB_ENV = "FEDGAI_OUTPUT_PER_JOB"
 RESUME_OWNER_KEY = "resume_owner"  # in the checkpoint's metadata: {"job_id", "config_hash"} of the job that wrote it
 
 
+class StudioConfigChanged(RuntimeError):
+    """A task carries another job config than the one the studio accepted at the job's first task."""
+
+
 class StudioResumeRefused(RuntimeError):
     """The studio's checkpoint belongs to another job (or another configuration) than the one resuming."""
 
@@ -303,6 +307,7 @@ class Studio:
     trainer: StudioTrainer
     writer: SummaryWriter | TensorBoardWriter
     ledger: Path | None
+    config_hash: str  # of the job config the studio checked against its policy and built its trainer from
     client_dp: StudioClientDP | None = None
     global_check: GlobalCheck = dataclasses.field(default_factory=GlobalCheck)
 
@@ -323,7 +328,16 @@ def open_studio(received: FLModel, site: str, studio_dir: Path, args: argparse.N
     # as events, past every result filter.
     writer = trainer.writer if dp_enabled(cfg) else SummaryWriter()  # (6) NVFlare's metric streaming
     client_dp = StudioClientDP(cfg.privacy, ledger) if cfg.privacy.dp == "client" else None
-    return Studio(trainer, writer, ledger, client_dp)
+    return Studio(trainer, writer, ledger, config_hash(job_config), client_dp)
+
+
+def check_same_config(studio: Studio, received: FLModel) -> None:
+    """Raise StudioConfigChanged when a later task carries another config than the one the studio checked: its
+    policy decisions (mode, DP, HE) were taken on the first, and a server must not switch them mid-job."""
+    sent = config_hash((received.meta or {}).get(CONFIG_META_KEY) or {})
+    if sent != studio.config_hash:
+        raise StudioConfigChanged(f"round {received.current_round}: the job's config changed (hash {sent}, the "
+                                  f"studio accepted {studio.config_hash}); this studio stops taking part")
 
 
 def studio_round(studio: Studio | None, received: FLModel, site: str, studio_dir: Path,
@@ -334,6 +348,8 @@ def studio_round(studio: Studio | None, received: FLModel, site: str, studio_dir
     if studio is None:
         studio = open_studio(received, site, studio_dir, args, paths)
         setup_seconds = time.perf_counter() - started
+    else:
+        check_same_config(studio, received)
     result = local_round(studio.trainer, received, studio.ledger, studio.global_check)
     save_round(studio.trainer, received.current_round, result.metrics)
     # All the studio's own work this round (set-up, training, outputs), in wall and in this process's CPU

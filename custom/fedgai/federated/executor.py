@@ -111,13 +111,15 @@ class StudioExecutor(ClientAPIExecutor):
                          task_script_args=task_script_args, params_exchange_format=ExchangeFormat.PYTORCH)
         self.fedgai_version = fedgai_version
         self._he_context: ts.Context | None = None
+        self._encrypt = False
 
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         """Run the studio's round; when the job's config says privacy.he, encrypt the result here, so that the
         studio itself produces the ciphertexts whatever result filters the job installs (or leaves out)."""
-        encrypt = job_requires_he(shareable)
+        # Once a task said privacy.he, every later result is encrypted too: a server cannot switch it off mid-job.
+        self._encrypt = self._encrypt or job_requires_he(shareable)
         result = super().execute(task_name, shareable, fl_ctx, abort_signal)
-        if not encrypt or result.get_return_code() != ReturnCode.OK:
+        if not self._encrypt or result.get_return_code() != ReturnCode.OK:
             return result
         return self._sealed(result, fl_ctx)
 
