@@ -54,7 +54,7 @@ jobs: install
 wheel: install
 	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
 
-## the public prior (custom/fedgai/prior.py: demo garments + xdog/contour edge sketches, no studio's data) for the
+## the public prior (custom/fedgai/prior_build.py: demo garments + xdog/contour edge sketches, no studio's data) for the
 ## quick profile, plain and record-level (per-sample) networks, cached where train.prior=auto finds it
 ## ($FEDGAI_PRIOR_DIR, default ~/.cache/fedgai/priors); PRIOR_SET adds settings, e.g. --set model.image_size=64
 PRIOR_SET ?=

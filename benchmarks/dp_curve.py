@@ -11,8 +11,8 @@ studio's test pairs, never trained on). DP runs plan sigma, batch and steps from
 prior with the private AdaIN_SD statistics release and no DP-SGD step (what the private steps add to). The harness
 starts the shared D from the first studio's, so with the prior the federation's D starts from the prior's too.
 Every run also records the membership-inference AUC of the final shared D on each studio's pairs (membership(),
-written next to the run's fakes as SITE.mia.json) and the table shows it. Priors are built on first use into
-$FEDGAI_PRIOR_DIR (default OUT/priors).
+written next to the run's fakes as SITE.mia.json) and the table shows it. The priors the grid starts from are
+built before its first run (prior_build.py; a trainer only loads one) into $FEDGAI_PRIOR_DIR (default OUT/priors).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from fedgai.config import FedgaiConfig
 from fedgai.data import SketchPairDataset
 from fedgai.evaluation.membership import hanley_mcneil_se, membership_auc
 from fedgai.prior import ENV_DIR
+from fedgai.prior_build import build_missing_prior
 
 EPSILONS = (8.0, 1.0, 4.0)  # in the order they run: the budget a studio would pick first
 # 64 px, no unpaired photos (refused under record-level DP, so off for every variant), few pairs and epochs:
@@ -110,6 +111,13 @@ def prior_only(seed: int, base: dict[str, Any], studios: list[Path], out: Path) 
     return record
 
 
+def build_priors(base: dict[str, Any], variants: list[str]) -> None:
+    """Every prior the chosen variants start from, built (where not cached) before any of them runs."""
+    for variant in variants:
+        overrides = {"privacy.dp": "record", "train.prior": "auto"} if variant == PRIOR_ONLY else fv.VARIANTS[variant]
+        build_missing_prior(FedgaiConfig.from_dict(base).with_overrides(overrides), announce=print)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("stage", nargs="?", default="all", choices=("all", "train", "evaluate"))
@@ -130,6 +138,7 @@ def train(args: argparse.Namespace, base: dict[str, Any], variants: list[str]) -
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "config.json").write_text(json.dumps(base, indent=2) + "\n")
     fv.save_splits(FedgaiConfig.from_dict(base), studios, args.out / "splits")
+    build_priors(base, variants)
     for seed in args.seeds:
         for variant in variants:
             if (args.out / f"{variant}-seed{seed}" / "run.json").is_file():

@@ -77,6 +77,8 @@ class Poc:
     """One POC deployment in ``workspace``; ``stop()`` is safe to call at any point."""
 
     def __init__(self, workspace: Path, data_root: Path):
+        from fedgai.prior import ENV_DIR, cache_dir
+
         self.workspace = workspace
         self.poc_dir = workspace / "poc"
         self.env = {
@@ -84,6 +86,7 @@ class Poc:
             "NVFLARE_POC_WORKSPACE": str(self.poc_dir),
             "HOME": str(workspace / "home"),
             "FEDGAI_DATA_ROOT": str(data_root),
+            ENV_DIR: str(cache_dir()),  # HOME moves: train.prior=auto still finds the priors built here
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         }
         (workspace / "home").mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,9 @@
-"""The public prior: built here from public data only, cached per architecture, and every mode can start from it."""
+"""The public prior: built from public data only by the commands that start studios (never by a trainer or a server
+on the side), cached per architecture, and every mode can start from it."""
 
 from __future__ import annotations
+
+import shlex
 
 import numpy as np
 import pytest
@@ -9,6 +12,8 @@ from nvflare.apis.signal import Signal
 from nvflare.app_common.abstract.fl_model import FLModel
 
 import fedgai.prior as prior
+from fedgai import prior_build
+from fedgai.cli import build_parser, load_config
 from fedgai.config import profile
 from fedgai.data.sketchify import sketchify_image
 from fedgai.federated.client import local_round
@@ -26,20 +31,27 @@ def small_prior(tmp_path, monkeypatch):
 
 
 def test_public_pairs_are_edge_sketches_of_public_garments():
-    photo, sketch = prior.public_pair(3, 64)
-    again = prior.public_pair(3, 64)
+    photo, sketch = prior_build.public_pair(3, 64)
+    again = prior_build.public_pair(3, 64)
     assert np.array_equal(np.asarray(photo), np.asarray(again[0]))  # seeded: the same prior every build
     style = prior.PRIOR_STYLES[3 % len(prior.PRIOR_STYLES)]
     assert np.array_equal(np.asarray(sketch), sketchify_image(np.asarray(photo), style))  # edges of the photo
-    assert not np.array_equal(np.asarray(photo), np.asarray(prior.public_pair(4, 64)[0]))
+    assert not np.array_equal(np.asarray(photo), np.asarray(prior_build.public_pair(4, 64)[0]))
 
 
 def _params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items() if not k.startswith("adain.")}
 
 
+def built(cfg):
+    """``cfg``, after building the prior it starts from, as `fedgai prior build` / `fedgai simulate` do first."""
+    assert prior_build.build_missing_prior(cfg) is not None
+    return cfg
+
+
 def test_auto_prior_is_built_once_cached_and_loaded(small_prior, studio_dir, tmp_path):
-    cfg = profile("test").with_overrides({"train.prior": "auto"})
+    cfg = built(profile("test").with_overrides({"train.prior": "auto"}))
+    assert prior_build.build_missing_prior(cfg) is None  # cached: nothing to build
     first = StudioTrainer(cfg, studio_dir, tmp_path / "a")
     cached = sorted(small_prior.glob("prior-*.pt"))
     assert len(cached) == 1 and first.metadata["prior"] == str(cached[0])
@@ -54,8 +66,8 @@ def test_auto_prior_is_built_once_cached_and_loaded(small_prior, studio_dir, tmp
 
 
 def test_record_dp_fine_tunes_from_the_prior_with_the_rest_frozen_at_it(small_prior, studio_dir, tmp_path):
-    cfg = profile("test").with_overrides({"train.prior": "auto", "privacy.dp": "record",
-                                          "privacy.record_trainable": "style_head"})
+    cfg = built(profile("test").with_overrides({"train.prior": "auto", "privacy.dp": "record",
+                                                "privacy.record_trainable": "style_head"}))
     trainer = StudioTrainer(cfg, studio_dir, tmp_path)
     state = torch.load(trainer.prior, weights_only=True)
     trainer.train_epochs(1)
@@ -64,7 +76,7 @@ def test_record_dp_fine_tunes_from_the_prior_with_the_rest_frozen_at_it(small_pr
 
 
 def test_a_prior_of_another_architecture_is_refused(small_prior, studio_dir, tmp_path):
-    path = prior.build_prior(profile("test"), tmp_path / "narrow.pt")
+    path = prior_build.build_prior(profile("test"), tmp_path / "narrow.pt")
     wide = profile("test").with_overrides({"train.prior": str(path), "model.decoder_width": 64})
     with pytest.raises(prior.PriorError, match="another architecture"):
         StudioTrainer(wide, studio_dir, tmp_path / "run")
@@ -109,7 +121,7 @@ class InProcessServer(FilteredFedAvg):
 
 
 def test_a_federation_starts_from_the_priors_d_not_the_servers_random_one(small_prior, demo_root, tmp_path):
-    cfg = profile("test").with_overrides({"train.prior": "auto", "fed.rounds": 1})
+    cfg = built(profile("test").with_overrides({"train.prior": "auto", "fed.rounds": 1}))
     trainers = {s.name: StudioTrainer(cfg, s, tmp_path / s.name) for s in sorted(demo_root.iterdir()) if s.is_dir()}
     state = torch.load(next(iter(trainers.values())).prior, weights_only=True)["discriminator"]
     server = InProcessServer(cfg, tmp_path / "server", trainers)
@@ -135,10 +147,55 @@ def test_a_server_whose_prior_is_missing_stops_with_the_reason(tmp_path):
 
 
 def test_a_mode_that_shares_g_starts_g_from_the_prior_too(small_prior):
-    cfg = profile("test").with_overrides({"train.prior": "auto", "fed.mode": "fedavg_full", "privacy.he": True})
+    cfg = built(profile("test").with_overrides({"train.prior": "auto", "fed.mode": "fedavg_full", "privacy.he": True}))
     start = initial_global(cfg)
     state = torch.load(prior.prior_path(cfg, "random"), weights_only=True)
     shared_g = [k for k in start if k.startswith("generator.")]
     assert shared_g
     for key in shared_g:
         assert np.array_equal(start[key], state["generator"][key.removeprefix("generator.")].numpy()), key
+
+
+def _no_training(monkeypatch):
+    """Any GAN training from here on fails the test."""
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a prior was trained as a side effect")
+    monkeypatch.setattr(StudioTrainer, "train_epochs", refuse)
+
+
+def _command_builds_the_missing_prior(message: str, cfg) -> None:
+    """The command in ``message`` (between backticks) builds exactly the prior ``cfg`` needs (same key)."""
+    command = message.split("`")[1]
+    assert command.startswith("fedgai prior build --profile ")
+    args = build_parser().parse_args(shlex.split(command)[1:])
+    assert prior.prior_key(load_config(args), "random") == prior.prior_key(cfg, "random")
+
+
+@pytest.mark.parametrize("overrides", [{}, {"privacy.dp": "record", "model.decoder_width": 48}])
+def test_a_trainer_without_its_auto_prior_stops_with_the_command_that_builds_it(
+        overrides, small_prior, studio_dir, tmp_path, monkeypatch):
+    _no_training(monkeypatch)
+    cfg = profile("test").with_overrides({"train.prior": "auto", **overrides})
+    with pytest.raises(prior.PriorError, match="build it first with `fedgai prior build") as err:
+        StudioTrainer(cfg, studio_dir, tmp_path / "run")
+    _command_builds_the_missing_prior(str(err.value), cfg)
+    assert not small_prior.exists() or not any(small_prior.iterdir())  # nothing built, nothing cached
+
+
+def test_the_servers_initial_global_without_its_auto_prior_stops_with_the_command(small_prior, tmp_path,
+                                                                                   monkeypatch):
+    _no_training(monkeypatch)
+    cfg = profile("test").with_overrides({"train.prior": "auto"})
+    with pytest.raises(prior.PriorError, match="`make prior`") as err:
+        initial_global(cfg)
+    _command_builds_the_missing_prior(str(err.value), cfg)
+    server = InProcessServer(cfg, tmp_path, {})
+    server.run()
+    assert len(server.panics) == 1 and "build it first with `fedgai prior build" in server.panics[0]
+    assert server.sent == [] and not small_prior.exists()
+
+
+def test_the_build_command_for_a_quick_record_level_run_is_make_priors(small_prior):
+    cfg = profile("quick").with_overrides({"train.prior": "auto", "train.unpaired_batch": 0, "privacy.dp": "record"})
+    assert prior.build_command(cfg) == ("fedgai prior build --profile quick --set privacy.dp=record "
+                                        "--set train.unpaired_batch=0")

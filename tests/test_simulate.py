@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import fedgai.federated.simulate as simulate_module
+from fedgai import prior
 from fedgai.config import profile
 from fedgai.federated.progress import RoundProgress
 from fedgai.federated.simulate import ProgressPrinter, check_run, pool_size, simulate, studio_memory_mb
@@ -58,6 +60,31 @@ def test_progress_printer_prints_each_new_round_once_and_skips_stale_or_partial_
     (tmp_path / "round-001.json").write_text(json.dumps(summary(1, start + 12, start + 21)))
     printer.poll()
     assert capsys.readouterr().out.startswith("round 1 [2/3]")
+
+
+class JobStarted(Exception):
+    """Raised by a stand-in simulator: what happened before the job started is what the test is about."""
+
+
+def test_simulate_builds_a_missing_auto_prior_once_before_the_job_starts(demo_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(prior, "PRIOR_PAIRS", 8)  # a tiny recipe: 8 public pairs, 1 epoch
+    monkeypatch.setattr(prior, "PRIOR_EPOCHS", 1)
+    monkeypatch.setenv(prior.ENV_DIR, str(tmp_path / "priors"))
+    cfg = profile("test").with_overrides({"train.prior": "auto"})
+    needed = prior.missing_auto_prior(cfg)
+
+    def start_job(job, workspace, sites, threads, out):
+        assert needed.is_file()  # the server and the studios only load it
+        raise JobStarted
+
+    monkeypatch.setattr(simulate_module, "run_simulator", start_job)
+    with pytest.raises(JobStarted):
+        simulate(cfg, 2, tmp_path / "ws", demo_root)
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("public prior:")]
+    assert len(printed) == 1 and str(needed) in printed[0]
+    with pytest.raises(JobStarted):  # cached: used as it is, nothing built or said
+        simulate(cfg, 2, tmp_path / "ws2", demo_root)
+    assert "public prior:" not in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -301,7 +301,7 @@ def cmd_dp_plan(args: argparse.Namespace) -> None:
 
 
 def cmd_prior_build(args: argparse.Namespace) -> None:
-    from fedgai.prior import build_prior
+    from fedgai.prior_build import build_prior
 
     print(f"public prior written to {build_prior(load_config(args), args.out)}")
 
@@ -565,8 +565,9 @@ def add_prior_parsers(sub) -> None:
         dest="prior_command", required=True, metavar="PRIOR_COMMAND")
     p = prior.add_parser("build", help="train the public prior for a config's architecture and cache it",
                          description="Demo garments (public taste, own random streams) with xdog/contour edge "
-                         "sketches, no studio's data or line style (prior.py); cached where train.prior=auto "
-                         "looks ($FEDGAI_PRIOR_DIR, default ~/.cache/fedgai/priors).")
+                         "sketches, no studio's data or line style (prior_build.py); cached where train.prior=auto "
+                         "looks ($FEDGAI_PRIOR_DIR, default ~/.cache/fedgai/priors). fedgai simulate builds a "
+                         "missing one itself; train-local and the job's sites only load it.")
     p.add_argument("--out", type=Path, help="prior file (default: the cache, where train.prior=auto finds it)")
     add_config_args(p)
     p.set_defaults(func=cmd_prior_build)

@@ -149,7 +149,7 @@ class TrainConfig:
     # flip; they enter only the critics' adversarial terms on G(photo), never a paired term. 0 = not used.
     unpaired_batch: int = 0
     # Start G and D from a public prior (prior.py: demo garments with edge-detector sketches, no studio's style):
-    # "none", "auto" (built on first use for this architecture and cached, `make prior`) or a prior file's path.
+    # "none", "auto" (this architecture's cached prior: `fedgai prior build`, `make prior`) or a prior file's path.
     prior: str = "none"
     # Style conditioning, so that G draws in the AdaIN_SD statistics it is given (fusion, issue 15 §3); with one
     # constant set of statistics G learns to ignore them. adain_sample_p: probability that a training pair's

@@ -52,7 +52,7 @@ STATE_FILE = "server_state.pt"
 
 def initial_global(cfg: FedgaiConfig) -> dict[str, np.ndarray]:
     """The mode's shared entries of freshly built networks, seeded so every run starts alike, or of the public
-    prior when train.prior is on: the same file the studios resolve ("auto" built and cached on first use).
+    prior when train.prior is on: the same file the studios resolve ("auto": built before the job, never here).
 
     fedavg_full and fedbn also federate the generator, so the server needs the studios' encoder (for its
     channel counts) in those baselines only. Raises PriorError for a prior that is missing or built for another

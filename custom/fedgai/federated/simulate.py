@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ from fedgai.layout import (
 from fedgai.losses import clip_preflight
 from fedgai.models import resolve_encoder
 from fedgai.polling import Poller
+from fedgai.prior_build import build_missing_prior
 from fedgai.rundir import prepare_workspace
 
 SIM_JOB_DIR = "simulate_job"
@@ -236,6 +238,7 @@ def simulate(
     prepare_workspace(Path(workspace), resume=resume, overwrite=overwrite)
     studio_env = clip_preflight(cfg.loss)
     cfg = resolve_auto_encoder(cfg)
+    build_missing_prior(cfg, announce=functools.partial(print, flush=True))  # studios and server only load it
     if cfg.train.num_threads is None:  # the training studios split the cores (at least one torch thread each)
         split = max(1, cores // min(threads, slots))
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, num_threads=split))
