@@ -42,7 +42,7 @@ import yaml
 from fedgai.config import profile
 from fedgai.federated.controller import OUTPUT_DIR
 from fedgai.federated.job import build_job
-from fedgai.federated.summary import read_round_summaries
+from fedgai.round_summaries import read_round_summaries
 
 REPO = Path(__file__).resolve().parent.parent
 SUBNET = "10.213.0"

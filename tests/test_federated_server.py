@@ -19,8 +19,8 @@ from fedgai.config import ConfigError, FedgaiConfig, profile
 from fedgai.federated import fingerprint as fp
 from fedgai.federated.aggregation import capped_weights, clip_to_median_norm, trimmed_count
 from fedgai.federated.controller import OUTPUT_DIR, FilteredFedAvg, initial_global
-from fedgai.federated.summary import SummaryError, read_round_summaries
 from fedgai.models import RandomEncoder
+from fedgai.round_summaries import SummaryError, read_round_summaries
 from fedgai.wire import BUDGET_EXHAUSTED_KEY
 
 NUM_STEPS = FLMetaKey.NUM_STEPS_CURRENT_ROUND

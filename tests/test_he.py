@@ -60,7 +60,7 @@ from fedgai.federated.he_server import (
 from fedgai.federated.he_studio import PackedHEModelEncryptor, ShapedHEModelDecryptor, load_encrypted_global
 from fedgai.federated.he_wire import PackedCiphertextLoader, decrypt_packed, encrypt_packed, packed_size
 from fedgai.federated.progress import RoundProgress
-from fedgai.federated.summary import read_round_summaries
+from fedgai.round_summaries import read_round_summaries
 from fedgai.wire import CONFIG_META_KEY, DP_EPSILON_META_KEY, LAYOUT_META_KEY
 
 REPO = Path(__file__).resolve().parent.parent

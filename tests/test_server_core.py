@@ -38,7 +38,7 @@ from fedgai.federated.he_server import (
 )
 from fedgai.federated.he_wire import decrypt_packed
 from fedgai.federated.job import build_job
-from fedgai.federated.summary import read_round_summaries
+from fedgai.round_summaries import read_round_summaries
 from fedgai.safe_paths import UnsafePathError
 
 

@@ -22,7 +22,7 @@ from fedgai.data import PhotoDataset, SketchPairDataset, load_studio
 from fedgai.data.sketchify import SKETCH_STYLES, sketchify_image
 from fedgai.data.split import run_split
 from fedgai.device import amp_dtype, resolve_device
-from fedgai.evaluation.ink import ink_iou
+from fedgai.ink import ink_iou
 from fedgai.layout import METADATA
 from fedgai.losses import content_loss, gram_loss, load_clip
 from fedgai.models import build_gan, gram_matrix, per_sample_networks

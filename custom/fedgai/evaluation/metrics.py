@@ -28,8 +28,8 @@ from fedgai.evaluation.features import (
     InceptionUnavailable,
     find_inception_weights,
 )
-from fedgai.evaluation.ink import ink_iou, ink_mask, to_unit
 from fedgai.evaluation.style import StyleClassifier
+from fedgai.ink import ink_iou, ink_mask, to_unit
 from fedgai.losses import ClipLoss, load_clip
 from fedgai.models import Encoder, gram_matrix
 

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from fedgai.data.split import StudioSplit
-from fedgai.federated.summary import round_summaries_below
 from fedgai.layout import CHECKPOINT, CHECKPOINTS, EPOCH_RECORDS, ROUND_RECORDS, SPLIT_FILE, WORKSPACE_DATA
+from fedgai.round_summaries import round_summaries_below
 
 
 class RunLayoutError(ValueError):

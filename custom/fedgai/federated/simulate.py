@@ -33,7 +33,6 @@ from fedgai.federated.controller import OUTPUT_DIR
 from fedgai.federated.job import build_job
 from fedgai.federated.progress import RoundProgress
 from fedgai.federated.slots import SLOTS_ENV, slots_spec
-from fedgai.federated.summary import SummaryError, new_round_summaries, read_round_summaries
 from fedgai.layout import (
     WORKSPACE_DATA,
     WORKSPACE_NVFLARE,
@@ -45,6 +44,7 @@ from fedgai.losses import clip_preflight
 from fedgai.models import resolve_encoder
 from fedgai.polling import Poller
 from fedgai.prior_build import build_missing_prior
+from fedgai.round_summaries import SummaryError, new_round_summaries, read_round_summaries
 from fedgai.rundir import prepare_workspace
 
 SIM_JOB_DIR = "simulate_job"

@@ -1,5 +1,5 @@
 """"What joining gave me": the studio's latest `fedgai evaluate` results and its federation's round progress,
-read with the product's own readers (evaluation/runs.py, federated/summary.py) and put in a designer's terms.
+read with the product's own readers (evaluation/runs.py, round_summaries.py) and put in a designer's terms.
 
 A studio run folder is where the page looks first: WORKSPACE/studios/<site> for `fedgai simulate` (the
 workspace then also holds the server's round summaries and `make demo`'s evaluation/), or a train-local run.
@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from fedgai.evaluation.runs import RunLayoutError, load_studio_run
-from fedgai.federated.summary import round_summaries_below
 from fedgai.layout import CHECKPOINTS, ROUND_RECORDS, SPLIT_FILE, WORKSPACE_NVFLARE, WORKSPACE_STUDIOS
+from fedgai.round_summaries import round_summaries_below
 
 EVALUATION = "evaluation"
 METRICS_JSON, REPORT_HTML = "metrics.json", "report.html"

@@ -1,4 +1,5 @@
-"""The ink (stroke) score: cheap enough for every round at a studio, so it lives apart from the heavy metrics."""
+"""The ink (stroke) score: cheap enough for every round at a studio. It lives below both its users, the trainer's
+``quality()`` and evaluation/metrics.py, because training must not depend on evaluation."""
 
 from __future__ import annotations
 
