@@ -194,7 +194,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_share_style(args: argparse.Namespace) -> None:
-    from fedgai.fusion import share_style
+    from fedgai.style_blend import share_style
 
     path = share_style(args.model, args.out)
     print(f"style statistics (AdaIN_SD channel means and stds only) written to {path}")
@@ -202,7 +202,7 @@ def cmd_share_style(args: argparse.Namespace) -> None:
 
 def cmd_fuse(args: argparse.Namespace) -> None:
     from fedgai.edge import expand_inputs
-    from fedgai.fusion import fuse
+    from fedgai.style_blend import fuse
 
     path = fuse(args.model, args.style, expand_inputs(args.photos), args.out, args.steps, args.device)
     print(f"style-fusion grid written to {path}")
@@ -236,7 +236,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_evaluate_fusion(args: argparse.Namespace) -> None:
     from fedgai.config import EvalConfig
-    from fedgai.evaluation.fusion import evaluate_fusion
+    from fedgai.evaluation.cross_style import evaluate_fusion
 
     cfg = EvalConfig(**({"feature_size": args.feature_size} if args.feature_size else {})).validate()
     report = evaluate_fusion(args.runs, args.cross_style, data=args.data, steps=args.steps, cfg=cfg,

@@ -8,7 +8,7 @@ Geometry: garments.py; photo painting: photo_render.py; line styles: sketch_styl
 
 Because the sketch is drawn from the geometry, the same garment can be drawn in any studio's style: with
 ``cross_style``, each studio's held-out test photos are also drawn in every other studio's style, into a separate
-folder that no training reads (the ground truth of style fusion, evaluation/fusion.py).
+folder that no training reads (the ground truth of style fusion, evaluation/cross_style.py).
 """
 
 from __future__ import annotations

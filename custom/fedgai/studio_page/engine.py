@@ -2,7 +2,7 @@
 `fedgai fuse`'s blending.
 
 One lock guards every run of the model: blending swaps the generator's AdaIN_SD buffers for the duration of a
-run (`fusion.sketch_with`), and two runs at once on a 2-core laptop would only slow each other down. Page
+run (`style_blend.sketch_with`), and two runs at once on a 2-core laptop would only slow each other down. Page
 requests that do not sketch never take it, so the page stays responsive while a batch runs.
 """
 
@@ -21,7 +21,7 @@ from fedgai.edge.framing import BatchRunner, output_size, to_batch, to_sketch
 from fedgai.edge.runners import open_runner
 from fedgai.edge.runtime import resolve_model
 from fedgai.edge.sketcher import Sketcher, StudioModel
-from fedgai.fusion import SharedStyle, StyleMismatch, blend, check_compatible, load_style, sketch_with, style_of
+from fedgai.style_blend import SharedStyle, StyleMismatch, blend, check_compatible, load_style, sketch_with, style_of
 
 RESULTS_PAGE = "docs/results.md, cross-style fusion"
 WARM_UP_SIDE = 64

@@ -2,12 +2,12 @@
 given that studio's shared AdaIN_SD statistics? Every training variant as local-only and as FedGAI (D shared),
 scored against the demo's cross-style ground truth. Exact commands and results: docs/results.md.
 
-    python benchmarks/fusion.py all --out runs/fusion --studios 3 --seeds 0 --workers 2
+    python benchmarks/style_following.py all --out runs/fusion --studios 3 --seeds 0 --workers 2
 
 `train` writes demo studios with their cross-style ground truth (if missing) and trains each (variant, seed)
 federation in one process, with the product's own pieces (StudioTrainer, federated.round's studio and server
 steps), saving every studio's checkpoint in a run folder that `fedgai evaluate-fusion` also reads. `evaluate`
-scores each run with fedgai.evaluation.fusion and writes OUT/fusion.json and a markdown table OUT/fusion.md.
+scores each run with fedgai.evaluation.cross_style and writes OUT/fusion.json and a markdown table OUT/fusion.md.
 """
 
 from __future__ import annotations
@@ -109,18 +109,18 @@ def train(args: argparse.Namespace, studios: list[Path]) -> None:
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Score every finished run (fusion.json per run, kept so that adding runs does not rescore the others)."""
     from fedgai.config import EvalConfig
-    from fedgai.evaluation import fusion
+    from fedgai.evaluation import cross_style
 
     results = {}
     for run in sorted(p for p in args.out.iterdir() if (p / "run.json").is_file()):
         cached = run / "fusion.json"
         if not cached.is_file():
-            report = fusion.evaluate_fusion([run], args.cross, data=args.data, steps=args.steps, progress=False,
+            report = cross_style.evaluate_fusion([run], args.cross, data=args.data, steps=args.steps, progress=False,
                                             cfg=EvalConfig(feature_size=args.feature_size))
             cached.write_text(json.dumps(report, indent=1) + "\n")
             print(f"evaluated {run.name}", flush=True)
         report = json.loads(cached.read_text())
-        results[run.name] = report | {"summary": fusion.summarise(report["pairs"], report["own"])}  # current rules
+        results[run.name] = report | {"summary": cross_style.summarise(report["pairs"], report["own"])}  # current rules
     summary = summarise(results)
     (args.out / "fusion.json").write_text(json.dumps({"summary": summary, "runs": results}, indent=1) + "\n")
     (args.out / "fusion.md").write_text(markdown(summary))

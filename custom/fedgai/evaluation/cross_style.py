@@ -30,7 +30,7 @@ from fedgai.evaluation.evaluate import fit_style, resolve_data
 from fedgai.evaluation.metrics import MetricSuite, frechet_distance, ink_chamfer
 from fedgai.evaluation.runs import load_run, merge_runs
 from fedgai.evaluation.style import StyleClassifier
-from fedgai.fusion import SharedStyle, blend, check_compatible, sketch_with, style_of
+from fedgai.style_blend import SharedStyle, blend, check_compatible, sketch_with, style_of
 
 
 @dataclass

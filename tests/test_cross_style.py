@@ -16,7 +16,7 @@ from fedgai.data import SketchPairDataset, load_studio
 from fedgai.data.demo import CROSS_STYLE_FILE, CrossStyle, make_demo, redraw_in_style
 from fedgai.data.split import split_studio
 from fedgai.edge.sketcher import StudioModel
-from fedgai.evaluation.fusion import FusionStudio, fusion_report, ground_truth, read_manifest
+from fedgai.evaluation.cross_style import FusionStudio, fusion_report, ground_truth, read_manifest
 from fedgai.evaluation.metrics import MetricSuite, ink_chamfer
 from fedgai.evaluation.style import StyleClassifier
 from fedgai.models import AdaINSD, RandomEncoder
