@@ -1,4 +1,5 @@
-"""The package's shape, checked: imports go one way (no cycles, nothing below imports what sits above it).
+"""The package's shape, checked: imports go one way (no cycles, nothing below imports what sits above it), and
+docs/architecture.md's module map names every module there is and states the import rules checked here.
 
 Imports are read with ``ast`` from the source of every module under custom/fedgai, those inside functions
 included: a lazy import still ties one module to another.
@@ -7,13 +8,17 @@ included: a lazy import still ties one module to another.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = REPO / "custom"
 PACKAGE = SOURCE / "fedgai"
+MODULE_MAP = REPO / "docs" / "architecture.md"
 
 # Cycles that exist today and are being removed, each with the issue that removes it. Nothing may be added here:
 # a new cycle is fixed, not listed. Delete an entry when its cycle is gone (test_known_cycles_still_exist).
@@ -159,7 +164,42 @@ def test_training_does_not_import_evaluation():
     assert not found, f"training must not depend on evaluation: move what {found} uses below both"
 
 
-def test_a_cycle_and_an_upward_import_are_found():
+def test_config_imports_nothing_of_fedgai():
+    assert import_graph()["fedgai.config"] == frozenset()
+
+
+def test_a_cycle_is_found():
     graph = {"a": frozenset({"b"}), "b": frozenset({"c"}), "c": frozenset({"a"}), "d": frozenset({"a"})}
     assert cycles(graph) == [frozenset({"a", "b", "c"})]
     assert cycles({"a": frozenset({"b"}), "b": frozenset()}) == []
+# ----------------------------------------------------------------------------------------------- module map
+def listed_in_module_map() -> set[str]:
+    """Every path named in the first column of architecture.md's module-map table, relative to custom/fedgai."""
+    section = MODULE_MAP.read_text(encoding="utf-8").split("## Module map", 1)[1].split("\n## ", 1)[0]
+    cells = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    return {token for cell in cells for token in re.findall(r"`([^`]+)`", cell)}
+
+
+def package_paths() -> set[str]:
+    """Every module (``data/studio.py``) and subpackage (``data/``) under custom/fedgai, ``__init__.py`` aside."""
+    files = {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+    folders = {f"{p.parent.relative_to(PACKAGE).as_posix()}/" for p in PACKAGE.rglob("__init__.py")
+               if p.parent != PACKAGE}
+    return files | folders
+
+
+def test_the_module_map_lists_every_module():
+    missing = sorted(package_paths() - listed_in_module_map())
+    assert not missing, f"docs/architecture.md's module map lacks {missing}"
+
+
+def test_the_module_map_lists_no_module_that_is_gone():
+    stale = sorted(listed_in_module_map() - package_paths())
+    assert not stale, f"docs/architecture.md's module map names modules that do not exist: {stale}"
+
+
+@pytest.mark.parametrize("rule", ["never import from `federated/`", "`evaluation/` never imports `federated/`",
+                                  "never imports `evaluation/`", "`config.py` imports nothing of fedgai",
+                                  "there are no import cycles"])
+def test_the_module_map_states_the_import_rules(rule):
+    assert rule in MODULE_MAP.read_text(encoding="utf-8")
