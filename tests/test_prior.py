@@ -13,7 +13,7 @@ from nvflare.app_common.abstract.fl_model import FLModel
 
 import fedgai.prior as prior
 from fedgai import prior_build
-from fedgai.cli import build_parser, load_config
+from fedgai.cli import build_parser, load_config, main
 from fedgai.config import profile
 from fedgai.data.sketchify import sketchify_image
 from fedgai.federated.client import local_round
@@ -193,6 +193,15 @@ def test_the_servers_initial_global_without_its_auto_prior_stops_with_the_comman
     server.run()
     assert len(server.panics) == 1 and "build it first with `fedgai prior build" in server.panics[0]
     assert server.sent == [] and not small_prior.exists()
+
+
+def test_train_local_without_its_prior_says_how_to_build_it_before_writing_anything(small_prior, studio_dir,
+                                                                                    tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["train-local", "--studio", str(studio_dir), "--epochs", "1", "--out", str(run),
+                 "--profile", "test", "--set", "train.prior=auto"])
+    assert code == 2 and "build it first with `fedgai prior build --profile test`" in capsys.readouterr().err
+    assert not run.exists()
 
 
 def test_the_build_command_for_a_quick_record_level_run_is_make_priors(small_prior):

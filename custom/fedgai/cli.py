@@ -132,6 +132,7 @@ def cmd_data_check(args: argparse.Namespace) -> None:
 
 def cmd_train_local(args: argparse.Namespace) -> None:
     from fedgai.data import load_studio
+    from fedgai.prior import resolve_prior, resolved_encoder_name
     from fedgai.trainer import StudioTrainer
 
     cfg = load_config(args, common_overrides(args) | {"train.max_pairs": args.max_pairs,
@@ -140,6 +141,7 @@ def cmd_train_local(args: argparse.Namespace) -> None:
         cfg = cfg.with_overrides({"train.epochs": args.epochs, "fed.rounds": 1})
     # Every check before the run folder is touched: a bad studio never costs an earlier run (--overwrite).
     load_studio(args.studio, follow_symlinks=cfg.data.follow_symlinks, max_pixels=cfg.data.max_pixels)
+    resolve_prior(cfg, resolved_encoder_name(cfg))  # a missing prior: refused with the command that builds it
     prepare_train_run(args.out, args.studio, cfg, resume=args.resume, overwrite=args.overwrite)
     trainer = StudioTrainer(cfg, args.studio, args.out)
     last = trainer.folder.checkpoint

@@ -65,12 +65,16 @@ def prior_path(cfg: FedgaiConfig, encoder_name: str) -> Path:
 
 
 def resolve_prior(cfg: FedgaiConfig, encoder_name: str) -> Path | None:
-    """The prior file train.prior names; None when off. A missing "auto" prior is a PriorError naming the
+    """The prior file train.prior names, which exists; None when off. A missing one is a PriorError naming the
     command that builds it: found, never built here (building is a GAN's training, not a constructor's job)."""
     if cfg.train.prior == "none":
         return None
     if cfg.train.prior != "auto":
-        return Path(cfg.train.prior)
+        path = Path(cfg.train.prior)
+        if not path.is_file():
+            raise PriorError(f"train.prior {path} is not a file (build one there with `{build_command(cfg)} --out "
+                             f"{shlex.quote(str(path))}`, or use 'auto')")
+        return path
     path = prior_path(cfg, encoder_name)
     if not path.is_file():
         raise PriorError(f"train.prior auto: no public prior for this architecture in {path.parent} (looked for "
@@ -130,9 +134,6 @@ def load_prior(cfg: FedgaiConfig, encoder_name: str, generator: nn.Module | None
     path = resolve_prior(cfg, encoder_name)
     if path is None:
         return None
-    if not path.is_file():
-        raise PriorError(f"train.prior {path} is not a file (build one there with `{build_command(cfg)} --out "
-                         f"{shlex.quote(str(path))}`, or use 'auto')")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("format") != PRIOR_FORMAT or state.get("key") != prior_key(cfg, encoder_name):
         raise PriorError(f"prior {path} was built for another architecture or recipe (key {state.get('key')}, "
