@@ -43,7 +43,7 @@ from nvflare.apis.fl_exception import FLCommunicationError
 from nvflare.fuel.flare_api.api_spec import JobNotDone, JobNotRunning, MonitorReturnCode, NoConnection
 from nvflare.fuel.flare_api.flare_api import Session, new_secure_session
 
-from fedgai.federated.client import DATA_ROOT_ENV, OUTPUT_ROOT_ENV
+from fedgai.federated.client import DATA_ROOT_ENV, OUTPUT_ROOT_ENV, SitePaths
 from fedgai.federated.kits import harden_kits
 
 REPO = Path(__file__).resolve().parent.parent
@@ -270,16 +270,17 @@ class Deployment:
             meta = self.session.get_job_meta(job_id)
         out = self.workdir / "output" / job_dir.name
         result = self.session.download_job_result(job_id, destination=str(out))
-        studios = self.collect_studio_outputs(out / "studios")
+        studios = self.collect_studio_outputs(out / "studios", job_id)
         return {"job": job_dir.name, "job_id": job_id, "status": meta.get("status"),
                 "timed_out": rc == MonitorReturnCode.TIMEOUT, "seconds": round(time.monotonic() - started, 1),
                 "result": result, "studio_outputs": studios}
 
-    def collect_studio_outputs(self, out: Path) -> dict[str, str]:
-        """Move each studio's outputs of the job that just ran next to the job's result."""
+    def collect_studio_outputs(self, out: Path, job_id: str) -> dict[str, str]:
+        """Move each studio's outputs of the job that just ran (its folder for this job) next to the job's result."""
         moved = {}
+        paths = SitePaths.from_env(self.env)
         for site in self.sites:
-            source = Path(self.env[OUTPUT_ROOT_ENV]) / site
+            source = paths.output_dir(site, job_id)
             if source.is_dir():
                 out.mkdir(parents=True, exist_ok=True)
                 moved[site] = str(shutil.move(str(source), str(out / site)))
