@@ -79,11 +79,11 @@ def test_trained_renderer_draws_in_the_style_it_is_given(encoder):
     come out in that style: closer to its own statistics than to the other's. Fails if G ignores its code."""
     torch.manual_seed(0)
     gen = StyledSketchGenerator(encoder.channels, encoder.strides[0], width=16)
-    photos, thin, thick = styles(encoder)
+    photos, thin, thick = styles(encoder, 4)
     stats = {"thin": set_stats(encoder, thin), "thick": set_stats(encoder, thick)}
     taps = encoder(photos)
     opt = torch.optim.Adam(gen.parameters(), 3e-3)
-    for _ in range(60):
+    for _ in range(30):
         loss = sum(torch.nn.functional.l1_loss(gen(taps, stats[name]), target)
                    + statistics_consistency(encoder(gen(taps, stats[name])), stats[name])
                    for name, target in (("thin", thin), ("thick", thick)))
