@@ -11,6 +11,7 @@ renderer trained on hundreds of procedural public line styles, data/public_style
 - prior:  the prior alone, drawing with the statistics of the target's n sketches (nothing trained);
 - local:  the strong local twin: the prior fine-tuned on the target's n pairs, with DiffAugment (kornia: colour,
           translation, cutout) on the critic's inputs, the critic's lower layers frozen (FreezeD), best step by val;
+- local_plain: the local twin without DiffAugment and FreezeD (is the strong recipe stronger?);
 - pooled: the prior fine-tuned on the target's n pairs plus the other 3 studios' training pairs, style-mixed
           batches, the same augmentation, best step by val;
 - loso:   leave-one-studio-out: the prior fine-tuned on the other 3 studios only, drawing with the statistics of
@@ -46,8 +47,8 @@ from PIL import Image
 
 SIZE = 64
 NS = (5, 10, 20, 40)
-ARMS = ("untrained", "prior", "local", "pooled", "loso")
-PER_N = ("local", "pooled")  # the arms trained once per n
+ARMS = ("untrained", "prior", "local", "local_plain", "pooled", "loso")
+PER_N = ("local", "local_plain", "pooled")  # the arms trained once per n
 TARGET = "studio-01-fine"
 STUDIOS = 4
 METRICS = ("FD-Style", "FD-EffNetLite0", "style_acc", "SSIM", "ink_IoU")
@@ -312,6 +313,9 @@ def run_job(job: tuple) -> str:
         if arm == "local":
             gen.load_state_dict(train(gen, critic, encoder, [subsets[n]], replace(finetune, freeze_d=2), seed,
                                       {"val": criterion(subsets[n].stats)})["val"])
+        elif arm == "local_plain":
+            gen.load_state_dict(train(gen, critic, encoder, [subsets[n]], replace(finetune, augment=False), seed,
+                                      {"val": criterion(subsets[n].stats)})["val"])
         elif arm == "pooled":
             gen.load_state_dict(train(gen, critic, encoder, [*others, subsets[n]], finetune, seed,
                                       {"val": criterion(subsets[n].stats)})["val"])
@@ -378,14 +382,14 @@ def report(out: Path) -> str:
     return "\n".join(lines)
 
 
-def plan(arms: list[str], seeds: list[int]) -> list[tuple[str, int, tuple[int, ...]]]:
+def plan(arms: list[str], seeds: list[int], ns: tuple[int, ...] = NS) -> list[tuple[str, int, tuple[int, ...]]]:
     """(arm, seed, ns) jobs, the kill rule's n first. The arms that train per n (local, pooled) get one job per n;
     the others draw every n from one network (loso: one training; untrained, prior: none)."""
     def per_n(ns: list[int]) -> list[tuple[str, int, tuple[int, ...]]]:
         return [(arm, seed, (n,)) for n in ns for seed in seeds for arm in arms if arm in PER_N]
 
-    once = [(arm, seed, NS) for arm in arms if arm not in PER_N for seed in seeds]
-    return per_n([KILL_N]) + once + per_n([n for n in NS if n != KILL_N])
+    once = [(arm, seed, ns) for arm in arms if arm not in PER_N for seed in seeds]
+    return per_n([n for n in ns if n == KILL_N]) + once + per_n([n for n in ns if n != KILL_N])
 
 
 def main() -> None:
@@ -395,6 +399,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--target", default=TARGET, help="the studio subsampled to n pairs (a folder name)")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--ns", type=int, nargs="+", default=list(NS), help="training pairs of the target")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--prior-styles", type=int, default=240)
     parser.add_argument("--prior-per-style", type=int, default=6)
@@ -409,7 +414,7 @@ def main() -> None:
         threads = max(1, (os.cpu_count() or 1) // args.workers)
         finetune = replace(FINETUNE, steps=args.steps, eval_every=min(FINETUNE.eval_every, args.steps))
         jobs = [(arm, seed, ns, args.target, args.data, args.out, threads, finetune)
-                for arm, seed, ns in plan(args.arms, args.seeds)]
+                for arm, seed, ns in plan(args.arms, args.seeds, tuple(args.ns))]
         with ProcessPoolExecutor(args.workers, mp_context=torch.multiprocessing.get_context("spawn")) as pool:
             for message in pool.map(run_job, jobs):
                 print(message, flush=True)
