@@ -36,7 +36,7 @@ from fedgai.federated.controller import initial_global
 from fedgai.federated.executor import StudioExecutor
 from fedgai.federated.global_check import GlobalCheck
 from fedgai.federated.he_keys import CLIENT_CONTEXT, make_contexts
-from fedgai.federated.he_studio import PackedHEModelEncryptor, ShapedHEModelDecryptor, is_sealed
+from fedgai.federated.he_studio import PackedHEModelEncryptor, ShapedHEModelDecryptor, is_sealed, seal_job
 from fedgai.federated.he_wire import decrypt_packed
 from fedgai.federated.server_state import config_hash
 from fedgai.modes import D_ONLY_MODES, MODES
@@ -223,11 +223,22 @@ def test_every_studio_refuses_a_generator_mode_without_protection(mode):
 def test_a_generator_mode_needs_he_with_three_studios_or_noised_client_dp(settings, ok):
     cfg = profile("test").with_overrides({"fed.mode": "fedbn", **settings})
     policy = SitePolicy(allowed_modes=("fedbn",), min_noise_multiplier=0.0)
+    seal_job("job-1")  # StudioExecutor runs the job: it encrypts under HE
     if ok:
-        assert site_config(cfg, policy).fed.mode == "fedbn"
+        assert site_config(cfg, policy, "job-1").fed.mode == "fedbn"
     else:
         with pytest.raises(SitePolicyError, match="sends generator weights"):
-            site_config(cfg, policy)
+            site_config(cfg, policy, "job-1")
+
+
+def test_an_he_job_runs_only_where_the_studios_executor_encrypts_it():
+    """An unhardened kit lets a job name NVFlare's plain ClientAPIExecutor for the studio script: under HE the
+    script refuses, as that executor would send its update in clear."""
+    cfg = profile("test").with_overrides({"privacy.he": True})
+    with pytest.raises(SitePolicyError, match="StudioExecutor, which does not run job 'job-9'"):
+        site_config(cfg, None, "job-9")
+    seal_job("job-9")
+    assert site_config(cfg, None, "job-9").privacy.he
 
 
 def test_a_record_level_site_is_not_switched_off_dp_sgd_by_a_client_level_job():

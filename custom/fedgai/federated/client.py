@@ -40,6 +40,7 @@ from nvflare.client.tracking import SummaryWriter
 from fedgai.config import FedgaiConfig
 from fedgai.federated.fingerprint import check_global_model, studio_feature_space
 from fedgai.federated.global_check import GlobalCheck
+from fedgai.federated.he_studio import sealing_problem
 from fedgai.federated.round import Received, receive_global, studio_update
 from fedgai.federated.server_state import config_hash
 from fedgai.federated.slots import SlotWait, training_slot
@@ -150,11 +151,14 @@ def site_ledger_path(policy: SitePolicy | None = None) -> Path:
     return Path.cwd() / LEDGER_FILE
 
 
-def site_config(cfg: FedgaiConfig, policy: SitePolicy | None) -> FedgaiConfig:
+def site_config(cfg: FedgaiConfig, policy: SitePolicy | None, job_id: str | None = None) -> FedgaiConfig:
     """The job's config as this site runs it (policy.studio_config: mode protection for every studio, the
-    policy's consent and minimums, its budget as the target when the job sets none); SitePolicyError, printed,
-    when the job asks for less."""
+    policy's consent and minimums, its budget as the target when the job sets none; under HE, StudioExecutor
+    must be the one running job ``job_id``); SitePolicyError, printed, when the job asks for less."""
     try:
+        problem = sealing_problem(cfg.privacy.he, job_id)
+        if problem:
+            raise SitePolicyError(f"this studio refuses the job: {problem}")
         return studio_config(cfg, policy)
     except SitePolicyError as err:
         print(f"refused: {err}", flush=True)
@@ -318,9 +322,9 @@ def open_studio(received: FLModel, site: str, studio_dir: Path, args: argparse.N
     round 0."""
     policy = load_site_policy(Path.cwd())
     job_config = received.meta[CONFIG_META_KEY]
-    cfg = site_config(FedgaiConfig.from_dict(job_config), policy)
+    job_id = flare.get_job_id()  # (5) what a resumed checkpoint must belong to; whose results are encrypted
+    cfg = site_config(FedgaiConfig.from_dict(job_config), policy, job_id)
     ledger = site_ledger_path(policy) if dp_enabled(cfg) else None
-    job_id = flare.get_job_id()  # (5) what a resumed checkpoint must belong to
     trainer = open_trainer(cfg, studio_dir, paths.output_dir(site, job_id), resume=received.current_round > 0,
                            owner=resume_owner(job_id, job_config), device=args.device,
                            ledger=ledger if policy and cfg.privacy.dp == "record" else None)

@@ -38,7 +38,7 @@ from nvflare.client.config import ExchangeFormat
 
 from fedgai.federated import client
 from fedgai.federated.he_keys import CLIENT_CONTEXT
-from fedgai.federated.he_studio import seal
+from fedgai.federated.he_studio import seal, seal_job
 from fedgai.privacy.mechanism import UnsafeUpdateError
 from fedgai.wire import CONFIG_META_KEY
 
@@ -143,6 +143,7 @@ class StudioExecutor(ClientAPIExecutor):
                 self.log_error(fl_ctx, problem)
                 self.system_panic(problem, fl_ctx)
                 return
+            seal_job(fl_ctx.get_job_id())  # before the script starts: it runs an HE job only if this is set
         super().handle_event(event_type, fl_ctx)
 
 

@@ -42,6 +42,25 @@ from fedgai.wire import GLOBAL_REFUSED_META_KEY, LAYOUT_META_KEY
 logger = logging.getLogger(__name__)
 
 
+# The jobs whose results StudioExecutor encrypts, in this (the studio's) process: registered when it starts a job.
+# The studio script runs an HE job only if its job is here, so a job that names another executor (an unhardened
+# kit allows NVFlare's plain ClientAPIExecutor) cannot have the script send its update in clear.
+_SEALED_JOBS: set[str] = set()
+
+
+def seal_job(job_id: str) -> None:
+    """StudioExecutor will encrypt every result of ``job_id``."""
+    _SEALED_JOBS.add(job_id)
+
+
+def sealing_problem(he: bool, job_id: str | None) -> str | None:
+    """Why the studio script must not run this job (privacy.he = ``he``) under the executor it has, or None."""
+    if he and job_id not in _SEALED_JOBS:
+        return ("privacy.he: this studio encrypts its update in fedgai's StudioExecutor, which does not run job "
+                f"{job_id!r}; under any other executor the update would leave in clear")
+    return None
+
+
 def encrypt_entries(context: ts.Context, params: Mapping[str, Any], weight: float) -> dict[str, bytes]:
     """Every entry times ``weight`` (the studio's pair count, or 1 under DP), in the compact format."""
     return {key: encrypt_packed(context, np.asarray(value, dtype=np.float64) * np.float64(weight))
