@@ -422,3 +422,12 @@ def test_a_job_named_weight_file_is_loaded_only_if_the_site_lists_it_with_its_ha
     assert site_config(tag, SitePolicy()) is not None  # an open_clip tag names no file at the site
     with pytest.raises(SitePolicyError, match="sha256"):
         SitePolicy(weight_files={str(weights): "not-a-hash"})
+
+
+def test_an_earlier_versions_per_unit_ledgers_are_never_silently_replaced(tmp_path):
+    folder = tmp_path / SitePolicy().ledger_dir
+    PrivacyLedger(folder / "client_ledger.json").record(2.0, 1.0, 5)
+    with pytest.raises(SitePolicyError, match="merge their steps"):
+        SitePolicy().ledger_path(tmp_path)
+    (folder / "client_ledger.json").rename(folder / "site_ledger.json")
+    assert PrivacyLedger(SitePolicy().ledger_path(tmp_path)).steps == (Step(2.0, 1.0, 5),)

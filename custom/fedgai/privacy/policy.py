@@ -36,6 +36,7 @@ DP_STRENGTH = {"none": 0, "record": 1, "client": 2}
 # round is a Gaussian release of sensitivity 2C for any change of the studio's data, one pair included), so
 # their composition in one accountant is an honest epsilon for the studio's pairs, and one budget caps both.
 LEDGER_FILE = "site_ledger.json"
+LEGACY_LEDGER_FILES = ("client_ledger.json", "record_ledger.json")  # one per unit, before issue 24
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -176,8 +177,16 @@ class SitePolicy:
         return dataclasses.replace(privacy, target_epsilon=self.epsilon_budget)
 
     def ledger_path(self, workspace_root: str | Path) -> Path:
-        """The site's one ledger, charged by every job and both DP units at this site."""
-        return Path(workspace_root) / self.ledger_dir / LEDGER_FILE
+        """The site's one ledger, charged by every job and both DP units at this site. SitePolicyError while the
+        per-unit ledgers of earlier fedgai versions are there without it: starting the one ledger afresh beside
+        them would reset the studio's budget."""
+        folder = Path(workspace_root) / self.ledger_dir
+        legacy = sorted(name for name in LEGACY_LEDGER_FILES if (folder / name).exists())
+        if legacy and not (folder / LEDGER_FILE).exists():
+            raise SitePolicyError(f"{folder} holds the per-unit ledgers {legacy} of an earlier fedgai; this version "
+                                  f"keeps one ledger, {LEDGER_FILE}: merge their steps into it (or rename the one "
+                                  "there is) before running a DP job, so that no spending is forgotten")
+        return folder / LEDGER_FILE
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": POLICY_FORMAT, **dataclasses.asdict(self), "allowed_modes": list(self.allowed_modes),
