@@ -32,7 +32,7 @@ EVALUATION = "fedgai.evaluation"
 # The application layers: they wire everything together, the federation included.
 APP_LAYERS = ("fedgai.cli", "fedgai.studio_page")
 # The studio's training: it must not depend on how its results are evaluated.
-TRAINER = ("fedgai.trainer", "fedgai.objective", "fedgai.pair_features", "fedgai.personal")
+TRAINER = ("fedgai.trainer", "fedgai.objective", "fedgai.pair_features", "fedgai.features")
 
 
 def module_name(path: Path) -> str:

@@ -9,7 +9,7 @@ for the frozen encoder without changing a single term.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -28,10 +28,6 @@ class RealFeatures:
     photo_taps: list[torch.Tensor]
     sketch_deep: torch.Tensor
     sketch_grams: list[torch.Tensor]
-
-    def as_inputs(self) -> list:
-        """Batch-first inputs in RecordLevelDP's per-pair form (tensors or lists of tensors)."""
-        return [self.photo_taps, self.sketch_deep, self.sketch_grams]
 
     def row(self, i: int) -> RealFeatures:
         """Pair ``i``'s features, copied so that keeping one row does not keep the whole batch alive."""
@@ -59,6 +55,79 @@ class Unpaired:
 
     def detached(self) -> Unpaired:
         return Unpaired(self.photo, self.fake.detach(), [g.detach() for g in self.fake_grams])
+
+
+@dataclass
+class PairBatch:
+    """One batch of real pairs on the trainer's device: the images and the encoder's view of them."""
+
+    photo: torch.Tensor
+    sketch: torch.Tensor
+    real: RealFeatures
+
+
+@dataclass
+class Fakes:
+    """G's sketches of a batch and what the losses read of them: the encoder's taps and their Gram matrices
+    (computed once, shared by D's and G's losses)."""
+
+    image: torch.Tensor
+    taps: list[torch.Tensor]
+    grams: list[torch.Tensor]
+
+    @staticmethod
+    def of(image: torch.Tensor, taps: list[torch.Tensor]) -> Fakes:
+        return Fakes(image, taps, [gram_matrix(t) for t in taps])
+
+    def detached(self) -> Fakes:
+        return Fakes(self.image.detach(), [t.detach() for t in self.taps], [g.detach() for g in self.grams])
+
+
+@dataclass
+class GanInputs:
+    """What both losses of one GAN step read: the real pairs, G's sketches of them and, optionally, G's sketches
+    of unpaired photos. D's loss takes ``detached()`` (its step must not reach G), G's loss the graph."""
+
+    batch: PairBatch
+    fakes: Fakes
+    unpaired: Unpaired | None = None
+
+    def detached(self) -> GanInputs:
+        return GanInputs(self.batch, self.fakes.detached(), None if self.unpaired is None else self.unpaired.detached())
+
+
+@dataclass
+class CriticPairs:
+    """Record-level DP's D sample, one row per pair. RecordLevelDP maps the per-pair loss over batch-first
+    positional inputs, so ``columns()`` gives them in ``discriminator_pair_loss``'s parameter order."""
+
+    sketch_grams: list[torch.Tensor]
+    fake_grams: list[torch.Tensor]
+    photo: torch.Tensor
+    sketch: torch.Tensor
+    fake: torch.Tensor
+
+    def columns(self) -> list:
+        return [getattr(self, f.name) for f in fields(self)]
+
+
+@dataclass
+class GeneratorPairs:
+    """Record-level DP's G sample, one row per pair, in ``generator_pair_loss``'s parameter order."""
+
+    photo_taps: list[torch.Tensor]
+    sketch_deep: torch.Tensor
+    sketch_grams: list[torch.Tensor]
+    sketch: torch.Tensor
+    photo: torch.Tensor
+
+    @staticmethod
+    def of(batch: PairBatch) -> GeneratorPairs:
+        real = batch.real
+        return GeneratorPairs(real.photo_taps, real.sketch_deep, real.sketch_grams, batch.sketch, batch.photo)
+
+    def columns(self) -> list:
+        return [getattr(self, f.name) for f in fields(self)]
 
 
 def _with_unpaired(paired: list[torch.Tensor], unpaired: Unpaired | None) -> list[torch.Tensor]:
@@ -89,24 +158,22 @@ class Objective:
         return RealFeatures(photo_taps, sketch_taps[-1], [gram_matrix(t) for t in sketch_taps])
 
     # ------------------------------------------------------------------ batched
-    def generator_terms(self, fake: torch.Tensor, fake_taps: list[torch.Tensor], sketch: torch.Tensor,
-                        sketch_deep: torch.Tensor, sketch_grams: list[torch.Tensor], photo: torch.Tensor,
-                        unpaired: Unpaired | None = None) -> dict[str, torch.Tensor]:
+    def generator_loss_terms(self, x: GanInputs) -> dict[str, torch.Tensor]:
         """G's unweighted terms for generated sketches against their real pairs, through the current D (the
         structure critic, where it is on, also sees the photos). Unpaired fakes join the critics' adversarial
         terms only (their means run over paired and unpaired fakes alike)."""
-        d, fm, n = self.discriminator, self.weights.feature_matching > 0, fake.shape[0]
-        fake_grams = [gram_matrix(t) for t in fake_taps]
-        critic = d.features(_with_unpaired(fake_grams, unpaired))
+        d, fm, n = self.discriminator, self.weights.feature_matching > 0, x.fakes.image.shape[0]
+        photo, sketch, fake, unpaired = x.batch.photo, x.batch.sketch, x.fakes.image, x.unpaired
+        critic = d.features(_with_unpaired(x.fakes.grams, unpaired))
         terms = {
-            "gram": gram_loss(sketch_grams, fake_grams),
+            "gram": gram_loss(x.batch.real.sketch_grams, x.fakes.grams),
             "adversarial": hinge_g_loss(d.score(critic)),
-            "content": content_loss(sketch_deep, fake_taps[-1]),
+            "content": content_loss(x.batch.real.sketch_deep, x.fakes.taps[-1]),
             "pixel_l1": (fake - sketch).abs().mean(),
         }
         if fm:
             with torch.no_grad():
-                real_critic = d.features(sketch_grams)
+                real_critic = d.features(x.batch.real.sketch_grams)
             terms["feature_matching"] = feature_matching_loss(real_critic, critic[:n])
         if d.patch is not None:
             photos, fakes = (photo, fake) if unpaired is None else (torch.cat([photo, unpaired.photo]),
@@ -121,26 +188,33 @@ class Objective:
             terms["clip"] = self.clip(sketch, fake)
         return terms
 
+    def generator_terms(self, fake: torch.Tensor, fake_taps: list[torch.Tensor], sketch: torch.Tensor,
+                        sketch_deep: torch.Tensor, sketch_grams: list[torch.Tensor], photo: torch.Tensor,
+                        unpaired: Unpaired | None = None) -> dict[str, torch.Tensor]:
+        """``generator_loss_terms`` from loose tensors: for analyses that build a batch by hand (the photos' taps
+        are G's input, which no loss term reads, so none are needed here)."""
+        batch = PairBatch(photo, sketch, RealFeatures([], sketch_deep, sketch_grams))
+        return self.generator_loss_terms(GanInputs(batch, Fakes.of(fake, fake_taps), unpaired))
+
     def weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         """G's loss: each term times its weight in config.LossConfig."""
         return sum(getattr(self.weights, name) * value for name, value in terms.items())
 
-    def discriminator_loss(self, real_grams: list[torch.Tensor], fake_grams: list[torch.Tensor],
-                           photo: torch.Tensor, sketch: torch.Tensor, fake: torch.Tensor,
-                           unpaired: Unpaired | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def discriminator_loss(self, x: GanInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """Hinge + FedDecorr on the real features (real and fake share one BatchNorm batch), plus the structure
-        critic's hinge on (photo, sketch) pairs where it is on; unpaired fakes (detached) join the fake side.
-        Returns (loss, FedDecorr term)."""
+        critic's hinge on (photo, sketch) pairs where it is on; unpaired fakes join the fake side. ``x`` is
+        detached by the caller. Returns (loss, FedDecorr term)."""
+        real_grams, photo, sketch, fake = x.batch.real.sketch_grams, x.batch.photo, x.batch.sketch, x.fakes.image
         n = real_grams[0].shape[0]
-        fakes = _with_unpaired(fake_grams, unpaired)
+        fakes = _with_unpaired(x.fakes.grams, x.unpaired)
         logits, feats = self.discriminator([torch.cat([r, f]) for r, f in zip(real_grams, fakes, strict=True)])
         decorr = feddecorr_loss(feats[:n])
         loss = hinge_d_loss(logits[:n], logits[n:]) + self.weights.feddecorr * decorr
         patch = self.discriminator.patch
         if patch is not None:
             photos, sketches = [photo, photo], [sketch, fake]
-            if unpaired is not None:
-                photos, sketches = [*photos, unpaired.photo], [*sketches, unpaired.fake]
+            if x.unpaired is not None:
+                photos, sketches = [*photos, x.unpaired.photo], [*sketches, x.unpaired.fake]
             scores = patch.score(patch.features(torch.cat(photos), torch.cat(sketches)))
             loss = loss + hinge_d_loss(scores[:n], scores[n:])
         return loss, decorr
@@ -149,7 +223,8 @@ class Objective:
     def discriminator_pair_loss(self, critic: Callable, sketch_grams: list[torch.Tensor],
                                 fake_grams: list[torch.Tensor], photo: torch.Tensor, sketch: torch.Tensor,
                                 fake: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One pair's D loss: hinge(D(real)) + hinge(D(G(photo))); FedDecorr couples pairs, so it has no place."""
+        """One pair's D loss (the inputs are ``CriticPairs.columns()``): hinge(D(real)) + hinge(D(G(photo)));
+        FedDecorr couples pairs, so it has no place."""
         loss = hinge_d_loss(critic(sketch_grams)[0], critic(fake_grams)[0])
         if self.discriminator.patch is not None:
             loss = loss + hinge_d_loss(critic(photo, sketch, submodule="patch"),
@@ -159,8 +234,9 @@ class Objective:
     def generator_pair_loss(self, generate: Callable, photo_taps: list[torch.Tensor], sketch_deep: torch.Tensor,
                             sketch_grams: list[torch.Tensor], sketch: torch.Tensor, photo: torch.Tensor
                             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One pair's weighted G loss (the inputs are ``RealFeatures.as_inputs()`` + sketch, photo)."""
+        """One pair's weighted G loss (the inputs are ``GeneratorPairs.columns()``)."""
         fake = generate(photo_taps)
-        terms = self.generator_terms(fake, self.encoder(fake), sketch, sketch_deep, sketch_grams, photo)
+        batch = PairBatch(photo, sketch, RealFeatures(photo_taps, sketch_deep, sketch_grams))
+        terms = self.generator_loss_terms(GanInputs(batch, Fakes.of(fake, self.encoder(fake))))
         loss = self.weighted(terms)
         return loss, {**terms, "loss_g": loss}

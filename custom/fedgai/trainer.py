@@ -4,12 +4,13 @@ an NVFlare client site, which only swaps the discriminator weights between round
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import random
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,19 +20,23 @@ from tqdm import tqdm
 
 from fedgai.config import FedgaiConfig
 from fedgai.data import PhotoDataset, SketchPairDataset, load_studio
-from fedgai.data.sketchify import SKETCH_STYLES, sketchify_image
-from fedgai.data.split import run_split
+from fedgai.data.split import StudioSplit, run_split
+from fedgai.data.studio import Studio
 from fedgai.device import amp_dtype, resolve_device
+from fedgai.features import Feature, TrainStep, Updates
+from fedgai.features.adain_sampling import AdainSampling
+from fedgai.features.ditto import Ditto
+from fedgai.features.public_styles import PublicStyles, public_style_targets
+from fedgai.features.record_dp import PrivateUpdates, record_level_dp
+from fedgai.features.unpaired import UnpairedPhotos, unpaired_fakes
 from fedgai.ink import ink_iou
 from fedgai.layout import METADATA
-from fedgai.losses import content_loss, gram_loss, load_clip
+from fedgai.losses import ClipStatus, gram_loss, load_clip
 from fedgai.models import build_gan, gram_matrix, per_sample_networks
-from fedgai.objective import Objective, RealFeatures, Unpaired
+from fedgai.objective import Fakes, GanInputs, Objective, PairBatch, RealFeatures, Unpaired
 from fedgai.pair_features import PairFeatureCache
-from fedgai.personal import SharedGenerator
 from fedgai.prior import load_prior
-from fedgai.privacy.planner import planned_record_dp
-from fedgai.privacy.record import RecordLevelDP, train_only
+from fedgai.privacy.record import RecordLevelDP
 from fedgai.rundir import RunFolder
 from fedgai.sharing import load_shared, network_shared_keys, shared_state
 
@@ -55,8 +60,8 @@ def make_optimizer(cfg: FedgaiConfig, params, lr: float) -> torch.optim.Optimize
 
 
 class StudioTrainer:
-    """Trains one studio's generator and discriminator: data, networks, optimisers and the loop. The loss
-    composition is objective.Objective's; the run folder's files are written through rundir.RunFolder."""
+    """Trains one studio's G and D: data, networks, optimisers and the one loop (D step, G step, then the optional
+    features' hooks: fedgai/features/). Losses from objective.Objective; files written through rundir.RunFolder."""
 
     def __init__(self, cfg: FedgaiConfig, studio_dir: str | Path, run_dir: str | Path, device: str | None = None):
         """``device`` overrides cfg.train.device (None = the config's setting, "auto" by default)."""
@@ -70,74 +75,56 @@ class StudioTrainer:
         self.folder = RunFolder(run_dir)
         self.run_dir = self.folder.root
         t = cfg.train
-        self.split = run_split(self.studio, self.run_dir, t.split_seed, t.val_fraction, t.test_fraction)
-        size = cfg.model.image_size
-        # The training pairs, unaugmented: the loop draws each batch's flips itself, so that the encoder's
-        # view of every (pair, flip) can be cached.
-        self.dataset = SketchPairDataset(self.studio, size, t.max_pairs, stems=self.split.train)
-        # Held-out pairs for grids and the per-round quality score (the test side is never touched here).
-        self.val = SketchPairDataset(self.studio, size, stems=self.split.val) if self.split.val else self.dataset
+        self.split, self.dataset, self.val, self.unpaired = _studio_data(cfg, self.studio, self.run_dir)
         self.num_samples = len(self.dataset)
-        # Photos without a sketch, for the critics' adversarial terms only (train.unpaired_batch > 0).
-        self.unpaired = PhotoDataset(self.studio.unpaired, size) if t.unpaired_batch and self.studio.unpaired \
-            else None
         gan = build_gan(cfg)
         self.encoder = gan.encoder.to(self.device)
         self.generator = gan.generator.to(self.device)
         self.discriminator = gan.discriminator.to(self.device)
         # train.prior: G and D start from the public prior (prior.py); AdaIN_SD's statistics stay the studio's.
         self.prior = load_prior(cfg, self.encoder.name, self.generator, self.discriminator)
-        self.clip, clip_status = load_clip(cfg.loss)
-        if self.clip is not None:
-            self.clip = self.clip.to(self.device)
+        clip, clip_status = load_clip(cfg.loss)
+        self.clip = None if clip is None else clip.to(self.device)
         self.objective = Objective(cfg.loss, self.encoder, self.discriminator, self.clip)
         self.features = PairFeatureCache(self.dataset, self.objective.real_features, self.device, self._autocast)
         self.opt_g = make_optimizer(cfg, self.generator.parameters(), cfg.train.lr_g)
         self.opt_d = make_optimizer(cfg, self.discriminator.parameters(), cfg.train.lr_d)
         self.epoch = 0
-        # Record-level DP: every pair-dependent update of G and D (and AdaIN_SD's statistics) is private.
-        self.dp_details: dict = {}
-        self.record_dp = self._record_dp() if cfg.privacy.dp == "record" else None
-        self.metadata = {
-            "studio": self.studio.name,
-            "studio_dir": str(Path(studio_dir).resolve()),
-            "num_samples": self.num_samples,
-            "unpaired_photos": len(self.unpaired) if self.unpaired is not None else 0,
-            "encoder": self.encoder.name,
-            "encoder_pretrained": self.encoder.pretrained,
-            "clip_enabled": clip_status.enabled,
-            "clip_status": clip_status.reason,
-            "dp": cfg.privacy.dp,
-            "prior": str(self.prior) if self.prior else None,
-            **self.dp_details,
-            "device": str(self.device),
-            "amp": "bf16" if self.amp else "off",
-            "split": {side: len(getattr(self.split, side)) for side in ("train", "val", "test")},
-        }
+        self.adain_sampling = AdainSampling(t.adain_sample_p, self.encoder, self.device)
+        self.unpaired_photos = UnpairedPhotos(self.unpaired, t.unpaired_batch)
+        self.record_dp, self.updates = _schedule(self)
+        self.metadata = _run_metadata(self, studio_dir, clip_status)
         self._writer: SummaryWriter | None = None
-        self._fixed = self._fixed_batch()
+        self._fixed = _first_pairs(self.val, t.grid_size)  # what grids show
         self.fit_sketch_statistics()
-        # fed.mode fedgai_ditto: the shared generator (personal.py); self.generator is then the studio's personal one.
-        self.ditto = self._shared_generator() if cfg.fed.mode == "fedgai_ditto" else None
-        # (pairs, public styles, 1, H, W): the studio's own training photos as public edge styles (train.public_styles)
-        self.public_targets = self._public_targets() if t.public_styles else None
+        # fed.mode fedgai_ditto: the shared generator (features/ditto.py); self.generator is the personal one.
+        self.ditto = _ditto(self) if cfg.fed.mode == "fedgai_ditto" else None
+        # The generator D trains with, whose entries cross the wire: Ditto's shared one, else the studio's.
+        self.gan_generator = self.ditto.generator if self.ditto else self.generator
+        self.gan_opt = self.ditto.opt if self.ditto else self.opt_g
+        # train.public_styles: the studio's own training photos as public edge styles, one more G update a step.
+        self.public_styles = _public_styles(self) if t.public_styles else None
+        self.optional: list[Feature] = [f for f in (self.ditto, self.public_styles) if f is not None]
         self.folder.write_json(METADATA, self.metadata)
 
-    def _shared_generator(self) -> SharedGenerator:
-        """Ditto's shared generator: a copy of the personal one after the prior and AdaIN_SD's fit, pulling
-        exactly the entries it shares."""
-        pulled = network_shared_keys(self.generator, "generator", self.cfg.fed.mode, per_sample_networks(self.cfg))
-        return SharedGenerator(self.generator, pulled, self.cfg.fed.ditto_lambda,
-                               lambda params: make_optimizer(self.cfg, params, self.cfg.train.lr_g))
+    def _public_targets(self) -> torch.Tensor:
+        """Every training photo in every public edge style (features/public_styles.py)."""
+        return public_style_targets(self.dataset, self.num_samples)
 
-    def _record_dp(self) -> RecordLevelDP:
-        """Record-level DP as configured: the planned schedule when privacy.plan is on (privacy/planner.py), and
-        DP-SGD on privacy.record_trainable's parameters only (the rest stay where they started)."""
-        privacy, batch, plan = planned_record_dp(self.cfg, self.num_samples)
-        noised = train_only(self.cfg.privacy.record_trainable, self.generator, self.discriminator)
-        self.dp_details = {"dp_noised_parameters": noised, "dp_noise_multiplier": privacy.noise_multiplier,
-                           "dp_batch_size": batch, "dp_plan": dataclasses.asdict(plan) if plan else None}
-        return RecordLevelDP(privacy, self.num_samples, batch, self.folder.dp_ledger, self.studio.name)
+    @property
+    def public_targets(self) -> torch.Tensor | None:
+        """(pairs, public styles, 1, H, W) under train.public_styles; None without it."""
+        return None if self.public_styles is None else self.public_styles.targets
+
+    def public_style_step(self, photo_taps: list[torch.Tensor], indices: torch.Tensor, flips: torch.Tensor
+                          ) -> dict[str, float]:
+        """train.public_styles' extra G update on one batch (features/public_styles.py)."""
+        return self.public_styles.step(photo_taps, indices, flips)
+
+    def _personal_step(self, photo: torch.Tensor, sketch: torch.Tensor, real: RealFeatures,
+                       unpaired: torch.Tensor | None) -> dict[str, float]:
+        """Ditto's personal G update on one batch (features/ditto.py)."""
+        return self.ditto.personal_step(PairBatch(photo, sketch, real), unpaired)
 
     def dp_epsilon(self) -> float | None:
         """epsilon spent so far under record-level DP (None when it is off)."""
@@ -158,233 +145,99 @@ class StudioTrainer:
         for indices, flips in self.batches():
             yield self.features.images(indices, flips)
 
-    def _fixed_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first held-out (val) pairs: what grids show."""
-        n = min(self.cfg.train.grid_size, len(self.val))
-        items = [self.val[i] for i in range(n)]
-        return torch.stack([p for p, _ in items]), torch.stack([s for _, s in items])
+    def unpaired_batch(self) -> torch.Tensor | None:
+        """train.unpaired_batch random unpaired photos (None when unused; features/unpaired.py)."""
+        return self.unpaired_photos.draw()
 
     @torch.no_grad()
     def fit_sketch_statistics(self) -> None:
         """AdaIN_SD's per-tap statistics over this studio's whole sketch set (they never leave the site);
-        under record-level DP, released to G through the Gaussian mechanism of RecordLevelDP."""
+        under record-level DP, released to G through the Gaussian mechanism (features/record_dp.py)."""
         sketches = [self.dataset[i][1] for i in range(self.num_samples)]
         taps = [self.encoder(torch.stack(sketches[i : i + 32]).to(self.device))
                 for i in range(0, len(sketches), 32)]
-        if self.record_dp is None:
-            self.generator.adain.fit(taps)
-        else:
-            blank = self.encoder(torch.ones_like(sketches[0]).unsqueeze(0).to(self.device))  # white paper
-            self.record_dp.fit_adain(self.generator.adain, taps, blank)
-
-    def _public_targets(self) -> torch.Tensor:
-        """Every training photo drawn in every public edge style (data/sketchify.py): style targets made from the
-        studio's own photos only, so teaching G to follow its statistics needs no other studio's sketch."""
-        targets = []
-        for i in range(self.num_samples):
-            rgb = ((self.dataset[i][0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
-            targets.append(torch.stack([torch.from_numpy(sketchify_image(rgb, style)).float()[None] / 127.5 - 1
-                                        for style in SKETCH_STYLES]))
-        return torch.stack(targets)
-
-    def _training_stats(self, generator: torch.nn.Module, sketch: torch.Tensor
-                        ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-        """AdaIN_SD statistics for a batch (train.adain_sample_p): each pair's own sketch statistics with that
-        probability, the set's otherwise; None (the set's for all) when no pair drew them."""
-        pick = torch.rand(len(sketch)) < self.cfg.train.adain_sample_p
-        if not pick.any():
-            return None
-        adain = generator.adain
-        with torch.no_grad():
-            own = adain.sample_stats(self.encoder(sketch))
-        pick = pick.to(self.device).view(-1, 1, 1, 1)
-        return [(torch.where(pick, m, getattr(adain, f"mean{i}")), torch.where(pick, s, getattr(adain, f"std{i}")))
-                for i, (m, s) in enumerate(own)]
-
-    def public_style_step(self, photo_taps: list[torch.Tensor], indices: torch.Tensor, flips: torch.Tensor
-                          ) -> dict[str, float]:
-        """One G update towards the batch's photos in a random public edge style each, drawn with that target's
-        own AdaIN_SD statistics: the paired terms only (gram, content, pixel L1), D neither trains nor judges."""
-        styles = torch.randint(self.public_targets.shape[1], (len(indices),))
-        target = self.public_targets[indices, styles]
-        target = torch.where(flips.view(-1, 1, 1, 1), target.flip(-1), target).to(self.device)
-        w = self.cfg.loss
-        with self._autocast():
-            with torch.no_grad():
-                target_taps = self.encoder(target)
-            fake = self.generator(photo_taps, self.generator.adain.sample_stats(target_taps))
-            fake_taps = self.encoder(fake)
-            loss = (w.gram * gram_loss([gram_matrix(t) for t in target_taps], [gram_matrix(t) for t in fake_taps])
-                    + w.content * content_loss(target_taps[-1], fake_taps[-1])
-                    + w.pixel_l1 * (fake - target).abs().mean())
-        self.opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_g.step()
-        return {"public_style": loss.item()}
+        self.updates.fit_statistics(self.generator.adain, taps, sketches)
 
     def _real_features(self, photo: torch.Tensor, sketch: torch.Tensor) -> RealFeatures:
         with self._autocast():
             return self.objective.real_features(photo, sketch)
 
+    def _generate_unpaired(self, photo: torch.Tensor, generator: torch.nn.Module | None = None) -> Unpaired:
+        """``generator``'s (default: the studio's) sketches of unpaired photos, for the critics' terms."""
+        return unpaired_fakes(photo, generator or self.generator, self.encoder)
+
+    def _draw(self, generator: torch.nn.Module, batch: PairBatch, unpaired: torch.Tensor | None) -> GanInputs:
+        """``generator``'s sketches of the batch (AdaIN_SD statistics per features/adain_sampling.py) and of the
+        unpaired photos: what D's and G's losses read."""
+        with record_function("G forward"):
+            fake = generator(batch.real.photo_taps, self.adain_sampling.stats(generator, batch.sketch))
+        with record_function("encoder: generated sketch"):
+            fakes = Fakes.of(fake, self.encoder(fake))
+        return GanInputs(batch, fakes, None if unpaired is None else self._generate_unpaired(unpaired, generator))
+
     def generator_losses(self, photo: torch.Tensor, sketch: torch.Tensor) -> dict[str, torch.Tensor]:
         """G's unweighted loss terms on one batch, with their graphs: for analyses of what drives G (which
         term carries how much of its gradient) without a training step."""
         photo, sketch = photo.to(self.device), sketch.to(self.device)
-        real = self._real_features(photo, sketch)
-        fake = self.generator(real.photo_taps)
-        return self.objective.generator_terms(fake, self.encoder(fake), sketch, real.sketch_deep, real.sketch_grams,
-                                              photo)
+        batch = PairBatch(photo, sketch, self._real_features(photo, sketch))
+        fake = self.generator(batch.real.photo_taps)
+        return self.objective.generator_loss_terms(GanInputs(batch, Fakes.of(fake, self.encoder(fake))))
 
     # ------------------------------------------------------------------ training
     def step(self, photo: torch.Tensor, sketch: torch.Tensor, real: RealFeatures | None = None,
-             unpaired: torch.Tensor | None = None) -> dict[str, float]:
-        """One discriminator update then one generator update on a batch (moved to the trainer's device).
-        ``real``: the batch's encoder features when the caller has them (the cache); computed otherwise.
-        ``unpaired``: photos without a sketch, judged by the critics alongside the paired fakes.
-        fedgai_ditto: D and the shared generator take that step (FedAvg's model), then the personal generator one
-        G update against the same D, with the proximal pull (personal.py)."""
+             unpaired: torch.Tensor | None = None, pairs: tuple[torch.Tensor, torch.Tensor] | None = None
+             ) -> dict[str, float]:
+        """One D update on G's sketches of the batch (moved to the trainer's device), then one G update through
+        the updated D, then the features' after-step updates. ``real``: the batch's encoder features when the
+        caller has them (the cache); ``unpaired``: photos without a sketch, judged by the critics alongside the
+        paired fakes; ``pairs``: the batch's (indices, flips) in the epoch's schedule (public styles need them).
+        fedgai_ditto: D and the shared generator take this step, the personal generator its own after it."""
         photo, sketch = photo.to(self.device), sketch.to(self.device)
         unpaired = None if unpaired is None else unpaired.to(self.device)
-        if real is None:
-            real = self._real_features(photo, sketch)
-        if self.ditto is None:
-            return self._gan_step(self.generator, self.opt_g, photo, sketch, real, unpaired)
-        shared = self._gan_step(self.ditto.generator, self.ditto.opt, photo, sketch, real, unpaired)
-        return shared | self._personal_step(photo, sketch, real, unpaired)
-
-    def _gan_step(self, generator: torch.nn.Module, opt_g: torch.optim.Optimizer, photo: torch.Tensor,
-                  sketch: torch.Tensor, real: RealFeatures, unpaired: torch.Tensor | None) -> dict[str, float]:
-        """D's update on ``generator``'s fakes, then ``generator``'s update through the updated D."""
+        batch = PairBatch(photo, sketch, self._real_features(photo, sketch) if real is None else real)
         with self._autocast():
-            with record_function("G forward"):
-                fake = self._fake(generator, real, sketch)
-            with record_function("encoder: generated sketch"):
-                fake_taps = self.encoder(fake)
-            extra = None if unpaired is None else self._generate_unpaired(unpaired, generator)
+            inputs = self._draw(self.gan_generator, batch, unpaired)
             with record_function("D loss (Gram + structure critic)"):
-                fake_grams = [gram_matrix(t) for t in fake_taps]
-                loss_d, decorr = self.objective.discriminator_loss(
-                    real.sketch_grams, [g.detach() for g in fake_grams], photo, sketch, fake.detach(),
-                    None if extra is None else extra.detached())
+                loss_d, decorr = self.objective.discriminator_loss(inputs.detached())
         with record_function("D backward + optimiser"):
-            self.opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
+            _backward(self.opt_d, loss_d)
             self.opt_d.step()
-
-        with self._autocast():
-            with record_function("G loss terms"):
-                terms = self.objective.generator_terms(fake, fake_taps, sketch, real.sketch_deep, real.sketch_grams,
-                                                       photo, extra)
-                loss_g = self.objective.weighted(terms)
-            with record_function("G backward"):
-                opt_g.zero_grad(set_to_none=True)
-                loss_g.backward()
+        with self._autocast(), record_function("G loss terms"):
+            terms = self.objective.generator_loss_terms(inputs)
+            loss_g = self.objective.weighted(terms)
+        with record_function("G backward"):  # labels benchmarks/train_step.py reads
+            _backward(self.gan_opt, loss_g)
         with record_function("G optimiser"):
-            opt_g.step()
+            self.gan_opt.step()
         out = {name: value.item() for name, value in terms.items()}
         out.update(loss_g=loss_g.item(), loss_d=loss_d.item(), feddecorr=decorr.item())
+        for feature in self.optional:
+            out |= feature.after_step(TrainStep(batch, unpaired, pairs))
         return out
-
-    def _personal_step(self, photo: torch.Tensor, sketch: torch.Tensor, real: RealFeatures,
-                       unpaired: torch.Tensor | None) -> dict[str, float]:
-        """Ditto's personal update: the usual G loss through the current D (which it does not train) plus
-        (lambda/2)*||personal - received shared||^2; at lambda 0 exactly the plain G update."""
-        with self._autocast(), record_function("personal G step"):
-            fake = self._fake(self.generator, real, sketch)
-            extra = None if unpaired is None else self._generate_unpaired(unpaired)
-            terms = self.objective.generator_terms(fake, self.encoder(fake), sketch, real.sketch_deep,
-                                                   real.sketch_grams, photo, extra)
-            loss = self.objective.weighted(terms)
-        proximal = self.ditto.proximal(self.generator)
-        self.opt_g.zero_grad(set_to_none=True)
-        (loss + proximal).backward()
-        self.opt_g.step()
-        return {"personal_loss_g": loss.item(), "ditto_proximal": proximal.item(),
-                "ditto_distance": self.ditto.distance(self.generator)}
-
-    def _fake(self, generator: torch.nn.Module, real: RealFeatures, sketch: torch.Tensor) -> torch.Tensor:
-        """``generator``'s sketches of the batch's photos (with per-pair AdaIN_SD statistics, train.adain_sample_p)."""
-        return generator(real.photo_taps, self._training_stats(generator, sketch) if self.cfg.train.adain_sample_p
-                         else None)
-
-    def _generate_unpaired(self, photo: torch.Tensor, generator: torch.nn.Module | None = None) -> Unpaired:
-        """``generator``'s (default: the studio's) sketches of unpaired photos, for the critics' terms."""
-        with torch.no_grad():
-            taps = self.encoder(photo)
-        fake = (generator or self.generator)(taps)
-        return Unpaired(photo, fake, [gram_matrix(t) for t in self.encoder(fake)])
-
-    def unpaired_batch(self) -> torch.Tensor | None:
-        """train.unpaired_batch random unpaired photos, each flipped with probability 1/2 (None when unused)."""
-        if self.unpaired is None:
-            return None
-        picks = torch.randint(len(self.unpaired), (self.cfg.train.unpaired_batch,))
-        flips = torch.rand(len(picks)) < 0.5
-        return torch.stack([self.unpaired[int(i)].flip(-1) if f else self.unpaired[int(i)]
-                            for i, f in zip(picks, flips, strict=True)])
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast for the forward passes on a GPU that has it (train.amp); a no-op otherwise."""
         return torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
 
-    def private_step(self) -> dict[str, float]:
-        """Record-level DP: one D step, then one G step, each on its own Poisson sample of pairs (the pair is
-        the unit: one clipped gradient each; see Objective's per-pair losses)."""
-        dp = self.record_dp
-        d_inputs = None
-        batch = self._sampled(dp.sample())
-        if batch is not None:
-            photo, sketch, real = batch
-            with torch.no_grad():
-                fake = self.generator(real.photo_taps)
-                fake_grams = [gram_matrix(t) for t in self.encoder(fake)]
-            d_inputs = [real.sketch_grams, fake_grams, photo, sketch, fake]
-        out = dp.step(self.discriminator, self.opt_d, self.objective.discriminator_pair_loss, d_inputs)
-        batch = self._sampled(dp.sample())
-        g_inputs = None if batch is None else [*batch[2].as_inputs(), batch[1], batch[0]]
-        return out | dp.step(self.generator, self.opt_g, self.objective.generator_pair_loss, g_inputs)
-
-    def _sampled(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, RealFeatures] | None:
-        """A Poisson sample's (randomly flipped) pairs and features; None for an empty sample."""
-        if len(indices) == 0:
-            return None
-        return self.features.batch(indices, torch.rand(len(indices)) < 0.5)
-
     def train_epochs(self, epochs: int, tag: str = "") -> dict[str, float]:
         """Train `epochs` epochs; returns the mean of each loss term and logs them to TensorBoard."""
-        self.generator.train()
-        self.discriminator.train()
-        if self.ditto is not None:
-            self.ditto.generator.train()
-        totals: dict[str, float] = {}
+        for part in (self.generator, self.discriminator, *self.optional):
+            part.train()
+        totals: Counter[str] = Counter()
         steps = 0
         for _ in range(epochs):
-            if self.record_dp is not None:
-                self.record_dp.charge_epoch()  # before it runs: refused epochs cost nothing
-            batches = list(self.batches()) if self.record_dp is None else range(self.record_dp.steps_per_epoch)
-            bar = tqdm(batches, desc=f"{self.studio.name}{tag} epoch {self.epoch + 1}", leave=False)
-            epoch_totals: dict[str, float] = {}
-            for batch in bar:
-                if self.record_dp is None:
-                    photo, sketch, real = self.features.batch(*batch)
-                    losses = self.step(photo, sketch, real, unpaired=self.unpaired_batch())
-                    if self.public_targets is not None:
-                        losses |= self.public_style_step(real.photo_taps, *batch)
-                else:
-                    losses = self.private_step()
-                for k, v in losses.items():
-                    epoch_totals[k] = epoch_totals.get(k, 0.0) + v
-                steps += 1
+            bar = tqdm(self.updates.epoch(), desc=f"{self.studio.name}{tag} epoch {self.epoch + 1}", leave=False)
+            epoch_totals: Counter[str] = Counter()
+            for item in bar:
+                losses = self.updates.step(item)
+                epoch_totals.update(losses)
                 bar.set_postfix(g=f"{losses.get('loss_g', 0):.3f}", d=f"{losses.get('loss_d', 0):.3f}")
             self.epoch += 1
-            n = max(len(bar), 1)
+            steps += len(bar)
             for k, v in epoch_totals.items():
-                self.writer.add_scalar(f"loss/{k}", v / n, self.epoch)
-                totals[k] = totals.get(k, 0.0) + v
-        means = {k: v / max(steps, 1) for k, v in totals.items()}
-        if self.record_dp is not None:
-            means["dp_epsilon"] = self.dp_epsilon()
-        return means
+                self.writer.add_scalar(f"loss/{k}", v / max(len(bar), 1), self.epoch)
+            totals.update(epoch_totals)
+        return {k: v / max(steps, 1) for k, v in totals.items()} | self.updates.summary()
 
     @property
     def writer(self) -> SummaryWriter:
@@ -403,40 +256,23 @@ class StudioTrainer:
         """Held-out quality on the val pairs (train pairs when the split has no val side): L1 to the real
         sketch, Gram (style) distance and ink IoU of the strokes. Cheap enough to run every round."""
         photos, sketches = zip(*(self.val[i] for i in range(len(self.val))), strict=True)
-        fake = self.generate(torch.stack(photos))
-        sketch = torch.stack(sketches)
-        real_g = [gram_matrix(t) for t in self.encoder(sketch.to(self.device))]
-        fake_g = [gram_matrix(t) for t in self.encoder(fake.to(self.device))]
         prefix = "val" if self.val is not self.dataset else "train"
-        return {f"{prefix}_l1": float((fake - sketch).abs().mean()),
-                f"{prefix}_gram": float(gram_loss(real_g, fake_g).cpu()),
-                f"{prefix}_ink_iou": ink_iou(fake, sketch)}
+        return held_out_quality(self.generate(torch.stack(photos)), torch.stack(sketches), self.encoder, prefix)
 
     def save_grid(self, path: str | Path) -> Path:
         """One row per fixed pair: photo | generated | real sketch (run folders: ``self.folder.grid(label)``)."""
         photo, sketch = self._fixed
-        fake = self.generate(photo)
-        rows = torch.stack([photo, fake.expand(-1, 3, -1, -1), sketch.expand(-1, 3, -1, -1)], 1).flatten(0, 1)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        from torchvision.utils import save_image  # torchvision costs ~160 MB per process; only grids need it
-
-        save_image((rows + 1) / 2, path, nrow=3, padding=2, pad_value=1.0)
-        return path
+        return write_grid(path, photo, self.generate(photo), sketch)
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
         """Everything needed to resume or to sketch: G (with AdaIN_SD statistics), D, optimisers, config."""
         return self.folder.save_checkpoint({
-            "generator": self.generator.state_dict(),
-            "discriminator": self.discriminator.state_dict(),
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
+            **{name: part.state_dict() for name, part in _trained_parts(self).items()},
             "epoch": self.epoch,
             "config": self.cfg.to_dict(),
             "metadata": self.metadata,
             "torch_rng": torch.get_rng_state(),
-            # fedgai_ditto: the shared generator, its optimiser and anchor ("generator" is the personal one)
-            **({"ditto": self.ditto.state_dict()} if self.ditto is not None else {}),
+            **{key: value for feature in self.optional for key, value in feature.state_to_save().items()},
         }, Path(path) if path else None)
 
     def load_checkpoint(self, path: str | Path | None = None) -> None:
@@ -444,18 +280,12 @@ class StudioTrainer:
         path = Path(path) if path else self.folder.checkpoint
         # Tensors and plain containers only; CPU first because the RNG state must stay a CPU tensor.
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if state["metadata"]["encoder"] != self.encoder.name:
-            raise ValueError(
-                f"checkpoint {path} was trained with encoder {state['metadata']['encoder']}, "
-                f"this run uses {self.encoder.name}"
-            )
-        self.generator.load_state_dict(state["generator"])
-        self.discriminator.load_state_dict(state["discriminator"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
+        _check_encoder(state, path, self.encoder.name)
+        for name, part in _trained_parts(self).items():
+            part.load_state_dict(state[name])
         self.epoch = state["epoch"]
-        if self.ditto is not None:
-            self.ditto.load_state_dict(state["ditto"])
+        for feature in self.optional:
+            feature.load_state(state)
         torch.set_rng_state(state["torch_rng"])
 
     # ------------------------------------------------------------------ what crosses the wire (sharing.py)
@@ -467,15 +297,147 @@ class StudioTrainer:
         """Load received global entries; exactly the entries this studio shares are accepted. fedgai_ditto: they
         go into the shared generator, which becomes the personal generator's new anchor."""
         load_shared(self.wire_networks(), params, self.cfg.fed.mode, per_sample_networks(self.cfg))
-        if self.ditto is not None:
-            self.ditto.anchor_to_shared()
+        for feature in self.optional:
+            feature.received_global()
 
     def wire_networks(self) -> dict[str, torch.nn.Module]:
-        """The networks whose entries may cross the wire: in fedgai_ditto the shared generator, never the
-        personal one."""
-        generator = self.generator if self.ditto is None else self.ditto.generator
-        return {"generator": generator, "discriminator": self.discriminator}
+        """The networks whose entries may cross the wire (fedgai_ditto: the shared generator, never the personal)."""
+        return {"generator": self.gan_generator, "discriminator": self.discriminator}
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+def _studio_data(cfg: FedgaiConfig, studio: Studio, run_dir: Path
+                 ) -> tuple[StudioSplit, SketchPairDataset, SketchPairDataset, PhotoDataset | None]:
+    """The run's split and its pairs. Training pairs unaugmented: the loop draws each batch's flips itself, so
+    that the encoder's view of every (pair, flip) can be cached. Held-out (val) pairs for grids and the per-round
+    quality score (the train pairs when the split has no val side; the test side is never touched here). Photos
+    without a sketch, for the critics' adversarial terms only (None unless train.unpaired_batch > 0)."""
+    t, size = cfg.train, cfg.model.image_size
+    split = run_split(studio, run_dir, t.split_seed, t.val_fraction, t.test_fraction)
+    pairs = SketchPairDataset(studio, size, t.max_pairs, stems=split.train)
+    val = SketchPairDataset(studio, size, stems=split.val) if split.val else pairs
+    unpaired = PhotoDataset(studio.unpaired, size) if t.unpaired_batch and studio.unpaired else None
+    return split, pairs, val, unpaired
+
+
+def _first_pairs(pairs: SketchPairDataset, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``count`` pairs (at most all), stacked: (photos, sketches)."""
+    items = [pairs[i] for i in range(min(count, len(pairs)))]
+    return torch.stack([p for p, _ in items]), torch.stack([s for _, s in items])
+
+
+def _run_metadata(trainer: StudioTrainer, studio_dir: str | Path, clip_status: ClipStatus) -> dict[str, Any]:
+    """What metadata.json records of a run: the studio, the networks, the privacy and the device."""
+    return {
+        "studio": trainer.studio.name,
+        "studio_dir": str(Path(studio_dir).resolve()),
+        "num_samples": trainer.num_samples,
+        "unpaired_photos": len(trainer.unpaired) if trainer.unpaired is not None else 0,
+        "encoder": trainer.encoder.name,
+        "encoder_pretrained": trainer.encoder.pretrained,
+        "clip_enabled": clip_status.enabled,
+        "clip_status": clip_status.reason,
+        "dp": trainer.cfg.privacy.dp,
+        "prior": str(trainer.prior) if trainer.prior else None,
+        **trainer.updates.metadata(),
+        "device": str(trainer.device),
+        "amp": "bf16" if trainer.amp else "off",
+        "split": {side: len(getattr(trainer.split, side)) for side in ("train", "val", "test")},
+    }
+
+
+def _schedule(trainer: StudioTrainer) -> tuple[RecordLevelDP | None, Updates]:
+    """The schedule of D and G updates: batched, or per pair under record-level DP (returned too), where every
+    pair-dependent update of G and D (and AdaIN_SD's statistics) is private."""
+    if trainer.cfg.privacy.dp != "record":
+        return None, BatchUpdates(trainer)
+    dp, details = record_level_dp(trainer.cfg, trainer.num_samples, trainer.generator, trainer.discriminator,
+                                  trainer.folder.dp_ledger, trainer.studio.name)
+    return dp, PrivateUpdates(dp, details, trainer.features, trainer.objective, trainer.generator, trainer.opt_g,
+                              trainer.opt_d)
+
+
+def _ditto(trainer: StudioTrainer) -> Ditto:
+    """Ditto: a shared generator copied from the personal one after the prior and AdaIN_SD's fit, pulling exactly
+    the entries it shares."""
+    cfg = trainer.cfg
+    pulled = network_shared_keys(trainer.generator, "generator", cfg.fed.mode, per_sample_networks(cfg))
+    return Ditto(trainer.generator, trainer.opt_g, pulled, cfg.fed.ditto_lambda,
+                 lambda params: make_optimizer(cfg, params, cfg.train.lr_g), trainer.objective, trainer._draw,
+                 trainer._autocast)
+
+
+def _public_styles(trainer: StudioTrainer) -> PublicStyles:
+    return PublicStyles(trainer._public_targets(), trainer.generator, trainer.encoder, trainer.opt_g,
+                        trainer.cfg.loss, trainer._autocast, trainer.device)
+
+
+@torch.no_grad()
+def held_out_quality(fake: torch.Tensor, sketch: torch.Tensor, encoder: torch.nn.Module, prefix: str
+                     ) -> dict[str, float]:
+    """L1 of G's sketches to the real ones, Gram (style) distance and ink IoU of the strokes, named
+    ``{prefix}_...``."""
+    device = next(encoder.parameters()).device
+    real_g = [gram_matrix(t) for t in encoder(sketch.to(device))]
+    fake_g = [gram_matrix(t) for t in encoder(fake.to(device))]
+    return {f"{prefix}_l1": float((fake - sketch).abs().mean()),
+            f"{prefix}_gram": float(gram_loss(real_g, fake_g).cpu()),
+            f"{prefix}_ink_iou": ink_iou(fake, sketch)}
+
+
+def write_grid(path: str | Path, photo: torch.Tensor, fake: torch.Tensor, sketch: torch.Tensor) -> Path:
+    """One row per pair: photo | generated | real sketch."""
+    rows = torch.stack([photo, fake.expand(-1, 3, -1, -1), sketch.expand(-1, 3, -1, -1)], 1).flatten(0, 1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from torchvision.utils import save_image  # torchvision costs ~160 MB per process; only grids need it
+
+    save_image((rows + 1) / 2, path, nrow=3, padding=2, pad_value=1.0)
+    return path
+
+
+def _trained_parts(trainer: StudioTrainer) -> dict[str, torch.nn.Module | torch.optim.Optimizer]:
+    """What a checkpoint holds the state of, by its key (the features add their own)."""
+    return {"generator": trainer.generator, "discriminator": trainer.discriminator, "opt_g": trainer.opt_g,
+            "opt_d": trainer.opt_d}
+
+
+def _check_encoder(state: Mapping[str, Any], path: Path, encoder: str) -> None:
+    """A checkpoint continues only a run in the same feature space (its encoder)."""
+    if state["metadata"]["encoder"] != encoder:
+        raise ValueError(f"checkpoint {path} was trained with encoder {state['metadata']['encoder']}, "
+                         f"this run uses {encoder}")
+
+
+def _backward(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """``loss``'s gradient for ``optimizer``'s parameters, fresh: the previous step's are dropped first."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+
+
+class BatchUpdates:
+    """The ordinary schedule (features.Updates): each epoch the shuffled batches of pairs, one
+    ``StudioTrainer.step`` each with that step's unpaired photos."""
+
+    def __init__(self, trainer: StudioTrainer):
+        self.trainer = trainer
+
+    def epoch(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return list(self.trainer.batches())
+
+    def step(self, item: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+        photo, sketch, real = self.trainer.features.batch(*item)
+        return self.trainer.step(photo, sketch, real, unpaired=self.trainer.unpaired_batch(), pairs=item)
+
+    def fit_statistics(self, adain: torch.nn.Module, taps: list[list[torch.Tensor]],
+                       sketches: list[torch.Tensor]) -> None:
+        adain.fit(taps)
+
+    def metadata(self) -> dict[str, Any]:
+        return {}
+
+    def summary(self) -> dict[str, float]:
+        return {}
