@@ -208,7 +208,7 @@ class FedConfig:
     # same_config (also a resubmission of the same job name, submitter and full configuration).
     resume: Literal["never", "same_job", "same_config"] = "same_config"
     # fedgai_ditto only: strength of the proximal pull (lambda/2)*||personal G - last received shared G||^2 on each
-    # studio's personal generator (personal.py). 0 = the personal G trains as if alone; large = it follows the
+    # studio's personal generator (features/ditto.py). 0 = the personal G trains as if alone; large = it follows the
     # shared G. Measured at 0.1, 1 and 10 (docs/results.md "Ditto-style personal generator"): none pays; 1 is the
     # value that left the large studios' FD unchanged, with the tightest spread.
     ditto_lambda: float = 1.0

@@ -32,7 +32,7 @@ class Mode:
     networks: the networks whose entries leave the studio; stages: per network, the state-dict prefixes it
     shares (a network not named shares every entry the rules allow); style_guard: the studio takes received
     generator entries only where they keep its val style (round.py); personal_generator: the studio draws with a
-    generator that never leaves (personal.py), and "generator" on the wire is its shared one.
+    generator that never leaves (features/ditto.py), and "generator" on the wire is its shared one.
     """
 
     name: str

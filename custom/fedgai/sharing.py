@@ -19,7 +19,7 @@ received stages only where they do not worsen its own val style (federated/round
 
 ``fedgai_ditto`` (opt-in, same refusal) shares D plus a second, shared generator (all of it but normalisation
 layers and AdaIN_SD); the studio's personal generator stays local and is pulled towards the received shared one
-only by the proximal term (personal.py). Its style guard is that personal generator itself: with
+only by the proximal term (features/ditto.py). Its style guard is that personal generator itself: with
 ``fed.ditto_lambda`` near 0 it ignores the shared one.
 """
 
@@ -112,7 +112,8 @@ def shared_keys(networks: Mapping[str, nn.Module], mode: str, groupnorm_is_norm:
 
 def network_shared_keys(net: nn.Module, net_name: str, mode: str, groupnorm_is_norm: bool = False) -> list[str]:
     """The state-dict keys (without the network prefix) that ``net``, playing ``net_name``, shares in ``mode``;
-    also what Ditto's proximal term pulls (personal.py), so pulled and shared entries are the same by construction."""
+    also what Ditto's proximal term pulls (features/ditto.py), so pulled and shared entries are the same by
+    construction."""
     state = net.state_dict()
     spec = fed_mode(mode)
     never = spectral_state_keys(net) | private_stats_keys(net)

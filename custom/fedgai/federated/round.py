@@ -39,7 +39,7 @@ def receive_global(trainer, params: Mapping[str, torch.Tensor]) -> Received:
     its val style with its own generator stages and with the received ones, and keeps its own where the
     received ones score worse; D is always taken. Only the resulting bit may leave the studio. fedgai_ditto has
     no per-round guard: the global goes into the shared generator and becomes the anchor of the personal one,
-    which is the guard (trainer.load_shared, personal.py)."""
+    which is the guard (trainer.load_shared, features/ditto.py)."""
     received = {key: torch.as_tensor(value).detach().clone().cpu() for key, value in params.items()}
     guarded = style_guarded_keys(sorted(received), trainer.cfg.fed.mode)
     if not guarded:
