@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,21 @@ def site_context(tmp_path):
     fl_ctx.set_prop(ReservedKey.IDENTITY_NAME, SITE, private=False, sticky=False)
     fl_ctx.set_prop(ReservedKey.RUN_NUM, "job-1", private=False, sticky=False)
     return fl_ctx, root
+
+
+def headless_chromium(*flags: str):
+    """Headless Chromium via Selenium (a generator for module fixtures: yields the session, quits after); the
+    test is skipped only where Chromium or its driver is not installed (.ci/run installs both)."""
+    chromium, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("chromium / chromium-driver not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", *flags):
+        options.add_argument(flag)
+    session = webdriver.Chrome(service=Service(driver), options=options)
+    yield session
+    session.quit()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import headless_chromium
 
 from fedgai.cli import main
 from fedgai.evaluation.report import fmt_bytes
@@ -164,20 +165,7 @@ def test_report_shows_traffic_in_kb_and_mb(report):
 
 @pytest.fixture(scope="module")
 def browser():
-    """Headless Chromium via Selenium; the test is skipped only where Chromium is not installed."""
-    chromium, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.skip("chromium / chromium-driver not installed (apt-get install chromium chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(flag)
-    session = webdriver.Chrome(service=Service(driver), options=options)
-    yield session
-    session.quit()
+    yield from headless_chromium()
 
 
 def test_report_renders_in_a_browser_with_every_image_loaded(report, browser, demo_root):

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import headless_chromium
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -284,21 +285,7 @@ def served(trained, workspace):
 
 @pytest.fixture(scope="module")
 def browser():
-    """Headless Chromium via Selenium; the test is skipped only where Chromium is not installed."""
-    chromium, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.skip("chromium / chromium-driver not installed (apt-get install chromium chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1280,1500"):
-        options.add_argument(flag)
-    session = webdriver.Chrome(service=Service(driver), options=options)
-    yield session
-    session.quit()
+    yield from headless_chromium("--window-size=1280,1500")
 
 
 PIXELS_JS = """const img = arguments[0], c = document.createElement('canvas');
