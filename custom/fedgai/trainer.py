@@ -33,6 +33,7 @@ from fedgai.ink import ink_iou
 from fedgai.layout import METADATA
 from fedgai.losses import ClipStatus, gram_loss, load_clip
 from fedgai.models import build_gan, gram_matrix, per_sample_networks
+from fedgai.modes import mode as fed_mode
 from fedgai.objective import Fakes, GanInputs, Objective, PairBatch, RealFeatures, Unpaired
 from fedgai.pair_features import PairFeatureCache
 from fedgai.prior import load_prior
@@ -98,7 +99,7 @@ class StudioTrainer:
         self._fixed = _first_pairs(self.val, t.grid_size)  # what grids show
         self.fit_sketch_statistics()
         # fed.mode fedgai_ditto: the shared generator (features/ditto.py); self.generator is the personal one.
-        self.ditto = _ditto(self) if cfg.fed.mode == "fedgai_ditto" else None
+        self.ditto = _ditto(self) if fed_mode(cfg.fed.mode).personal_generator else None
         # The generator D trains with, whose entries cross the wire: Ditto's shared one, else the studio's.
         self.gan_generator = self.ditto.generator if self.ditto else self.generator
         self.gan_opt = self.ditto.opt if self.ditto else self.opt_g
