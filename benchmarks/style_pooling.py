@@ -94,14 +94,13 @@ def encode(encoder, images: torch.Tensor, batch: int = 64) -> list[torch.Tensor]
     return [torch.cat(taps) for taps in zip(*chunks, strict=True)]
 
 
-@torch.no_grad()
 def set_statistics(encoder, sketches: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Pooled channel (mean, std) of each tap over every sketch of the set (AdaINSD.fit's statistics)."""
-    out = []
-    for f in encode(encoder, sketches):
-        mean = f.mean(dim=(0, 2, 3), keepdim=True)
-        out.append((mean, ((f - mean).pow(2).mean(dim=(0, 2, 3), keepdim=True) + 1e-5).sqrt()))
-    return out
+    """AdaIN_SD's statistics of the set: pooled channel (mean, std) of each tap over every sketch."""
+    from fedgai.models import AdaINSD
+
+    adain = AdaINSD(encoder.channels)
+    adain.fit([encode(encoder, sketches)])
+    return adain.stats()
 
 
 def style_set(name: str, photos: torch.Tensor, sketches: torch.Tensor, encoder) -> StyleSet:

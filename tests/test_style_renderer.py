@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from fedgai.losses import channel_statistics, statistics_consistency
-from fedgai.models import FiLM, ProjectionCritic, RandomEncoder, StyledSketchGenerator, StyledUnit, style_vector
+from fedgai.models import (
+    AdaINSD,
+    FiLM,
+    ProjectionCritic,
+    RandomEncoder,
+    StyledSketchGenerator,
+    StyledUnit,
+    style_vector,
+)
 
 SIZE = 32
 
@@ -28,8 +36,11 @@ def styles(encoder: RandomEncoder, n: int = 8) -> tuple[torch.Tensor, torch.Tens
 
 
 def set_stats(encoder: RandomEncoder, sketches: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """AdaIN_SD's statistics of a sketch set (what a studio's generator holds)."""
+    adain = AdaINSD(encoder.channels)
     with torch.no_grad():
-        return [(m.mean(0, keepdim=True), s.mean(0, keepdim=True)) for m, s in channel_statistics(encoder(sketches))]
+        adain.fit([encoder(sketches)])
+    return adain.stats()
 
 
 def test_shapes_and_range(encoder):

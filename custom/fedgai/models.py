@@ -251,6 +251,7 @@ class AdaINSD(nn.Module):
     def __init__(self, channels: tuple[int, ...], eps: float = 1e-5):
         super().__init__()
         self.eps = eps
+        self.n_taps = len(channels)
         for i, c in enumerate(channels):
             self.register_buffer(f"mean{i}", torch.zeros(1, c, 1, 1))
             self.register_buffer(f"std{i}", torch.ones(1, c, 1, 1))
@@ -272,6 +273,10 @@ class AdaINSD(nn.Module):
         """Use the given per-channel mean and variance for tap ``index`` (e.g. a privately released estimate)."""
         getattr(self, f"mean{index}").copy_(mean.view(1, -1, 1, 1))
         getattr(self, f"std{index}").copy_((var + self.eps).sqrt().view(1, -1, 1, 1))
+
+    def stats(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The stored set statistics, per tap (mean, std) shaped (1, C, 1, 1): the form ``forward``'s ``stats`` take."""
+        return [(getattr(self, f"mean{i}"), getattr(self, f"std{i}")) for i in range(self.n_taps)]
 
     def sample_stats(self, taps: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per tap, each sample's own channel (mean, std) over H, W, shaped (N, C, 1, 1): one drawing's style
@@ -459,13 +464,9 @@ class StyledSketchGenerator(nn.Module):
                                       for _ in range(int(math.log2(finest_stride))))
         self.out = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(widths[-1], 1, 3), nn.Tanh())
 
-    def set_stats(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The studio's own AdaIN_SD statistics, in the form ``forward`` takes."""
-        return [(getattr(self.adain, f"mean{i}"), getattr(self.adain, f"std{i}")) for i in range(len(self.blocks) + 1)]
-
     def forward(self, taps: list[torch.Tensor], stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None
                 ) -> torch.Tensor:
-        stats = stats if stats is not None else self.set_stats()
+        stats = stats if stats is not None else self.adain.stats()
         code = self.mapping(stats).expand(taps[0].shape[0], -1)
         taps = self.adain(taps, stats)
         x = self.start(taps[-1], code)
