@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedgai.losses import channel_statistics, statistics_consistency
+from fedgai.losses import statistics_consistency
 from fedgai.models import (
     AdaINSD,
     FiLM,
@@ -13,6 +13,7 @@ from fedgai.models import (
     RandomEncoder,
     StyledSketchGenerator,
     StyledUnit,
+    channel_statistics,
     style_vector,
 )
 

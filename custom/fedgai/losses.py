@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedgai.config import LossConfig
+from fedgai.models import channel_statistics
 
 log = logging.getLogger(__name__)
 
@@ -245,12 +246,6 @@ def _tag_checkpoint(tag: dict) -> tuple[str | None, str | None]:
         return open_clip.download_pretrained(tag), None
     except (OSError, RuntimeError) as err:  # FileNotFoundError from the hub, URLError from a plain URL
         return None, f"weights could not be downloaded ({err})"
-
-
-def channel_statistics(taps: list[torch.Tensor], eps: float = 1e-5) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per tap, each sample's channel (mean, std) over H, W, shaped (N, C, 1, 1): AdaIN_SD's form."""
-    return [(f.mean(dim=(2, 3), keepdim=True), (f.var(dim=(2, 3), keepdim=True, unbiased=False) + eps).sqrt())
-            for f in taps]
 
 
 def statistics_consistency(fake_taps: list[torch.Tensor], target: list[tuple[torch.Tensor, torch.Tensor]]

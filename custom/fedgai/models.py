@@ -241,6 +241,12 @@ def conv_block(cin: int, cout: int, kernel: int = 3, slope: float = 0.01, per_sa
     )
 
 
+def channel_statistics(taps: list[torch.Tensor], eps: float = 1e-5) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per tap, each sample's channel (mean, std) over H, W, shaped (N, C, 1, 1): the form of AdaIN_SD's statistics."""
+    return [(f.mean(dim=(2, 3), keepdim=True), (f.var(dim=(2, 3), keepdim=True, unbiased=False) + eps).sqrt())
+            for f in taps]
+
+
 class AdaINSD(nn.Module):
     """AdaIN against the studio's Sketch Dataset: photo features take the sketch set's channel statistics.
 
@@ -281,19 +287,14 @@ class AdaINSD(nn.Module):
     def sample_stats(self, taps: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per tap, each sample's own channel (mean, std) over H, W, shaped (N, C, 1, 1): one drawing's style
         in the form the set statistics take (train.adain_sample_p feeds these to G instead of the set's)."""
-        return [(f.mean(dim=(2, 3), keepdim=True),
-                 (f.var(dim=(2, 3), keepdim=True, unbiased=False) + self.eps).sqrt()) for f in taps]
+        return channel_statistics(taps, self.eps)
 
     def forward(self, taps: list[torch.Tensor], stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None
                 ) -> list[torch.Tensor]:
         """``stats``: per tap (mean, std), (1 or N, C, 1, 1), used instead of the stored set statistics."""
-        out = []
-        for i, f in enumerate(taps):
-            mu = f.mean(dim=(2, 3), keepdim=True)
-            sigma = (f.var(dim=(2, 3), keepdim=True, unbiased=False) + self.eps).sqrt()
-            mean, std = stats[i] if stats is not None else (getattr(self, f"mean{i}"), getattr(self, f"std{i}"))
-            out.append((f - mu) / sigma * std + mean)
-        return out
+        targets = stats if stats is not None else self.stats()
+        return [(f - mu) / sigma * std + mean
+                for f, (mu, sigma), (mean, std) in zip(taps, channel_statistics(taps, self.eps), targets, strict=True)]
 
 
 class MRFMBlock(nn.Module):
