@@ -4,13 +4,13 @@ judged on each studio's held-out test pairs (issue 8 §3). Exact commands and re
     python benchmarks/federation_value.py train --out runs/fedvalue --seeds 0 1 2 --device cuda --workers 8
     python benchmarks/federation_value.py evaluate --out runs/fedvalue
 
-`train` runs every (variant, seed) federation in one process each, with the product's own pieces: a
-StudioTrainer per studio, the client's key rules (federated.keys) for what is shared, the server's screening
-weights and aggregator (federated.aggregation), client-level DP's clip-and-noise mechanism and TenSEAL CKKS
-for the HE variant. Only the transport differs from `fedgai simulate`, so the numbers measure the method, not
-NVFlare. Each studio's generated test sketches are saved (uint8 PNG bytes in one .npz per run), so `evaluate`
-can score them anywhere with fedgai.evaluation (FD/KD on EfficientNet-Lite0 features, SSIM, PSNR, ink IoU and
-the cross-studio style classifier) without the checkpoints.
+`train` runs every (variant, seed) federation in one process each through the product's in-process federation
+(federated/inprocess.py): a StudioTrainer per studio, the studio's check, style guard and own client-level DP
+release, the server's screening and step (federated/round.py), and under privacy.he the HE job's packed CKKS sum
+with the product's parameters. Only NVFlare's transport differs from `fedgai simulate`, so the numbers measure the
+method, not NVFlare. Each studio's generated test sketches are saved (uint8 PNG bytes in one .npz per run), so
+`evaluate` can score them anywhere with fedgai.evaluation (FD/KD on EfficientNet-Lite0 features, SSIM, PSNR, ink
+IoU and the cross-studio style classifier) without the checkpoints.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import json
 import os
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,12 +30,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fedgai.config import FedgaiConfig, profile
+from fedgai.cli import load_config, setting
+from fedgai.config import FedgaiConfig
 
 SMALL_STUDIO = 60  # pairs in the studio folder: the issue's "small studio" bound
 DEMO_SEED = 15  # 8 studios of 44-215 pairs (985 in all, like the paper's ~1000): three hold <= 60 pairs
 
-# name -> config overrides; "transport" picks how updates reach the server (plain, client_dp, he).
+# name -> config overrides; how updates reach the server follows the config (privacy.he, privacy.dp). "guard": False
+# is a benchmark-only ablation (inprocess.run_federation's guard).
 VARIANTS: dict[str, dict[str, Any]] = {
     "local": {"fed.mode": "local"},
     "fedavg_full": {"fed.mode": "fedavg_full"},
@@ -44,9 +46,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fedgai": {"fed.mode": "fedgai", "loss.feddecorr": 0.0},
     "fedgai_feddecorr": {"fed.mode": "fedgai", "loss.feddecorr": 0.1},
     "fedgai_client_dp": {"fed.mode": "fedgai", "privacy.dp": "client", "privacy.noise_multiplier": 1.0,
-                         "privacy.clip_norm": 1.0, "transport": "client_dp"},
+                         "privacy.clip_norm": 1.0},
     "fedgai_record_dp": {"fed.mode": "fedgai", "privacy.dp": "record", "privacy.noise_multiplier": 1.0},
-    "fedgai_he": {"fed.mode": "fedgai", "transport": "he"},
+    "fedgai_he": {"fed.mode": "fedgai", "privacy.he": True},
     # Loss ablations, each with its local-only twin so the federation's gain is measured under that loss.
     "local_paper_loss": {"fed.mode": "local", "loss.pixel_l1": 0.0},
     "fedgai_paper_loss": {"fed.mode": "fedgai", "loss.pixel_l1": 0.0},
@@ -72,61 +74,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # Sharing structure, not style (issue 15 §4): D plus the generator's coarse decoder stages, summed under CKKS
     # (the mode runs only with HE or client-level DP), each studio's style guard deciding whether it takes them.
     # "guard": False is a benchmark-only ablation (the product always guards): every studio takes the stages.
-    "fedgai_struct": {"fed.mode": "fedgai_struct", "privacy.he": True, "transport": "he"},
-    "fedgai_struct_noguard": {"fed.mode": "fedgai_struct", "privacy.he": True, "transport": "he", "guard": False},
+    "fedgai_struct": {"fed.mode": "fedgai_struct", "privacy.he": True},
+    "fedgai_struct_noguard": {"fed.mode": "fedgai_struct", "privacy.he": True, "guard": False},
     # Ditto (issue 15 §4's other half): D plus a shared generator summed under CKKS as above; each studio evaluates
     # its personal generator, pulled towards the received shared one with strength fed.ditto_lambda.
-    "fedgai_ditto_l0.1": {"fed.mode": "fedgai_ditto", "fed.ditto_lambda": 0.1, "privacy.he": True, "transport": "he"},
-    "fedgai_ditto_l1": {"fed.mode": "fedgai_ditto", "fed.ditto_lambda": 1.0, "privacy.he": True, "transport": "he"},
-    "fedgai_ditto_l10": {"fed.mode": "fedgai_ditto", "fed.ditto_lambda": 10.0, "privacy.he": True, "transport": "he"},
+    "fedgai_ditto_l0.1": {"fed.mode": "fedgai_ditto", "fed.ditto_lambda": 0.1, "privacy.he": True},
+    "fedgai_ditto_l1": {"fed.mode": "fedgai_ditto", "fed.ditto_lambda": 1.0, "privacy.he": True},
+    "fedgai_ditto_l10": {"fed.mode": "fedgai_ditto", "fed.ditto_lambda": 10.0, "privacy.he": True},
 }
 
 
 # ----------------------------------------------------------------------------------------------- train
 def studio_dirs(data: Path, count: int) -> list[Path]:
     return sorted(p for p in data.iterdir() if (p / "photos").is_dir())[:count]
-
-
-def studio_state(trainer) -> dict[str, np.ndarray]:
-    return {k: v.float().numpy() for k, v in trainer.shared_state().items()}
-
-
-def he_mean(updates: Mapping[str, Mapping[str, np.ndarray]], weights: Mapping[str, float]) -> dict[str, np.ndarray]:
-    """CKKS-encrypted weighted sum, decrypted only once aggregated: what the HE job computes."""
-    import tenseal as ts
-
-    ctx = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 40, 40])
-    ctx.global_scale = 2**40
-    total = float(sum(weights.values()))
-    first = next(iter(updates.values()))
-    out = {}
-    for key, ref in first.items():
-        acc = None
-        for site, params in updates.items():
-            enc = ts.ckks_vector(ctx, (params[key].ravel() * (weights[site] / total)).tolist())
-            acc = enc if acc is None else acc + enc
-        out[key] = np.asarray(acc.decrypt(), dtype=ref.dtype).reshape(ref.shape)
-    return out
-
-
-def server_round(cfg: FedgaiConfig, transport: str, global_params: dict[str, np.ndarray],
-                 diffs: dict[str, dict[str, np.ndarray]], claims: dict[str, int] | None) -> dict[str, np.ndarray]:
-    """The server's round: the product's server step (federated/round.py), or under HE the sum of ciphertexts
-    (the server sees no update: no norm bound; weights applied at the studio)."""
-    from fedgai.federated.aggregation import capped_weights
-    from fedgai.federated.round import apply_update, server_step
-    from fedgai.federated.validation import update_norm_floor
-
-    if transport == "he":
-        weights = capped_weights(claims or dict.fromkeys(diffs, 1), cfg.fed, claims or dict.fromkeys(diffs, 1))
-        return apply_update(global_params, he_mean(diffs, {s: w.value for s, w in weights.items()}))
-    return server_step(global_params, diffs, claims, cfg, claims or {}, update_norm_floor(cfg, global_params)).params
-
-
-def client_release(diff: dict[str, np.ndarray], cfg: FedgaiConfig) -> dict[str, np.ndarray]:
-    from fedgai.privacy.mechanism import clip_and_noise
-
-    return clip_and_noise(diff, cfg.privacy.clip_norm, cfg.privacy.noise_multiplier)[0]
 
 
 def png_bytes(sketch: torch.Tensor) -> bytes:
@@ -147,64 +107,29 @@ def save_test_fakes(trainer, path: Path) -> None:
                         pngs=np.array([np.frombuffer(png_bytes(f), np.uint8) for f in fakes], dtype=object))
 
 
-def receive(trainer, global_params: Mapping[str, np.ndarray], guard: bool) -> bool | None:
-    """The studio's receive step (federated/round.py, with its style guard in fedgai_struct); ``guard`` False
-    loads every entry (the benchmark's no-guard ablation). Returns whether it took the generator stages."""
-    from fedgai.federated.round import receive_global
-
-    if not guard:
-        trainer.load_shared(global_params)
-        return None
-    return receive_global(trainer, {k: torch.as_tensor(v) for k, v in global_params.items()}).took_shared_stages
-
-
 def run_federation(variant: str, seed: int, base: dict[str, Any], studios: list[Path], out: Path,
                    scratch: Path, device: str, save_fakes: Callable[[Any, Path], None] | None = None) -> dict[str, Any]:
-    """One federation (or local-only run) of every studio; returns per-round val metrics and timings.
-    ``save_fakes`` (default save_test_fakes) writes each studio's outputs after the final receive, before its
-    trainer closes: where a caller adds its own audit of the final networks."""
-    from fedgai.federated.round import studio_update
-    from fedgai.trainer import StudioTrainer
+    """One federation (or local-only run) of every studio through the product's in-process federation; returns
+    per-round val metrics and timings. ``save_fakes`` (default save_test_fakes) writes each studio's outputs after
+    the final receive, before its trainer closes: where a caller adds its own audit of the final networks."""
+    from fedgai.federated.inprocess import run_federation as federate
 
     overrides = dict(VARIANTS[variant])
-    transport = overrides.pop("transport", "plain")
     guard = overrides.pop("guard", True)
     cfg = FedgaiConfig.from_dict(base).with_overrides({**overrides, "train.seed": seed})
     name = f"{variant}-seed{seed}"
     started = time.perf_counter()
-    trainers = {s.name: StudioTrainer(cfg, s, scratch / name / s.name, device=device) for s in studios}
-    federated = cfg.fed.mode != "local"
-    global_params = studio_state(next(iter(trainers.values()))) if federated else {}
-    # Under DP a studio's true count stays at the studio: equal weights.
-    claims = None if cfg.privacy.dp != "none" else {site: t.num_samples for site, t in trainers.items()}
-    rounds, bytes_up, took = [], 0, {site: [] for site in trainers}
-    for rnd in range(cfg.fed.rounds):
-        diffs = {}
-        for site, trainer in trainers.items():
-            baseline = None
-            if federated:
-                took[site].append(receive(trainer, global_params, guard))
-                # The DIFF is taken from what the studio loaded (its own stages where its guard declined).
-                baseline = trainer.shared_state()
-            update = studio_update(trainer, baseline, tag=f" {name} r{rnd}")
-            if federated:
-                diff = {k: v.float().numpy() for k, v in update.diff.items()}
-                diffs[site] = client_release(diff, cfg) if transport == "client_dp" else diff
-                bytes_up += sum(v.nbytes for v in diff.values())
-        if federated:
-            global_params = server_round(cfg, transport, global_params, diffs, claims)
-            for trainer in trainers.values():  # the studios' networks after the final round's receive
-                receive(trainer, global_params, guard)
-        rounds.append({site: t.quality() for site, t in trainers.items()})
+    run = federate(cfg, studios, scratch / name, device=device, tag=f" {name}", guard=guard)
     (out / name).mkdir(parents=True, exist_ok=True)
-    for site, trainer in trainers.items():
+    for site, trainer in run.trainers.items():
         (save_fakes or save_test_fakes)(trainer, out / name / f"{site}.npz")
-        trainer.close()
-    record = {"variant": variant, "seed": seed, "seconds": time.perf_counter() - started, "rounds": rounds,
-              "bytes_up_per_studio_round": bytes_up / max(1, cfg.fed.rounds * len(trainers)),
-              "n_train": {s: t.num_samples for s, t in trainers.items()},
-              "dp_epsilon": {s: t.dp_epsilon() for s, t in trainers.items()},
-              "took_shared_stages": took}  # per studio and round: its style guard's decision (None: no guard)
+    run.close()
+    record = {"variant": variant, "seed": seed, "seconds": time.perf_counter() - started, "rounds": run.rounds,
+              "bytes_up_per_studio_round": run.bytes_up_per_studio_round,
+              "n_train": {s: t.num_samples for s, t in run.trainers.items()},
+              "dp_epsilon": {s: t.dp_epsilon() for s, t in run.trainers.items()},
+              "took_shared_stages": run.took_shared_stages,  # per studio and round: its style guard's decision
+              "dropped": run.dropped}  # per round: the studios whose update the server did not aggregate, and why
     (out / name / "run.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
@@ -538,7 +463,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "unpaired photos per studio, on DATA-uN (made if missing), into OUT/unpaired-N; e.g. "
                         "0 100:0,1 400 (seeds 0 and 1 only at 100)")
     p.add_argument("--profile", default="quick")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON", help="config overrides for every run")
+    p.add_argument("--set", type=setting, nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="config overrides for every run, parsed as `fedgai --set` parses them (repeatable)")
     p.add_argument("--workers", type=int, default=1, help="federations trained in parallel processes")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=Path("runs/fedvalue"))
@@ -546,13 +472,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def base_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The profile with --set applied (null is a value here, e.g. train.max_pairs=null for every pair)."""
-    data = profile(args.profile).to_dict()
-    for key, value in (item.split("=", 1) for item in args.set):
-        section, _, name = key.partition(".")
-        if name not in data.get(section, {}):
-            raise SystemExit(f"--set: unknown setting {key!r}")
-        data[section][name] = json.loads(value)
+    """The profile with --set applied as the CLI applies it (cli.load_config); a null is applied too (e.g.
+    train.max_pairs=null for every pair), where FedgaiConfig.with_overrides would skip it."""
+    data = load_config(args).to_dict()
+    for key, value in args.set:
+        if value is None:
+            section, _, name = key.partition(".")
+            data[section][name] = None
     return FedgaiConfig.from_dict(data).to_dict()
 
 

@@ -1,10 +1,11 @@
 """What one hostile studio can do to the global step with 2, 3, 5 and 8 studios, under each aggregator.
 
 Not a test: numbers go to docs/privacy.md ("A hostile studio in a small federation"). It runs the server's own
-screening and aggregation (validation.contribution_problem, aggregation.capped_weights / clip_to_median_norm /
-aggregate, with the product's norm bound and floor) on synthetic update vectors of the paper D's size, so it
-takes seconds. n - 1 honest studios send a shared direction plus as much studio-specific noise; one studio
-attacks. Measured against the same federation with that studio honest:
+screening and step (validation.contribution_problem, then federated/round.server_step: capped weights, median-norm
+clip and aggregator, with the product's norm bound and floor) and the studios' own client-level DP mechanism
+(privacy/mechanism.clip_and_noise) on synthetic update vectors of the paper D's size, so it takes seconds. n - 1
+honest studios send a shared direction plus as much studio-specific noise; one studio attacks. Measured against
+the same federation with that studio honest:
 
 - shift: how far the attack moves the global step, in units of one honest studio's share of the plain mean
   (its update's norm / n). Under client-level DP the honest share is its clipped signal (norm C) / n and the
@@ -26,9 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from fedgai.config import FedgaiConfig, profile
-from fedgai.federated.aggregation import TooFewStudios, Weight, aggregate, capped_weights, clip_to_median_norm
+from fedgai.federated.aggregation import TooFewStudios
 from fedgai.federated.job import DP_JOB_SETTINGS
+from fedgai.federated.round import server_step as round_step
 from fedgai.federated.validation import contribution_problem, update_norm_bound, update_norm_floor
+from fedgai.privacy.mechanism import clip_and_noise
 
 STUDIOS = (2, 3, 5, 8)
 AGGREGATORS = ("fedavg", "trimmed_mean", "median")
@@ -60,10 +63,9 @@ def reference() -> dict[str, np.ndarray]:
 
 
 def noised(signal: np.ndarray, cfg: FedgaiConfig, rng: np.random.Generator) -> np.ndarray:
-    """What a studio's client-level DP filter sends: the update clipped to C plus N(0, (sigma C)^2)."""
+    """What a studio sends under client-level DP (StudioClientDP's mechanism): clipped to C plus N(0, (sigma C)^2)."""
     p = cfg.privacy
-    clipped = signal * min(1.0, p.clip_norm / float(np.linalg.norm(signal)))
-    return (clipped + rng.normal(0, p.noise_multiplier * p.clip_norm, PARAMS)).astype(np.float32)
+    return clip_and_noise({"w": signal}, p.clip_norm, p.noise_multiplier, rng)[0]["w"]
 
 
 def unit(v: np.ndarray) -> np.ndarray:
@@ -91,7 +93,8 @@ DP_ATTACKS: dict[str, Attack] = {
 
 
 def server_step(cfg: FedgaiConfig, sent: dict[str, tuple[np.ndarray, int]]) -> tuple[np.ndarray | None, str]:
-    """The server's round on what the studios sent: (global step or None when refused, what was refused)."""
+    """The server's round on what the studios sent (the controller's screening, then round.server_step from a zero
+    global, so the new global is the step): (global step or None when refused, what was refused)."""
     floor = update_norm_floor(cfg, reference())
     dropped, usable = [], {}
     for site, (vector, count) in sent.items():
@@ -101,15 +104,13 @@ def server_step(cfg: FedgaiConfig, sent: dict[str, tuple[np.ndarray, int]]) -> t
             dropped.append(f"{site}: {problem.split(' (')[0]}")
         else:
             usable[site] = ({"w": vector}, count)
-    if cfg.privacy.dp == "none":
-        weights = capped_weights({s: c for s, (_, c) in usable.items()}, cfg.fed, {})
-    else:
-        weights = {site: Weight(1.0) for site in usable}
-    clipped, _ = clip_to_median_norm({s: p for s, (p, _) in usable.items()}, cfg.fed.norm_bound_factor, floor)
+    counts = {s: c for s, (_, c) in usable.items()} if cfg.privacy.dp == "none" else None
     try:
-        return aggregate(clipped, weights, cfg.fed)["w"].astype(np.float64), "; ".join(dropped)
+        step = round_step({"w": np.zeros(PARAMS, np.float64)}, {s: p for s, (p, _) in usable.items()}, counts, cfg, {},
+                          floor)
     except TooFewStudios as err:
         return None, str(err)
+    return step.params["w"], "; ".join(dropped)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

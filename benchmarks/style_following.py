@@ -5,8 +5,9 @@ scored against the demo's cross-style ground truth. Exact commands and results: 
     python benchmarks/style_following.py all --out runs/fusion --studios 3 --seeds 0 --workers 2
 
 `train` writes demo studios with their cross-style ground truth (if missing) and trains each (variant, seed)
-federation in one process, with the product's own pieces (StudioTrainer, federated.round's studio and server
-steps), saving every studio's checkpoint in a run folder that `fedgai evaluate-fusion` also reads. `evaluate`
+federation in one process through the product's in-process federation (federated/inprocess.py: the studio's
+check and guard, the server's screening and step), saving every studio's checkpoint in a run folder that
+`fedgai evaluate-fusion` also reads. `evaluate`
 scores each run with fedgai.evaluation.cross_style and writes OUT/fusion.json and a markdown table OUT/fusion.md.
 """
 
@@ -16,13 +17,13 @@ import argparse
 import json
 import os
 import statistics
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fedgai.cli import setting
 from fedgai.config import FedgaiConfig, profile
 
 DEMO_SEED = 15  # the federation benchmark's demo studios (docs/results.md): 131, 44, 214, 55, ... pairs
@@ -52,38 +53,16 @@ def demo_data(data: Path, cross: Path, studios: int) -> list[Path]:
 
 def run_federation(variant: str, seed: int, base: dict[str, Any], studios: list[Path], out: Path) -> float:
     """One federation (or local-only run) of every studio; leaves a run folder per studio with its checkpoint."""
-    from fedgai.federated.round import server_step, studio_update
-    from fedgai.federated.validation import update_norm_floor
-    from fedgai.trainer import StudioTrainer
+    from fedgai.federated.inprocess import run_federation as federate
 
     cfg = FedgaiConfig.from_dict(base).with_overrides({**VARIANTS[variant], "train.seed": seed})
-    started = time.perf_counter()
     folder = out / f"{variant}-seed{seed}"
-    trainers = {s.name: StudioTrainer(cfg, s, folder / s.name, device="cpu") for s in studios}
-    federated = cfg.fed.mode != "local"
-    global_params = {k: v.float().numpy() for k, v in next(iter(trainers.values())).shared_state().items()}
-    claims = {site: t.num_samples for site, t in trainers.items()}
-    for rnd in range(cfg.fed.rounds):
-        diffs = {}
-        for site, trainer in trainers.items():
-            baseline = None
-            if federated:
-                trainer.load_shared(global_params)
-                baseline = {k: torch.as_tensor(v) for k, v in global_params.items()}
-            update = studio_update(trainer, baseline, tag=f" {variant} r{rnd}")
-            if federated:
-                diffs[site] = {k: v.float().numpy() for k, v in update.diff.items()}
-        if federated:
-            global_params = server_step(global_params, diffs, claims, cfg, claims,
-                                        update_norm_floor(cfg, global_params)).params
-            for trainer in trainers.values():
-                trainer.load_shared(global_params)
-    for trainer in trainers.values():
+    run = federate(cfg, studios, folder, tag=f" {variant}")
+    for trainer in run.trainers.values():
         trainer.save_checkpoint()
-        trainer.close()
-    seconds = time.perf_counter() - started
-    (folder / "run.json").write_text(json.dumps({"variant": variant, "seed": seed, "seconds": seconds}) + "\n")
-    return seconds
+    run.close()
+    (folder / "run.json").write_text(json.dumps({"variant": variant, "seed": seed, "seconds": run.seconds}) + "\n")
+    return run.seconds
 
 
 def _train_worker(job: tuple) -> str:
@@ -95,7 +74,7 @@ def _train_worker(job: tuple) -> str:
 
 
 def train(args: argparse.Namespace, studios: list[Path]) -> None:
-    base = FedgaiConfig.from_dict(profile("quick").to_dict()).with_overrides(SMALL).to_dict()
+    base = profile("quick").with_overrides(SMALL | dict(args.set)).to_dict()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "config.json").write_text(json.dumps(base, indent=2) + "\n")
     jobs = [(v, s, base, studios, args.out) for s in args.seeds for v in args.variants]
@@ -176,6 +155,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--feature-size", type=int, default=112,
                    help="EfficientNet-Lite0 input side for the style classifier (evaluate: 224; 112 fits 2 cores)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--set", type=setting, nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="config overrides for every run after SMALL's, parsed as `fedgai --set` parses them")
     args = p.parse_args(argv)
     args.data = args.data or args.out / "data"
     args.cross = args.cross or args.out / "cross-style"
