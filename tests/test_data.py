@@ -356,10 +356,45 @@ def test_demo_studios_are_valid_heterogeneous_and_styled(tmp_path: Path) -> None
 
 
 def test_studio_sizes_are_spread_distinct_and_seeded() -> None:
-    sizes = demo_module.studio_sizes(8, 0)
+    sizes = demo_module.studio_sizes(8, 0, small=())
     assert all(40 <= n <= 250 for n in sizes) and len(set(sizes)) == 8
     assert max(sizes) > 2 * min(sizes)
-    assert sizes == demo_module.studio_sizes(8, 0) != demo_module.studio_sizes(8, 1)
+    assert sizes == demo_module.studio_sizes(8, 0, small=()) != demo_module.studio_sizes(8, 1, small=())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 15])
+def test_default_demo_ends_with_a_10_and_a_20_pair_studio_and_keeps_the_others(seed: int) -> None:
+    sizes, before = demo_module.studio_sizes(8, seed), demo_module.studio_sizes(8, seed, small=())
+    assert sizes[-2:] == [10, 20]
+    assert sizes[:-2] == before[:-2] and all(40 <= n <= 250 for n in sizes[:-2])  # the larger ones unchanged
+    assert demo_module.studio_sizes(2, seed) == demo_module.studio_sizes(2, seed, small=())  # too few to add any
+
+
+def test_small_demo_studios_exist_and_every_studio_splits_with_val_and_test(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedgai.config import TrainConfig
+    from fedgai.data.split import split_studio
+
+    monkeypatch.setattr(demo_module, "PAIRS_RANGE", (40, 41))  # one large studio, kept cheap
+    folders = make_demo(tmp_path / "fed", studios=3, seed=0, size=64, progress=False)
+    counts = {f.name: len(load_studio(f).pairs) for f in folders}
+    assert list(counts.values())[1:] == [10, 20], counts
+    t = TrainConfig()
+    for folder in folders:
+        split = split_studio(load_studio(folder), t.split_seed, t.val_fraction, t.test_fraction)
+        assert split.val and split.test and len(split.train) >= 2, folder.name
+        assert len(split.train) + len(split.val) + len(split.test) == counts[folder.name]
+    assert split_studio(load_studio(folders[1]), 0, 0.1, 0.2).test.__len__() == 2  # 10 pairs: 7 / 1 / 2
+
+
+def test_small_demo_studios_are_chosen_on_the_command_line(tmp_path: Path) -> None:
+    from fedgai.cli import pair_counts
+
+    assert pair_counts("10,20") == (10, 20) and pair_counts("") == ()  # '' = the demo before small studios
+    assert main(["data", "demo", "--studios", "2", "--size", "64", "--small", "5", "--out", str(tmp_path / "a")]) == 0
+    assert len(list((tmp_path / "a" / "studio-02-marker" / "sketches").iterdir())) == 5
+    with pytest.raises(ValueError, match="small demo studio of 3 pairs cannot be split"):
+        make_demo(tmp_path / "b", studios=3, small=(3,), progress=False)
 
 
 def test_studios_differ_in_garment_mix() -> None:

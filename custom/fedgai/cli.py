@@ -13,6 +13,7 @@ from typing import Any
 
 from fedgai.config import ENCODERS, FED_MODES, PROFILES, ConfigError, FedgaiConfig, TrainConfig, profile
 from fedgai.data import DEMO_STYLES, SKETCH_STYLES, StudioDataError
+from fedgai.data.demo import SMALL_STUDIOS
 from fedgai.layout import CHECKPOINT, CONFIG, EPOCH_RECORDS, WORKSPACE_STATE
 from fedgai.models import EncoderUnavailable
 from fedgai.rundir import (
@@ -105,7 +106,7 @@ def cmd_data_demo(args: argparse.Namespace) -> None:
     cross = CrossStyle(args.cross_style, args.split_seed, t.val_fraction, t.test_fraction) \
         if args.cross_style else None
     folders = make_demo(args.out, studios=args.studios, seed=args.seed, size=args.size, unpaired=args.unpaired,
-                        cross_style=cross)
+                        cross_style=cross, small=args.small)
     print(f"{len(folders)} demo studios in {args.out}:")
     for folder in folders:
         extra = f", {args.unpaired} unpaired photos" if args.unpaired else ""
@@ -328,6 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def pair_counts(text: str) -> tuple[int, ...]:
+    """--small's "10,20" (or "" for none) as counts."""
+    try:
+        return tuple(int(n) for n in text.replace(" ", "").split(",") if n)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated pair counts such as 10,20, got {text!r}") from err
+
+
 def add_data_parsers(sub) -> None:
     data = sub.add_parser("data", help="make or check studio datasets").add_subparsers(
         dest="data_command", required=True, metavar="DATA_COMMAND")
@@ -344,6 +353,9 @@ def add_data_parsers(sub) -> None:
                    "--out): the ground truth of `fedgai evaluate-fusion`, never trained on")
     p.add_argument("--split-seed", type=int, default=TrainConfig().split_seed,
                    help="train.split_seed of the runs to score: whose test photos --cross-style draws (default 0)")
+    p.add_argument("--small", type=pair_counts, default=SMALL_STUDIOS, metavar="N,N",
+                   help="pair counts of the last studios when there are more studios than counts (default "
+                   f"{','.join(map(str, SMALL_STUDIOS))}; '' for none: the demo before small studios)")
     p.set_defaults(func=cmd_data_demo)
 
     styles = "; ".join(f"{k}: {v}" for k, v in SKETCH_STYLES.items())
