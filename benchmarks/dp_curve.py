@@ -4,15 +4,16 @@ pairs. One command runs the grid and prints the curve; results and commands: doc
 
     python benchmarks/dp_curve.py --out runs/dpcurve --studios 2 --seeds 0
 
-The runs use benchmarks/federation_value.py's harness (the product's StudioTrainer, key rules and server step;
+The runs use benchmarks/federation_value.py's harness (the product's in-process federation, federated/inprocess.py;
 no NVFlare transport) and its evaluation (FD-EffNetLite0, SSIM, ink IoU, style accuracy and FD-Style on each
 studio's test pairs, never trained on). DP runs plan sigma, batch and steps from their target
 (privacy.plan); from the prior they train only the style head (privacy.record_trainable). dp_prior_nosteps is the
-prior with the private AdaIN_SD statistics release and no DP-SGD step (what the private steps add to). The harness
-starts the shared D from the first studio's, so with the prior the federation's D starts from the prior's too.
-Every run also records the membership-inference AUC of the final shared D on each studio's pairs (membership(),
-written next to the run's fakes as SITE.mia.json) and the table shows it. The priors the grid starts from are
-built before its first run (prior_build.py; a trainer only loads one) into $FEDGAI_PRIOR_DIR (default OUT/priors).
+prior with the private AdaIN_SD statistics release and no DP-SGD step (what the private steps add to). The
+federation starts from the server's initial global (controller.initial_global), so with the prior its D starts from
+the prior's too. Every run also records the membership-inference AUC of the final shared D on each studio's pairs
+(membership(), written next to the run's fakes as SITE.mia.json) and the table shows it. The priors the grid
+starts from are built before its first run (prior_build.py; a trainer only loads one) into $FEDGAI_PRIOR_DIR
+(default OUT/priors).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import federation_value as fv
 import numpy as np
 
+from fedgai.cli import setting
 from fedgai.config import FedgaiConfig
 from fedgai.data import SketchPairDataset
 from fedgai.evaluation.membership import hanley_mcneil_se, membership_auc
@@ -128,7 +130,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epsilons", type=float, nargs="+", default=list(EPSILONS))
     p.add_argument("--variants", nargs="+", help="a subset of the grid's names (default: all)")
     p.add_argument("--profile", default="quick")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON", help="config overrides for every run")
+    p.add_argument("--set", type=setting, nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="config overrides for every run, parsed as `fedgai --set` parses them (repeatable)")
     p.add_argument("--device", default="cpu")
     return p.parse_args(argv)
 
@@ -213,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = sorted(set(variants) - set(grid) - {PRIOR_ONLY})
     if unknown:
         raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; the grid has {', '.join(grid)}")
-    args.set = [f"{k}={json.dumps(v)}" for k, v in BASE.items()] + list(args.set)
+    args.set = [*BASE.items(), *args.set]
     base = fv.base_config(args)
     if args.stage in ("all", "train"):
         train(args, base, variants)

@@ -59,3 +59,13 @@ def test_target_needs_both_small_gains_and_holds_the_large_studios(fv):
     assert not fv.meets_target(fv.twin_changes(fd_only, "fed", "local"))
     large_lose = [run("local", 0, 100, 100), run("fed", 0, 85, 106, 0.85)]  # large 6 % worse
     assert not fv.meets_target(fv.twin_changes(large_lose, "fed", "local"))
+
+
+def test_set_is_parsed_as_the_cli_parses_it_and_null_is_applied(fv):
+    args = fv.parse_args(["train", "--profile", "test", "--set", "model.image_size=64", "fed.mode=local",
+                          "--set", "train.max_pairs=null"])
+    base = fv.base_config(args)
+    assert base["model"]["image_size"] == 64 and base["fed"]["mode"] == "local"  # JSON, or else text (cli.setting)
+    assert base["train"]["max_pairs"] is None
+    with pytest.raises(SystemExit):
+        fv.parse_args(["train", "--set", "no_section"])
