@@ -250,7 +250,7 @@ def test_stock_decryptor_fails_on_partial_models_and_ours_does_not(contexts, glo
 def test_guard_passes_public_ciphertexts_and_records_them(contexts, global_d, tmp_path):
     _, client_ctx = contexts
     received = encrypted_update(client_encryptor(client_ctx), random_diffs(global_d, 3), 8, "studio-a")
-    guard = CiphertextOnlyGuard(profile("test").to_dict())
+    guard = CiphertextOnlyGuard(he_job_config(profile("test")).to_dict())
     assert guard.process(received, fl_ctx(run_root=tmp_path)) is received
     record = json.loads((tmp_path / "job" / HE_OUTPUT_DIR / RECEIVED_DIR / "round-000-studio-a.json").read_text())
     assert record["accepted"] and record["algorithm"] == HE_ALGORITHM_CKKS and record["num_samples"] == 8
@@ -263,7 +263,7 @@ def test_guard_passes_public_ciphertexts_and_records_them(contexts, global_d, tm
 
 def test_guard_refuses_plaintext_partial_and_secret_key_carrying_updates(contexts, global_d, tmp_path):
     _, client_ctx = contexts
-    guard = CiphertextOnlyGuard(profile("test").to_dict())
+    guard = CiphertextOnlyGuard(he_job_config(profile("test")).to_dict())
     plain = DXO(DataKind.WEIGHT_DIFF, data=random_diffs(global_d, 4), meta={MetaKey.NUM_STEPS_CURRENT_ROUND: 8})
     half = {k: ts.ckks_vector(client_ctx, v.ravel()) for k, v in random_diffs(global_d, 5).items()}
     half[sorted(half)[0]] = np.zeros(3, dtype=np.float32)  # one entry left in plaintext
@@ -289,7 +289,7 @@ PLAIN_SUMMARY_FIELDS = {"round", "total_rounds", "mode", "aggregator", "started_
 
 def three_studio_round(tmp_path: Path) -> tuple[dict, DiscriminatorPersistor, FLContext]:
     """The test profile's HE server state with round 0 started for studios a, b and c."""
-    config = profile("test").to_dict()
+    config = he_job_config(profile("test")).to_dict()
     persistor = DiscriminatorPersistor(config)
     ctx = fl_ctx(run_root=tmp_path, persistor=persistor, clients=("studio-a", "studio-b", "studio-c"))
     persistor.handle_event(AppEventType.ROUND_STARTED, ctx)
@@ -381,6 +381,51 @@ def test_the_he_server_refuses_at_run_time_a_setting_it_cannot_honour(tmp_path):
     persistor = DiscriminatorPersistor(config)
     with pytest.raises(HESettingsRefused, match="fed.max_update_norm = 10 needs each update's norm"):
         persistor.load_model(fl_ctx(run_root=tmp_path, persistor=persistor))
+
+
+def test_the_he_guard_refuses_at_run_time_a_setting_it_cannot_honour_with_the_reason_in_the_record(
+        contexts, global_d, tmp_path):
+    """Old code: only the persistor's copy of the config was checked when the job started; the guard's own copy
+    (a job edited after build_he_job) could ask for a median and a norm bound that nothing applied, and every
+    update passed as if they had been."""
+    _, client_ctx = contexts
+    config = he_job_config(profile("test")).with_overrides(
+        {"fed.aggregator": "median", "fed.min_clients": 3, "fed.max_update_norm": 10.0}).to_dict()
+    update = encrypted_update(client_encryptor(client_ctx), random_diffs(global_d, 3), 8, "studio-a")
+    with pytest.raises(HESettingsRefused, match="fed.aggregator = 'median' needs every update's values"):
+        CiphertextOnlyGuard(config).process(update, fl_ctx(run_root=tmp_path))
+    record = json.loads((tmp_path / "job" / HE_OUTPUT_DIR / RECEIVED_DIR / "round-000-studio-a.json").read_text())
+    assert not record["accepted"] and "fed.max_update_norm = 10 needs each update's norm" in record["reason"]
+
+
+def _controller_start(tmp_path: Path, persistor_config: dict, studio_config: dict,
+                      aggregator: object | None = None) -> list[str]:
+    """Start the HE controller on these components; the reasons it stopped the job for (none: it started)."""
+    persistor = DiscriminatorPersistor(persistor_config)
+    components = {"aggregator": aggregator or FeatureSpaceHEAggregator(),
+                  "shareable_generator": FedgaiHEShareableGenerator(studio_config),
+                  "he_serialize_filter": HEModelSerializeFilter()}
+    ctx = fl_ctx(run_root=tmp_path, persistor=persistor, components=components)
+    sag = ResumableScatterAndGather(num_rounds=1, persistor_id=PERSISTOR_ID)
+    sag._engine = ctx.get_engine()
+    panics: list[str] = []
+    sag.system_panic = lambda reason, fl_ctx: panics.append(reason)
+    sag.start_controller(ctx)
+    return panics
+
+
+def test_the_he_server_refuses_at_run_time_components_that_disagree_or_skip_its_screening(tmp_path):
+    """Old code started a job whose studios were sent one config (the shareable generator's) while the server
+    aggregated under another (the persistor's), or whose aggregator was NVFlare's stock one (no weight caps)."""
+    config = he_job_config(profile("test")).to_dict()
+    assert _controller_start(tmp_path / "same", config, config) == []
+    told = he_job_config(profile("test").with_overrides({"privacy.dp": "client"})).to_dict()
+    [reason] = _controller_start(tmp_path / "differ", config, told)
+    assert "the config sent to the studios differs from the one the server aggregates under" in reason
+    [reason] = _controller_start(tmp_path / "stock", config, config, HEInTimeAccumulateWeightedAggregator())
+    assert "HEInTimeAccumulateWeightedAggregator" in reason and "weight caps" in reason
+    [reason] = _controller_start(tmp_path / "bound", profile("test").to_dict(), profile("test").to_dict())
+    assert "fed.norm_bound_factor = 3 clips updates" in reason  # the persistor's refusal, stopped with the reason
 
 
 # ----------------------------------------------------------------------------------------------- resume
@@ -510,7 +555,7 @@ def test_two_studio_he_simulation_aggregates_ciphertexts_only(demo_root, tmp_pat
 def test_guard_screens_counts_and_sizes_it_can_see_without_decrypting(contexts, global_d, tmp_path):
     _, client_ctx = contexts
     encryptor = client_encryptor(client_ctx)
-    config = profile("test").with_overrides({"fed.site_max_samples": {"studio-c": 100}}).to_dict()
+    config = he_job_config(profile("test").with_overrides({"fed.site_max_samples": {"studio-c": 100}})).to_dict()
     guard = CiphertextOnlyGuard(config)
     diffs = random_diffs(global_d, 7)
     ok = encrypted_update(encryptor, diffs, 40, "studio-c")

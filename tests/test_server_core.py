@@ -57,7 +57,7 @@ def _he_wire(_fresh_fobs):  # noqa: F811
 def test_he_guard_records_the_authenticated_client_not_the_name_a_studio_claims(contexts, global_d,  # noqa: F811
                                                                                 tmp_path):
     _, client_ctx = contexts
-    guard = CiphertextOnlyGuard(profile("test").to_dict())
+    guard = CiphertextOnlyGuard(he_job_config(profile("test")).to_dict())
     update = encrypted_update(client_encryptor(client_ctx), random_diffs(global_d, 1), 8, "studio-a")
     guard.process(authenticated(update, "studio-a", claimed="x/../../../escaped"), fl_ctx(run_root=tmp_path))
     received = tmp_path / "job" / HE_OUTPUT_DIR / RECEIVED_DIR

@@ -34,7 +34,7 @@ from fedgai.federated.client import (
 )
 from fedgai.federated.controller import initial_global
 from fedgai.federated.executor import StudioExecutor
-from fedgai.federated.global_check import GlobalCheck
+from fedgai.federated.global_check import GlobalCheck, GlobalCheckStateError, site_check_file
 from fedgai.federated.he_keys import CLIENT_CONTEXT, make_contexts
 from fedgai.federated.he_studio import PackedHEModelEncryptor, ShapedHEModelDecryptor, is_sealed, seal_job
 from fedgai.federated.he_wire import decrypt_packed
@@ -47,7 +47,13 @@ from fedgai.privacy.mechanism import UnsafeUpdateError, update_norm
 from fedgai.privacy.policy import SitePolicy, SitePolicyError, file_sha256, load_site_policy, write_site_policy
 from fedgai.sharing import NORM_NAME_PATTERN, norm_keys
 from fedgai.trainer import StudioTrainer
-from fedgai.wire import BUDGET_EXHAUSTED_KEY, CONFIG_META_KEY, DP_EPSILON_META_KEY, DP_NOISE_META_KEY
+from fedgai.wire import (
+    BUDGET_EXHAUSTED_KEY,
+    CONFIG_META_KEY,
+    DP_EPSILON_META_KEY,
+    DP_NOISE_META_KEY,
+    GLOBAL_REFUSED_META_KEY,
+)
 
 NUM_STEPS = FLMetaKey.NUM_STEPS_CURRENT_ROUND
 DELTA = 1e-5
@@ -383,6 +389,71 @@ def test_an_honest_run_of_shrinking_changes_is_accepted():
     for step in (0.5, 0.6, 0.3, 0.2, 0.25, 0.1):
         w = w + step / 10
         assert check.review({"w": w}) is None
+
+
+def _ratchet(steps: int) -> list[dict[str, np.ndarray]]:
+    """A start and ``steps`` globals, each change 9.9 x the last: the ratchet a hostile aggregate tries."""
+    rng = np.random.default_rng(0)
+    out, step = [{"w": rng.normal(0, 1, 1000)}], 0.05
+    for _ in range(steps):
+        step *= 9.9
+        out.append({"w": out[-1]["w"] + step * rng.normal(0, 1, 1000) / math.sqrt(1000)})
+    return out
+
+
+def test_a_restarted_studio_keeps_its_check_of_the_global(tmp_path):
+    """Old code: the check lived as long as the studio's process, so a hostile aggregate that crashed the studio
+    (or a studio restarted for any reason) met a check with no reference, and the ratchet started again."""
+    state = site_check_file(tmp_path, "job-1", "script")
+    globals_ = _ratchet(3)
+    check = GlobalCheck(state_file=state)
+    assert [check.review(g) for g in globals_[:3]] == [None, None, None]
+    restarted = GlobalCheck(state_file=state)  # a new process of the same studio, same job
+    assert "more than the bound" in restarted.review(globals_[3])
+    assert restarted.changes == check.changes and restarted.anchor == check.anchor
+
+
+def test_a_global_with_other_entries_cannot_reset_the_reference():
+    """Old code took a global whose keys differed from the reference as a fresh, unbounded reference: one round
+    without an entry and the next round's global passed whatever its size."""
+    check = GlobalCheck()
+    assert check.review({"a": np.ones(4), "b": np.ones(4)}) is None
+    for other in ({"a": np.ones(4)}, {"a": np.ones(4), "b": np.ones(1)}):
+        assert "differ from the last global" in check.review(other)
+    assert "more than the bound" in check.review({"a": np.ones(4), "b": np.full(4, 1e6)})
+
+
+def test_the_checks_memory_is_in_the_sites_own_folder_per_job(tmp_path):
+    policy = SitePolicy(ledger_dir="site-private")
+    write_site_policy(tmp_path, policy)
+    state = site_check_file(tmp_path, "../../elsewhere", "decryptor")
+    assert state.parent == tmp_path / "site-private" / "global-checks"  # a job id is one file name, never a path
+    assert site_check_file(tmp_path, "job-2", "script") != site_check_file(tmp_path, "job-1", "script")
+    assert site_check_file(tmp_path, "job-1", "decryptor") != site_check_file(tmp_path, "job-1", "script")
+    state.parent.mkdir(parents=True)
+    state.write_bytes(b"not a saved check")
+    with pytest.raises(GlobalCheckStateError, match="cannot read"):  # never silently a check without memory
+        GlobalCheck(state_file=state).review({"w": np.zeros(3)})
+
+
+def test_a_restarted_studio_keeps_its_check_of_the_decrypted_global(site_context):
+    """The HE decryptor's check too: its memory is kept per job in the site's folder (old code: per process)."""
+    fl_ctx, root = site_context
+
+    def refusal(decryptor: ShapedHEModelDecryptor, params: dict) -> str | None:
+        dxo = DXO(DataKind.WEIGHTS, data={k: v.astype(np.float32) for k, v in params.items()})
+        return decryptor.process_dxo(dxo, dxo.to_shareable(), fl_ctx).get_meta_prop(GLOBAL_REFUSED_META_KEY)
+
+    def started() -> ShapedHEModelDecryptor:
+        decryptor = ShapedHEModelDecryptor()
+        decryptor.tenseal_context = "unused: these globals arrive in plaintext, as round 0's does"
+        return decryptor
+
+    globals_ = _ratchet(3)
+    first = started()
+    assert [refusal(first, g) for g in globals_[:3]] == [None, None, None]
+    assert "more than the bound" in refusal(started(), globals_[3])
+    assert site_check_file(root, "job-1", "decryptor").is_file()
 
 
 def _shifted(trainer, value: float) -> FLModel:

@@ -39,7 +39,7 @@ from nvflare.client.tracking import SummaryWriter
 
 from fedgai.config import FedgaiConfig
 from fedgai.federated.fingerprint import check_global_model, studio_feature_space
-from fedgai.federated.global_check import GlobalCheck
+from fedgai.federated.global_check import GlobalCheck, site_check_file
 from fedgai.federated.he_studio import sealing_problem
 from fedgai.federated.round import Received, receive_global, studio_update
 from fedgai.federated.server_state import config_hash
@@ -332,7 +332,9 @@ def open_studio(received: FLModel, site: str, studio_dir: Path, args: argparse.N
     # as events, past every result filter.
     writer = trainer.writer if dp_enabled(cfg) else SummaryWriter()  # (6) NVFlare's metric streaming
     client_dp = StudioClientDP(cfg.privacy, ledger) if cfg.privacy.dp == "client" else None
-    return Studio(trainer, writer, ledger, config_hash(job_config), client_dp)
+    # The check of every global keeps its memory in the site's folder: restarting the studio cannot reset it.
+    check = GlobalCheck(state_file=site_check_file(Path.cwd(), job_id, "script") if job_id else None)
+    return Studio(trainer, writer, ledger, config_hash(job_config), client_dp, check)
 
 
 def check_same_config(studio: Studio, received: FLModel) -> None:

@@ -21,7 +21,9 @@ HEModelEncryptor, HEModelSerializeFilter; subclassed or our own:
 
 What the plain server shares with this one (resume, state folder, summaries, clear-meta screening,
 feature-space adoption) lives in server_state.py, summary.py and screening.py. What HE cannot do - read an
-update to bound its norm, or aggregate with a trimmed mean or median - he_job.build_he_job refuses to configure.
+update to bound its norm, or aggregate with a trimmed mean or median - he_job.build_he_job refuses to configure,
+and the server refuses again at run time (the persistor and the guard on their copies of the config, the
+controller on components that are not fedgai's or configs that differ), so an edited job stops with the reason.
 - ``ResumableScatterAndGather``: starts at the round after the one the persistor resumed.
 """
 
@@ -262,6 +264,10 @@ class CiphertextOnlyGuard(Filter):
         self.config = config
         self._cfg = FedgaiConfig.from_dict(config)
         self._expected: dict[str, int] | None = None
+        # This copy of the job's config is checked too: a job edited after it was built must not screen under
+        # settings (a median, a norm bound) that nothing here applies.
+        refusals = he_refusals(self._cfg)
+        self._settings = "under HE these settings cannot be honoured: " + "; ".join(refusals) if refusals else None
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         if shareable.get_return_code(ReturnCode.OK) != ReturnCode.OK:
@@ -284,6 +290,7 @@ class CiphertextOnlyGuard(Filter):
         expected_space = federation.feature_space or fp.config_expectations(self._cfg)
         problem = (self._problem(dxo) or clear.problem or self._count_problem(site, clear.count, federation)
                    or fp.update_problem(clear.feature_space, expected_space))
+        problem = self._settings or problem
         record.update(accepted=problem is None, reason=problem)
         if problem is None:
             record["entries"] = describe_ciphertexts(dxo.data)
@@ -291,7 +298,8 @@ class CiphertextOnlyGuard(Filter):
             federation.first_counts.setdefault(site, clear.count)
         write_record(fl_ctx, record)
         if problem is not None:
-            raise PlaintextUpdate(f"update of {site} in round {rnd} refused: {problem}")
+            refused = HESettingsRefused if self._settings else PlaintextUpdate
+            raise refused(f"update of {site} in round {rnd} refused: {problem}")
         return shareable
 
     def _problem(self, dxo: DXO) -> str | None:
@@ -386,9 +394,15 @@ def weighted_sum(updates: Mapping[str, Mapping[str, Any]], factors: Mapping[str,
 
 class ResumableScatterAndGather(ScatterAndGather):
     """ScatterAndGather that continues at the round after the one the persistor resumed, and stops with the
-    persistor's reason (no traceback) when it refuses a saved state."""
+    persistor's reason (no traceback) when it refuses a saved state or settings HE cannot honour. Before that it
+    checks the job's server components: fedgai's own (whose screening, weight caps and refusals the HE job
+    promises), and one config for what the studios are told and what the server aggregates under."""
 
     def start_controller(self, fl_ctx: FLContext) -> None:
+        problem = self._components_problem()
+        if problem:  # a job edited after he_job.build_he_job
+            self.system_panic(f"this HE job cannot run as configured: {problem}", fl_ctx)
+            return
         try:
             super().start_controller(fl_ctx)
         except (ResumeRefused, HESettingsRefused, PriorError) as err:  # PriorError: no usable train.prior
@@ -398,6 +412,25 @@ class ResumableScatterAndGather(ScatterAndGather):
         if resumed:
             self._start_round, self._num_rounds = resumed, self._num_rounds - resumed
             fl_ctx.set_prop(AppConstants.START_ROUND, resumed, private=True, sticky=True)
+
+    def _components_problem(self) -> str | None:
+        """Why the job's persistor, shareable generator and aggregator cannot give the HE job's guarantees, or
+        None."""
+        required = {self.persistor_id: (DiscriminatorPersistor, "refuses settings HE cannot honour and keeps the "
+                                                                "federation's state"),
+                    self.shareable_generator_id: (FedgaiHEShareableGenerator, "sends the studios the job's config"),
+                    self.aggregator_id: (FeatureSpaceHEAggregator, "applies the plain server's weight caps and "
+                                                                   "feature-space adoption to ciphertexts")}
+        components = {cid: self._engine.get_component(cid) for cid in required}
+        for cid, (cls, role) in required.items():
+            if not isinstance(components[cid], cls):
+                return (f"component {cid!r} is a {type(components[cid]).__name__}, not fedgai's {cls.__name__}, "
+                        f"which {role}")
+        if components[self.shareable_generator_id].config != components[self.persistor_id].config:
+            return (f"the config sent to the studios differs from the one the server aggregates under (components "
+                    f"{self.shareable_generator_id!r} and {self.persistor_id!r}); build the job again with "
+                    "fedgai job export")
+        return None
 
 
 def authenticated_site(shareable: Shareable) -> str | None:

@@ -9,7 +9,8 @@ encrypting, and the server cannot look inside a ciphertext, so one studio can pu
 which also corrupts every other slot through CKKS precision) into the aggregate. Only the studios can see the
 result: ``GlobalCheck`` (global_check.py) refuses a decrypted global that is not finite or that moved too far;
 the studio then keeps its own D for that round. The studio's script checks every global again with its own
-GlobalCheck (client.py), so the check holds where a job leaves this filter out.
+GlobalCheck (client.py), so the check holds where a job leaves this filter out. Both keep their memory in the
+site's own folder, per job, so restarting a studio does not reset them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from nvflare.app_opt.he.model_encryptor import HEModelEncryptor
 
 from fedgai.config import FedgaiConfig
 from fedgai.federated.controller import initial_global
-from fedgai.federated.global_check import GlobalCheck
+from fedgai.federated.global_check import GlobalCheck, site_check_file
 from fedgai.federated.he_keys import CLIENT_CONTEXT, layout_of, restore_layout
 from fedgai.federated.he_wire import decrypt_packed, encrypt_packed
 from fedgai.privacy.mechanism import UnsafeUpdateError
@@ -151,7 +152,12 @@ class ShapedHEModelDecryptor(HEModelDecryptor):
 
     def _review(self, dxo: DXO, fl_ctx: FLContext) -> None:
         """Refuse a global the check rejects: the studio gets the reason and the last accepted global (none if
-        there is none yet) instead, so nothing refused reaches the training script."""
+        there is none yet) instead, so nothing refused reaches the training script. In a job, the check's memory
+        is the site's (global_check.site_check_file), so a restarted studio keeps its bound."""
+        job_id = fl_ctx.get_job_id()
+        if self.check.state_file is None and job_id:
+            root = fl_ctx.get_engine().get_workspace().get_root_dir()
+            self.check.state_file = site_check_file(root, job_id, "decryptor")
         reason = self.check.review(dxo.data)
         if reason is None:
             return
