@@ -21,6 +21,7 @@ from torch import nn
 
 from fedgai.config import LossConfig
 from fedgai.models import channel_statistics
+from fedgai.privacy.policy import hub_download_refusal
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +226,8 @@ def clip_preflight(cfg: LossConfig) -> dict[str, str]:
 
 
 def _tag_checkpoint(tag: dict) -> tuple[str | None, str | None]:
-    """(local file, None) for a known open_clip tag, or (None, why not): cache first, then one download."""
+    """(local file, None) for a known open_clip tag, or (None, why not): cache first, then one download where
+    the site allows it (a studio's policy: allow_hub_downloads)."""
     from huggingface_hub import try_to_load_from_cache
 
     repo, filename = os.path.split(tag.get("hf_hub", ""))
@@ -237,6 +239,9 @@ def _tag_checkpoint(tag: dict) -> tuple[str | None, str | None]:
     url_file = Path("~/.cache/clip").expanduser() / os.path.basename(tag.get("url", ""))
     if tag.get("url") and url_file.is_file():
         return str(url_file), None
+    refusal = hub_download_refusal()  # before even probing the hub: a studio's network use is its site's call
+    if refusal:
+        return None, f"weights {tag.get('hf_hub') or tag.get('url')} are not in the local cache, and {refusal}"
     if not hub_reachable():
         return None, (f"weights {tag.get('hf_hub') or tag.get('url')} are not in the local cache and the hub "
                       "cannot be reached (offline)")

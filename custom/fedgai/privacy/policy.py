@@ -19,7 +19,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,9 @@ class SitePolicy:
     # The weight files a job may have this studio load (train.prior, model.vgg_weights, loss.clip_pretrained):
     # {path: sha256 of its content}. Any other file a job names is refused, and so is a listed one that changed.
     weight_files: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Whether a job may make this studio fetch weights from a hub (open_clip's CLIP tags; nothing else downloads):
+    # off by default, so a job reaches no network from the studio and loads only what the site placed.
+    allow_hub_downloads: bool = False
 
     def __post_init__(self) -> None:
         if self.min_dp not in DP_MODES:
@@ -84,6 +87,9 @@ class SitePolicy:
                                                   for k, v in files.items()):
             raise SitePolicyError(f"site policy: weight_files must map file paths to their sha256 (64 hex digits), "
                                   f"got {files!r}")
+        if not isinstance(self.allow_hub_downloads, bool):
+            raise SitePolicyError(f"site policy: allow_hub_downloads must be true or false, "
+                                  f"got {self.allow_hub_downloads!r}")
         for name in ("min_noise_multiplier", "max_clip_norm", "max_delta", "epsilon_budget",
                      "min_stats_noise_multiplier", "max_stats_clip_norm"):
             value = getattr(self, name)
@@ -137,15 +143,24 @@ class SitePolicy:
         """Why this studio must not load the files a job names ({setting: path}; only those that are files at
         this site count, as only those would be loaded), or None. A file is allowed when weight_files lists it
         (by resolved path) with the sha256 of its content now."""
-        allowed = {Path(path).expanduser().resolve(): digest for path, digest in self.weight_files.items()}
         for setting, name in sorted(named.items()):
-            path = Path(name).expanduser().resolve()
-            if not path.is_file():
-                continue
-            if path not in allowed:
-                return f"{setting} names {path}, which is not among the site's weight_files"
-            if file_sha256(path) != allowed[path]:
-                return f"{setting} names {path}, whose content is not the one the site's weight_files allows (sha256)"
+            path = Path(name).expanduser()
+            if path.is_file():
+                reason = self.pin_refusal(setting, path, file_sha256)
+                if reason:
+                    return reason
+        return None
+
+    def pin_refusal(self, setting: str, path: Path, digest: Callable[[Path], str]) -> str | None:
+        """Why the file at ``path`` (named by ``setting``) must not be loaded here, or None: weight_files must
+        list it (by resolved path) with ``digest``, the sha256 of its content (a loader passes the hash of the
+        very bytes it loads)."""
+        path = Path(path).expanduser().resolve()
+        allowed = {Path(name).expanduser().resolve(): pinned for name, pinned in self.weight_files.items()}
+        if path not in allowed:
+            return f"{setting} names {path}, which is not among the site's weight_files"
+        if digest(path) != allowed[path]:
+            return f"{setting} names {path}, whose content is not the one the site's weight_files allows (sha256)"
         return None
 
     def mode_refusal(self, cfg: FedgaiConfig) -> str | None:
@@ -222,6 +237,29 @@ def studio_config(cfg: FedgaiConfig, policy: SitePolicy | None) -> FedgaiConfig:
 
 def policy_path(workspace_root: str | Path) -> Path:
     return Path(workspace_root) / "local" / POLICY_FILE
+
+
+def hub_download_refusal(workspace_root: str | Path | None = None) -> str | None:
+    """Why this process must not download weights from a hub, or None. The site's policy decides, read from the
+    site workspace a studio runs in (NVFlare starts it there: ``workspace_root`` defaults to the working
+    directory); a process without a policy (the simulator, `fedgai train-local`) may, as documented."""
+    root = Path.cwd() if workspace_root is None else Path(workspace_root)
+    policy = load_site_policy(root)
+    if policy is None or policy.allow_hub_downloads:
+        return None
+    return f"this site's privacy policy does not allow hub downloads (allow_hub_downloads in {policy_path(root)})"
+
+
+def pinned_content(setting: str, path: Path, workspace_root: str | Path | None = None) -> bytes:
+    """The file's bytes, read once, for a loader to load from; at a site with a policy (``workspace_root``, default
+    the working directory, as hub_download_refusal) SitePolicyError unless its weight_files pins exactly these
+    bytes. Hashing what is loaded, not the file beforehand, leaves no moment to swap the file in between."""
+    content = Path(path).read_bytes()
+    policy = load_site_policy(Path.cwd() if workspace_root is None else workspace_root)
+    reason = policy and policy.pin_refusal(setting, path, lambda _: hashlib.sha256(content).hexdigest())
+    if reason:
+        raise SitePolicyError(f"this studio's privacy policy refuses the file: {reason}")
+    return content
 
 
 def load_site_policy(workspace_root: str | Path) -> SitePolicy | None:
