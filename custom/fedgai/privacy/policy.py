@@ -4,9 +4,11 @@ The policy is a file in the studio's kit, ``<site workspace>/local/fedgai_privac
 it (``fedgai.federated.kits``), the studio edits it, no job can change it. (``local/privacy.json`` is NVFlare's
 own file of privacy scopes, so the policy has its own name.) Every fedgai component that runs at the site
 reads it: the studio trainer refuses a job that asks for less before it touches a pair (its DP settings, its
-fed.mode, the weight files it names), the client-level DP filter checks its own settings against it, and both
-charge the one ledger named here, in the site's workspace, so every job on the studio's data draws on one
-budget. A job may always ask for more (more noise, a smaller clip norm, a smaller target epsilon).
+fed.mode, the weight files it names), the loaders check the bytes they load against the pinned hashes (the
+prior, "auto" included) and ask no hub for weights unless the site allows it, the client-level DP filter checks
+its own settings against it, and both charge the one ledger named here, in the site's workspace, so every job
+on the studio's data draws on one budget. A job may always ask for more (more noise, a smaller clip norm, a
+smaller target epsilon).
 
 A site without the file (the simulator, POC) runs a job's privacy settings as the job states them; only a mode
 that would send generator weights unprotected is refused there too (``studio_config``).
