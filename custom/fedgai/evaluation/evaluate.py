@@ -102,17 +102,18 @@ def generator_size(studio_run: StudioRun) -> int:
 
 def fit_style(suite: MetricSuite, studios: dict[str, Studio], runs: Sequence[Run], image_size: int,
               progress: bool) -> StyleClassifier | None:
-    """The studio-style classifier at one resolution (None with fewer than two studios)."""
+    """The studio-style classifier at one resolution, with its reject-aware regression (FD-Style-reject); None with
+    fewer than two studios."""
     if len(studios) < 2:
         return None
-    features, labels = [], []
+    sketches, labels = [], []
     for name, studio in tqdm(studios.items(), desc=f"style classifier ({image_size}px)", disable=not progress):
         split = next(r.studio(name).split for r in runs if r.studio(name) is not None)
         stems = split.train[: suite.cfg.style_pairs_per_studio]
         dataset = SketchPairDataset(studio, image_size, stems=stems)
-        features.append(suite.features(torch.stack([dataset[i][1] for i in range(len(dataset))])))
+        sketches.append(torch.stack([dataset[i][1] for i in range(len(dataset))]))
         labels += [name] * len(dataset)
-    return StyleClassifier().fit(torch.cat(features), labels)
+    return suite.style_classifier(torch.cat(sketches), labels)
 
 
 def evaluate_runs(paths: Sequence[Path], data: Path | None = None, labels: Sequence[str] = (),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from fedgai.evaluation.features import (
     InceptionUnavailable,
     find_inception_weights,
 )
-from fedgai.evaluation.style import StyleClassifier
+from fedgai.evaluation.style import StyleClassifier, line_sketches, not_sketches
 from fedgai.ink import ink_iou, ink_mask, to_unit
 from fedgai.losses import ClipLoss, load_clip
 from fedgai.models import Encoder, gram_matrix
@@ -81,6 +82,13 @@ def style_frechet_distance(style: StyleClassifier, real: torch.Tensor, fake: tor
     """FD-Style: the Fréchet distance of two EfficientNet feature sets in the style classifier's space
     (StyleClassifier.embed), so that only what separates the studios' drawing styles counts."""
     return frechet_distance(style.embed(real), style.embed(fake))
+
+
+def style_fd_reject(style: StyleClassifier, real: torch.Tensor, fake: torch.Tensor) -> float:
+    """FD-Style-reject: FD-Style in the space of a classifier that also knows "not a line sketch"
+    (StyleClassifier.embed_reject), so that noise, blobs and blank pages lie far from every studio instead of being
+    filed under the most texture-like one. Needs a classifier with reject features (MetricSuite.style_classifier)."""
+    return frechet_distance(style.embed_reject(real), style.embed_reject(fake))
 
 
 @torch.no_grad()
@@ -187,6 +195,20 @@ class MetricSuite:
         """EfficientNet-Lite0 features (N, 1280), float64 on CPU."""
         return self.effnet.extract(images, self.cfg.batch_size)
 
+    def style_classifier(self, sketches: torch.Tensor, studios: Sequence[str],
+                         features: torch.Tensor | None = None, seed: int = 0) -> StyleClassifier:
+        """The studio-style classifier of ``sketches`` (every compared studio's real training sketches at the
+        evaluation resolution; studios[i] = the studio of row i) with its reject-aware regression, so it gives
+        FD-Style-reject as well as FD-Style. Its two extra classes weigh like a few studios, not like all of them:
+        "not a line sketch" gets half as many images as there are sketches (32 to 256; not_sketches of these
+        sketches), "another line style" half that (line_sketches). At 1:1 a third to a quarter of an untrained
+        renderer's noise went to "another line style" on the seed-15 demo; at 2:1 all of it is rejected.
+        features: ``self.features(sketches)`` when the caller has it."""
+        count = min(256, max(32, len(sketches) // 2))
+        features = self.features(sketches) if features is None else features
+        return StyleClassifier().fit(features, studios, reject=self.features(not_sketches(sketches, count, seed)),
+                                     other_lines=self.features(line_sketches(count // 2, sketches.shape[-1], seed)))
+
     @torch.no_grad()
     def clip_similarity(self, photos: torch.Tensor, sketches: torch.Tensor) -> float | str:
         """Mean cosine similarity of CLIP image embeddings, photo vs its sketch."""
@@ -218,7 +240,10 @@ class MetricSuite:
 
         style/studio: a classifier fitted on the real training sketches of the studios being compared and
         this studio's name; gives style_acc, the share of generated sketches it attributes to this studio,
-        and FD-Style, the distance of the two sets in the classifier's style space.
+        and FD-Style, the distance of the two sets in the classifier's style space. Fitted with reject features
+        too (style_classifier), it also gives FD-Style-reject (the same in the space that knows "not a line
+        sketch") and not_sketch_share (the share of generated sketches filed as no line sketch); style_classifier
+        fits one.
         real_features: `features(reals)` when the caller compares many runs against the same real sketches.
         encoder: the run's frozen encoder; gives Gram_dist, the paired Gram-matrix distance at its taps.
         """
@@ -236,6 +261,10 @@ class MetricSuite:
                     "style_acc_real": style.accuracy(real_feats, studio),
                     "FD-Style": style_frechet_distance(style, real_feats, fake_feats) if len(reals) >= 2
                     else UNAVAILABLE}
+            if style.has_reject:
+                out |= {"FD-Style-reject": style_fd_reject(style, real_feats, fake_feats) if len(reals) >= 2
+                        else UNAVAILABLE,
+                        "not_sketch_share": style.reject_share(fake_feats)}
         if encoder is not None:
             out["Gram_dist"] = gram_distance(encoder, fakes, reals, self.cfg.batch_size)
         out |= self.inception_distances(reals, fakes)

@@ -36,6 +36,11 @@ METRICS: dict[str, tuple[str, str]] = {
     "style_acc_real": ("the same on the real test sketches: the classifier's ceiling", "higher"),
     "FD-Style": ("Fréchet distance of the studio-style classifier's probabilities over the studios, generated vs "
                  "real test sketches: the studio's own style, not only its argmax", "lower"),
+    "FD-Style-reject": ("FD-Style with two more classes, \"not a line sketch\" (noise, blobs, blank pages) and "
+                        "\"another line style\": noise scores far from every studio (about 4), a line sketch in "
+                        "another style about 1-2", "lower"),
+    "not_sketch_share": ("share of generated sketches filed as \"not a line sketch\" (an untrained renderer: "
+                         "0.75-1)", "lower"),
     "Gram_dist": ("per test pair, squared difference of the run encoder's Gram matrices (generated vs real "
                   "sketch) at the generator's taps, relative to the real one's energy; mean over taps and pairs",
                   "lower"),
@@ -45,7 +50,8 @@ METRICS: dict[str, tuple[str, str]] = {
 }
 TABLE_COLUMNS = (("FD", "FD-EffNetLite0", "{:.2f}"), ("KD", "KD-EffNetLite0", "{:.4f}"), ("SSIM", "SSIM", "{:.3f}"),
                  ("PSNR", "PSNR", "{:.2f}"), ("ink IoU", "ink_IoU", "{:.3f}"), ("style acc", "style_acc", "{:.2f}"),
-                 ("FD-Style", "FD-Style", "{:.3f}"), ("Gram", "Gram_dist", "{:.4f}"))
+                 ("FD-Style", "FD-Style", "{:.3f}"), ("FD-Style-rej", "FD-Style-reject", "{:.3f}"),
+                 ("Gram", "Gram_dist", "{:.4f}"))
 CURVE_KEYS = ("loss_g", "loss_d", "quality_l1", "quality_gram")
 
 
