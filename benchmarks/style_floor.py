@@ -84,7 +84,7 @@ def score(style, real: torch.Tensor, fake: torch.Tensor, studio: str) -> dict[st
             "FD-Style-reject": style_fd_reject(style, real, fake), "not_sketch_share": style.reject_share(fake)}
 
 
-def run(data: Path, seeds: list[int]) -> dict:
+def run(data: Path, seeds: list[int], first: int | None = None) -> dict:
     from fedgai.config import EvalConfig, ModelConfig
     from fedgai.evaluation.metrics import MetricSuite
     from fedgai.models import build_encoder
@@ -92,7 +92,7 @@ def run(data: Path, seeds: list[int]) -> dict:
     started = time.perf_counter()
     suite = MetricSuite(EvalConfig())
     encoder = build_encoder(ModelConfig(encoder="efficientnet-lite0"))
-    folders = sorted(p for p in data.iterdir() if (p / "photos").is_dir())
+    folders = sorted(p for p in data.iterdir() if (p / "photos").is_dir())[:first]
     counts, studios = {}, {}
     for f in folders:
         counts[f.name], studios[f.name] = sides(f)
@@ -143,12 +143,13 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="demo studios (fedgai data demo --seed 15)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "style_floor.json")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="untrained renderer init seeds")
+    parser.add_argument("--studios", type=int, help="only the first N studios (4: the falsifier's classifier)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report", action="store_true", help="only print the table of --out")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if not args.report:
-        result = run(args.data, args.seeds)
+        result = run(args.data, args.seeds, args.studios)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(table(json.loads(args.out.read_text())))
