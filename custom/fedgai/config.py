@@ -20,13 +20,16 @@ from typing import Any, Literal
 
 # Each choice list is written once, as the field's type; the tuples (for CLIs and messages) derive from it.
 EncoderName = Literal["auto", "vgg16", "efficientnet-lite0", "random"]
-FedMode = Literal["fedgai", "local", "fedavg_full", "fedavg_bn", "fedbn", "fedgai_struct", "fedgai_ditto"]
+FedMode = Literal["fedgai", "local", "fedavg_full", "fedavg_bn", "fedbn", "fedgai_struct", "fedgai_ditto",
+                  "fedgai_style"]
+GeneratorKind = Literal["mrfm", "styled"]
 DpMode = Literal["none", "client", "record"]
 RecordTrainable = Literal["all", "style_head"]
 ENCODERS: tuple[str, ...] = typing.get_args(EncoderName)
 FED_MODES: tuple[str, ...] = typing.get_args(FedMode)
 DP_MODES: tuple[str, ...] = typing.get_args(DpMode)
 RECORD_TRAINABLE: tuple[str, ...] = typing.get_args(RecordTrainable)
+GENERATOR_KINDS: tuple[str, ...] = typing.get_args(GeneratorKind)
 
 
 # The aggregators' robustness rule, here (not in federated/aggregation.py, which applies it) so that the config
@@ -80,10 +83,18 @@ class ModelConfig:
     # Width of a photo-conditioned PatchGAN critic added to D (models.PatchCritic); 0 = the paper's Gram
     # critic only. It is shared with D, so what studios learn about where lines go reaches every generator.
     structure_critic: int = 0
+    # "mrfm": the paper's generator (AdaIN_SD on the encoder taps) with the Gram discriminator; "styled": the
+    # style-conditioned renderer (models.StyledSketchGenerator: a style code from AdaIN_SD's statistics modulates
+    # every decoder stage) with the per-style projection critic (issue 27; fed.mode fedgai_style shares it).
+    # The styled renderer's widths: decoder_width for G, disc_width for its critic.
+    generator: GeneratorKind = "mrfm"
+    style_code: int = 64
 
     def validate(self) -> None:
         _choice("model.encoder", self.encoder, ENCODERS)
         _choice("model.decoder", self.decoder, ("mrfm", "plain"))
+        _choice("model.generator", self.generator, GENERATOR_KINDS)
+        _positive("model.style_code", self.style_code)
         if self.image_size < 32 or self.image_size % 32:
             raise ConfigError(f"model.image_size must be a multiple of 32 and >= 32, got {self.image_size}")
         _positive("model.decoder_width", self.decoder_width)
@@ -110,6 +121,9 @@ class LossConfig:
     feature_matching: float = 0.0
     # The structure critic's hinge term for G (used when model.structure_critic > 0).
     structure: float = 1.0
+    # model.generator styled: AdaIN's style loss on the re-encoded output (losses.statistics_consistency), which
+    # makes the renderer draw in the statistics it was given.
+    statistics: float = 1.0
     clip_model: str = "ViT-B-16"
     # open_clip pretrained tag (e.g. "openai") or a local checkpoint path; "none" disables the term.
     clip_pretrained: str = "openai"
@@ -158,9 +172,21 @@ class TrainConfig:
     # with its target's statistics (paired terms only; D never sees them). No other studio's data either way.
     adain_sample_p: float = 0.0
     public_styles: bool = False
+    # Local work per federated round: round_steps > 0 trains that many steps (batches) instead of train.epochs
+    # epochs, so a 10-pair studio trains as long as a 200-pair one. head_steps: in a mode whose studios keep a head
+    # (modes.Mode.kept, fedgai_style), the steps that first fit the head with the shared body frozen (FedRep).
+    round_steps: int = 0
+    head_steps: int = 0
+    # The styled renderer's critic (model.generator styled): FreezeD keeps its first freeze_d convolutions at their
+    # starting (prior) values; diff_augment applies DiffAugment's colour/translation/cutout to every critic input.
+    freeze_d: int = 0
+    diff_augment: bool = False
 
     def validate(self) -> None:
         _positive("train.batch_size", self.batch_size)
+        for name in ("round_steps", "head_steps", "freeze_d"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0 (0 = off), got {getattr(self, name)}")
         if not 0 <= self.adain_sample_p <= 1:
             raise ConfigError(f"train.adain_sample_p must be in [0, 1] (0 = always the set's statistics), got "
                               f"{self.adain_sample_p}")
@@ -411,7 +437,7 @@ class FedgaiConfig:
             raise ConfigError("train.adain_sample_p and train.public_styles are refused under record-level DP: "
                               "one sketch's own statistics would reach G outside the per-pair accounting; set "
                               "them to 0/false or privacy.dp to none/client")
-        problem = generator_sharing_problem(self.fed, self.privacy)
+        problem = generator_sharing_problem(self.fed, self.privacy) or styled_problem(self)
         if problem:
             raise ConfigError(problem)
         return self
@@ -448,7 +474,35 @@ class FedgaiConfig:
 
 
 # Modes in which generator weights leave a studio although FedGAI promises they do not (opt-in, issue 15 §4).
-GUARANTEE_BREAKING_MODES = ("fedgai_struct", "fedgai_ditto")
+GUARANTEE_BREAKING_MODES = ("fedgai_struct", "fedgai_ditto", "fedgai_style")
+# The modes the styled renderer runs in, and the one mode that needs it.
+STYLED_MODES = ("local", "fedgai_style")
+
+
+def styled_problem(cfg: FedgaiConfig) -> str | None:
+    """Why the styled renderer (model.generator styled) and these settings do not go together, or None.
+
+    It trains with its own objective (objective.RendererObjective): no per-pair path for record-level DP, no
+    Ditto, public-style or unpaired-photo hooks, and its critic is not the Gram discriminator the D-only modes
+    share. fedgai_style shares exactly its renderer and critic trunk, so it needs it."""
+    styled = cfg.model.generator == "styled"
+    if cfg.fed.mode == "fedgai_style" and not styled:
+        return "fed.mode 'fedgai_style' shares the style-conditioned renderer: set model.generator to 'styled'"
+    if cfg.train.freeze_d and not styled:
+        return "train.freeze_d freezes the styled renderer's critic layers: it needs model.generator 'styled'"
+    if not styled:
+        return None
+    if cfg.fed.mode not in STYLED_MODES:
+        return (f"model.generator 'styled' runs in fed.mode {' or '.join(STYLED_MODES)}, got {cfg.fed.mode!r} "
+                "(the other modes share the paper's Gram discriminator)")
+    if cfg.privacy.dp == "record":
+        return "model.generator 'styled' has no record-level DP path yet: use privacy.dp 'client' or privacy.he"
+    for name in ("unpaired_batch", "public_styles"):
+        if getattr(cfg.train, name):
+            return f"train.{name} is a hook of the paper's generator; model.generator 'styled' does not use it"
+    if cfg.train.freeze_d > 3:
+        return f"train.freeze_d must be <= 3 (the styled critic's convolutions), got {cfg.train.freeze_d}"
+    return None
 
 
 def generator_sharing_problem(fed: FedConfig, privacy: PrivacyConfig) -> str | None:

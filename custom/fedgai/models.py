@@ -586,8 +586,8 @@ class GramDiscriminator(nn.Module):
 @dataclass
 class SketchGAN:
     encoder: Encoder
-    generator: SketchGenerator
-    discriminator: GramDiscriminator
+    generator: SketchGenerator | StyledSketchGenerator
+    discriminator: GramDiscriminator | ProjectionCritic
 
 
 def per_sample_networks(cfg: FedgaiConfig) -> bool:
@@ -595,9 +595,12 @@ def per_sample_networks(cfg: FedgaiConfig) -> bool:
     return cfg.privacy.dp == "record"
 
 
-def build_generator(cfg: FedgaiConfig, encoder: Encoder) -> SketchGenerator:
-    return SketchGenerator(encoder.channels, encoder.strides[0], cfg.model.decoder_width, per_sample_networks(cfg),
-                           cfg.model.decoder)
+def build_generator(cfg: FedgaiConfig, encoder: Encoder) -> SketchGenerator | StyledSketchGenerator:
+    """model.generator: the paper's MRFM generator or the style-conditioned renderer (issue 27)."""
+    m = cfg.model
+    if m.generator == "styled":
+        return StyledSketchGenerator(encoder.channels, encoder.strides[0], m.decoder_width, m.style_code)
+    return SketchGenerator(encoder.channels, encoder.strides[0], m.decoder_width, per_sample_networks(cfg), m.decoder)
 
 
 def build_discriminator(cfg: FedgaiConfig, n_taps: int = 4) -> GramDiscriminator:
@@ -612,4 +615,7 @@ def build_discriminator(cfg: FedgaiConfig, n_taps: int = 4) -> GramDiscriminator
 
 def build_gan(cfg: FedgaiConfig) -> SketchGAN:
     encoder = build_encoder(cfg.model)
+    if cfg.model.generator == "styled":  # its critic projects onto the style: it needs the taps' channel counts
+        critic = ProjectionCritic(cfg.model.disc_width, 2 * sum(encoder.channels))
+        return SketchGAN(encoder, build_generator(cfg, encoder), critic)
     return SketchGAN(encoder, build_generator(cfg, encoder), build_discriminator(cfg, len(encoder.channels)))

@@ -23,6 +23,10 @@ MIN_HE_STUDIOS = 3
 # (stride-16) tap, and ``blocks.0``, the first fusion block. Later blocks, ``upsample`` and ``head`` draw the
 # strokes at stride 4..1 and stay local.
 STRUCTURE_STAGES = ("start.", "blocks.0.")
+# fedgai_style (models.StyledSketchGenerator, ProjectionCritic): the studio's head is every FiLM layer (its code ->
+# per-stage modulation); the critic shares its convolutions, its output and style projection are the studio's branch.
+STYLED_HEAD = (".film.",)
+STYLED_CRITIC_TRUNK = ("convs.",)
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,9 @@ class Mode:
     style_guard: bool = False
     personal_generator: bool = False
     norm_local: bool = True  # every mode since issue 24; kept as a fact the readers check, not a switch
+    # Per network, name fragments of entries that stay home although the network is shared: the studio's head,
+    # which trains first each round with the shared body frozen (trainer.train_round, FedRep).
+    kept: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def sends_generator(self) -> bool:
@@ -51,6 +58,10 @@ class Mode:
     def network_stages(self, network: str) -> tuple[str, ...] | None:
         """The prefixes ``network`` shares in this mode, None for all of it."""
         return dict(self.stages).get(network)
+
+    def keeps(self, network: str, key: str) -> bool:
+        """Whether ``network``'s entry ``key`` is part of the studio's head in this mode (never sent)."""
+        return any(fragment in key for fragment in dict(self.kept).get(network, ()))
 
 
 MODES: dict[str, Mode] = {mode.name: mode for mode in (
@@ -62,6 +73,10 @@ MODES: dict[str, Mode] = {mode.name: mode for mode in (
          stages=(("generator", STRUCTURE_STAGES),), style_guard=True),
     Mode("fedgai_ditto", ("generator", "discriminator"), "D plus a shared G; the personal G stays home",
          personal_generator=True),
+    Mode("fedgai_style", ("generator", "discriminator"),
+         "the styled renderer (decoder trunk + mapping) and its critic's trunk; each studio's style statistics, "
+         "per-stage modulation (FiLM) and critic branch stay home", stages=(("discriminator", STYLED_CRITIC_TRUNK),),
+         kept=(("generator", STYLED_HEAD),)),
     Mode("local", (), "nothing: each studio trains alone"),
 )}
 if set(MODES) != set(FED_MODES):  # config.FedMode is the list users choose from; this is what each one means

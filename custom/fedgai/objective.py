@@ -15,9 +15,18 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
-from fedgai.config import LossConfig
-from fedgai.losses import content_loss, feature_matching_loss, feddecorr_loss, gram_loss, hinge_d_loss, hinge_g_loss
-from fedgai.models import Encoder, GramDiscriminator, gram_matrix
+from fedgai.augment import diff_augment, no_augment
+from fedgai.config import FedgaiConfig, LossConfig
+from fedgai.losses import (
+    content_loss,
+    feature_matching_loss,
+    feddecorr_loss,
+    gram_loss,
+    hinge_d_loss,
+    hinge_g_loss,
+    statistics_consistency,
+)
+from fedgai.models import Encoder, GramDiscriminator, ProjectionCritic, gram_matrix, style_vector
 
 
 @dataclass
@@ -91,9 +100,13 @@ class GanInputs:
     batch: PairBatch
     fakes: Fakes
     unpaired: Unpaired | None = None
+    # The AdaIN_SD statistics G drew the batch in, per tap (1 or N rows): what the styled renderer's terms judge
+    # the sketches against. None where no term reads them (the paper's generator).
+    stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def detached(self) -> GanInputs:
-        return GanInputs(self.batch, self.fakes.detached(), None if self.unpaired is None else self.unpaired.detached())
+        unpaired = None if self.unpaired is None else self.unpaired.detached()
+        return GanInputs(self.batch, self.fakes.detached(), unpaired, self.stats)
 
 
 @dataclass
@@ -240,3 +253,40 @@ class Objective:
         terms = self.generator_loss_terms(GanInputs(batch, Fakes.of(fake, self.encoder(fake))))
         loss = self.weighted(terms)
         return loss, {**terms, "loss_g": loss}
+
+
+class RendererObjective(Objective):
+    """The styled renderer's losses (model.generator styled, issue 27): its projection critic judges (photo,
+    sketch) pairs in the style they were drawn in (hinge), G minimises L1 to the paired sketch, AdaIN's statistics
+    consistency (so it draws in the statistics it was given) and the critic's score. Every critic input passes
+    through DiffAugment under train.diff_augment. The batch's style comes from ``GanInputs.stats``."""
+
+    def __init__(self, weights: LossConfig, encoder: Encoder, critic: ProjectionCritic, augment: bool):
+        super().__init__(weights, encoder, critic)
+        self.augment = diff_augment if augment else no_augment
+
+    def _score(self, photo: torch.Tensor, sketch: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        return self.discriminator(*self.augment(photo, sketch), style)
+
+    def generator_loss_terms(self, x: GanInputs) -> dict[str, torch.Tensor]:
+        photo, sketch, fake = x.batch.photo, x.batch.sketch, x.fakes.image
+        return {
+            "pixel_l1": (fake - sketch).abs().mean(),
+            "statistics": statistics_consistency(x.fakes.taps, x.stats),
+            "adversarial": -self._score(photo, fake, style_vector(x.stats)).mean(),
+        }
+
+    def discriminator_loss(self, x: GanInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hinge on real and generated pairs of the same photos, both judged in the batch's style; no FedDecorr
+        (the critic has no feature batch to decorrelate), so its term is 0."""
+        photo, style = x.batch.photo, style_vector(x.stats)
+        loss = hinge_d_loss(self._score(photo, x.batch.sketch, style), self._score(photo, x.fakes.image, style))
+        return loss, loss.new_zeros(())
+
+
+def build_objective(cfg: FedgaiConfig, encoder: Encoder, discriminator: nn.Module, clip: nn.Module | None
+                    ) -> Objective:
+    """The objective of cfg.model.generator's networks."""
+    if cfg.model.generator == "styled":
+        return RendererObjective(cfg.loss, encoder, discriminator, cfg.train.diff_augment)
+    return Objective(cfg.loss, encoder, discriminator, clip)

@@ -13,14 +13,17 @@ the record-level code path runs with sigma 0 and a clip that never binds: plain 
 
 This module only finds, checks and loads a prior, so building a trainer or a server never trains anything: the
 prior is built by prior_build.py (``fedgai prior build``, ``make prior``, and ``fedgai simulate`` before its job
-starts), never downloaded, and cached per architecture in $FEDGAI_PRIOR_DIR (default ~/.cache/fedgai/priors).
-A missing one is a PriorError that names the command which builds it.
+starts), never downloaded, and cached per architecture in $FEDGAI_PRIOR_DIR (default ~/.cache/fedgai/priors):
+the machine's folder, which no job setting names. A missing one is a PriorError that names the command which
+builds it. At a site with a privacy policy a prior, "auto" or named, is loaded only if the policy's weight_files
+pins the sha256 of the bytes loaded (privacy/policy.py), so a cache filled by another job or user cannot poison it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import shlex
@@ -32,6 +35,7 @@ from torch import nn
 
 from fedgai.config import PROFILES, FedgaiConfig, profile
 from fedgai.models import per_sample_networks, resolve_encoder
+from fedgai.privacy.policy import SitePolicyError, pinned_content
 
 PRIOR_FORMAT = "fedgai-prior/1"
 PRIOR_PAIRS = 96
@@ -39,6 +43,14 @@ PRIOR_EPOCHS = 4
 PRIOR_STREAM = 7_340_033  # first entry of every public garment's random stream
 PRIOR_STYLES = ("xdog", "contour")  # public edge detectors (data/sketchify.py), alternating
 ENV_DIR = "FEDGAI_PRIOR_DIR"
+# model.generator styled: its prior must have followed many codes before any studio joins (issue 27 §1), so it is
+# trained on STYLED_PRIOR_STYLES procedural public line styles (data/public_styles.py, families disjoint from the
+# demo studios') x STYLED_PRIOR_PER_STYLE garments, each pair drawn with its own sketch's statistics, for
+# STYLED_PRIOR_STEPS steps of STYLED_PRIOR_BATCH pairs (the §0 falsifier's recipe, docs/results.md).
+STYLED_PRIOR_STYLES = 240
+STYLED_PRIOR_PER_STYLE = 6
+STYLED_PRIOR_STEPS = 1200
+STYLED_PRIOR_BATCH = 16
 
 
 class PriorError(ValueError):
@@ -51,6 +63,9 @@ def prior_key(cfg: FedgaiConfig, encoder_name: str) -> str:
     arch = {"model": {**dataclasses.asdict(cfg.model), "encoder": encoder_name},
             "per_sample": per_sample_networks(cfg), "loss": dataclasses.asdict(cfg.loss),
             "recipe": [PRIOR_FORMAT, PRIOR_PAIRS, PRIOR_EPOCHS, PRIOR_STREAM, PRIOR_STYLES]}
+    if cfg.model.generator == "styled":
+        arch["recipe"] = [PRIOR_FORMAT, STYLED_PRIOR_STYLES, STYLED_PRIOR_PER_STYLE, STYLED_PRIOR_STEPS,
+                          STYLED_PRIOR_BATCH, PRIOR_STREAM, "public_styles"]
     return hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -127,6 +142,18 @@ def resolved_encoder_name(cfg: FedgaiConfig) -> str:
     return cfg.model.encoder if cfg.model.encoder != "auto" else resolve_encoder(cfg.model)[0]
 
 
+def site_pinned(cfg: FedgaiConfig, path: Path) -> bytes:
+    """The prior's bytes, read once. At a site with a policy they must be the ones its weight_files pins for this
+    file: an "auto" prior included, so whoever filled the cache first cannot choose what the studio starts from,
+    and a named file swapped after the job was accepted is refused where it is loaded (issue 24 §2)."""
+    setting = "train.prior = auto" if cfg.train.prior == "auto" else "train.prior"
+    try:
+        return pinned_content(setting, path)
+    except SitePolicyError as err:
+        raise PriorError(f"{err}; list the prior you built or accept, with its sha256 (sha256sum), in the site "
+                         f"policy's weight_files") from err
+
+
 def load_prior(cfg: FedgaiConfig, encoder_name: str, generator: nn.Module | None,
                discriminator: nn.Module) -> Path | None:
     """Start G and D from the prior train.prior names (G's AdaIN_SD statistics stay the studio's own). The
@@ -134,7 +161,7 @@ def load_prior(cfg: FedgaiConfig, encoder_name: str, generator: nn.Module | None
     path = resolve_prior(cfg, encoder_name)
     if path is None:
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch.load(io.BytesIO(site_pinned(cfg, path)), map_location="cpu", weights_only=True)
     if state.get("format") != PRIOR_FORMAT or state.get("key") != prior_key(cfg, encoder_name):
         raise PriorError(f"prior {path} was built for another architecture or recipe (key {state.get('key')}, "
                          f"this run needs {prior_key(cfg, encoder_name)}); build one with `{build_command(cfg)}`")

@@ -122,7 +122,7 @@ def network_shared_keys(net: nn.Module, net_name: str, mode: str, groupnorm_is_n
         never |= norm_keys(net, groupnorm_is_norm)
     stages = spec.network_stages(net_name)
     return [k for k in state if k not in never and state[k].is_floating_point()
-            and (stages is None or k.startswith(stages))]
+            and (stages is None or k.startswith(stages)) and not spec.keeps(net_name, k)]
 
 
 def style_guarded_keys(keys: list[str], mode: str) -> list[str]:

@@ -8,7 +8,7 @@ import logging
 import os
 import random
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from fedgai.layout import METADATA
 from fedgai.losses import ClipStatus, gram_loss, load_clip
 from fedgai.models import build_gan, gram_matrix, per_sample_networks
 from fedgai.modes import mode as fed_mode
-from fedgai.objective import Fakes, GanInputs, Objective, PairBatch, RealFeatures, Unpaired
+from fedgai.objective import Fakes, GanInputs, PairBatch, RealFeatures, Unpaired, build_objective
 from fedgai.pair_features import PairFeatureCache
 from fedgai.prior import load_prior
 from fedgai.privacy.record import RecordLevelDP
@@ -86,10 +86,10 @@ class StudioTrainer:
         self.prior = load_prior(cfg, self.encoder.name, self.generator, self.discriminator)
         clip, clip_status = load_clip(cfg.loss)
         self.clip = None if clip is None else clip.to(self.device)
-        self.objective = Objective(cfg.loss, self.encoder, self.discriminator, self.clip)
+        self.objective = build_objective(cfg, self.encoder, self.discriminator, self.clip)
         self.features = PairFeatureCache(self.dataset, self.objective.real_features, self.device, self._autocast)
         self.opt_g = make_optimizer(cfg, self.generator.parameters(), cfg.train.lr_g)
-        self.opt_d = make_optimizer(cfg, self.discriminator.parameters(), cfg.train.lr_d)
+        self.opt_d = make_optimizer(cfg, _critic_parameters(self.discriminator, t.freeze_d), cfg.train.lr_d)
         self.epoch = 0
         self.adain_sampling = AdainSampling(t.adain_sample_p, self.encoder, self.device)
         self.unpaired_photos = UnpairedPhotos(self.unpaired, t.unpaired_batch)
@@ -170,11 +170,13 @@ class StudioTrainer:
     def _draw(self, generator: torch.nn.Module, batch: PairBatch, unpaired: torch.Tensor | None) -> GanInputs:
         """``generator``'s sketches of the batch (AdaIN_SD statistics per features/adain_sampling.py) and of the
         unpaired photos: what D's and G's losses read."""
+        stats = self.adain_sampling.stats(generator, batch.sketch)
         with record_function("G forward"):
-            fake = generator(batch.real.photo_taps, self.adain_sampling.stats(generator, batch.sketch))
+            fake = generator(batch.real.photo_taps, stats)
         with record_function("encoder: generated sketch"):
             fakes = Fakes.of(fake, self.encoder(fake))
-        return GanInputs(batch, fakes, None if unpaired is None else self._generate_unpaired(unpaired, generator))
+        unpaired_fakes = None if unpaired is None else self._generate_unpaired(unpaired, generator)
+        return GanInputs(batch, fakes, unpaired_fakes, generator.adain.stats() if stats is None else stats)
 
     def generator_losses(self, photo: torch.Tensor, sketch: torch.Tensor) -> dict[str, torch.Tensor]:
         """G's unweighted loss terms on one batch, with their graphs: for analyses of what drives G (which
@@ -220,10 +222,65 @@ class StudioTrainer:
         """bf16 autocast for the forward passes on a GPU that has it (train.amp); a no-op otherwise."""
         return torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
 
-    def train_epochs(self, epochs: int, tag: str = "") -> dict[str, float]:
-        """Train `epochs` epochs; returns the mean of each loss term and logs them to TensorBoard."""
+    def train_round(self, tag: str = "") -> dict[str, float]:
+        """One federated round's local work: train.round_steps steps (else train.epochs epochs). In a mode whose
+        studios keep a head (modes.Mode.kept), train.head_steps first fit that head with the shared body frozen,
+        then the body trains with the head frozen (FedRep's order); the head phase's losses carry ``head_``."""
+        t = self.cfg.train
+        head = self.head_parameters() if t.head_steps else []
+        if not head:
+            return self.train_steps(t.round_steps, tag) if t.round_steps else self.train_epochs(t.epochs, tag)
+        fitted = self.fit_head(t.head_steps, tag)
+        heads = {id(p) for p in head}
+        body = [p for net in self.wire_networks().values() for p in net.parameters()
+                if p.requires_grad and id(p) not in heads]
+        with _only_trainable(self.wire_networks().values(), body):
+            trained = self.train_steps(t.round_steps, tag) if t.round_steps else self.train_epochs(t.epochs, tag)
+        return trained | {f"head_{k}": v for k, v in fitted.items()}
+
+    def fit_head(self, steps: int, tag: str = "") -> dict[str, float]:
+        """``steps`` steps that train only the studio's head (head_parameters), the shared body frozen: FedRep's
+        first phase, and how a studio that joins after training fits itself to the shared renderer."""
+        with _only_trainable(self.wire_networks().values(), self.head_parameters()):
+            return self.train_steps(steps, f"{tag} head")
+
+    def head_parameters(self) -> list[torch.nn.Parameter]:
+        """The trainable parameters of the shared networks that never leave in this mode (modes.Mode.kept): the
+        studio's head. Empty in a mode that keeps none."""
+        if not fed_mode(self.cfg.fed.mode).kept:
+            return []
+        shared = set(self.shared_state())
+        return [p for net_name, net in self.wire_networks().items() for name, p in net.named_parameters()
+                if p.requires_grad and f"{net_name}.{name}" not in shared]
+
+    def train_steps(self, steps: int, tag: str = "") -> dict[str, float]:
+        """Train ``steps`` steps of the epoch schedule (train.round_steps), starting a new shuffled epoch where one
+        runs out; returns the mean of each loss term and logs them to TensorBoard."""
+        self._train_mode()
+        totals: Counter[str] = Counter()
+        done = 0
+        with tqdm(total=steps, desc=f"{self.studio.name}{tag} steps", leave=False) as bar:
+            while done < steps:
+                items = self.updates.epoch()
+                if not items:
+                    raise ValueError(f"studio {self.studio.name} has no training batch to step on")
+                for item in items[: steps - done]:
+                    losses = self.updates.step(item)
+                    totals.update(losses)
+                    done += 1
+                    bar.update()
+                self.epoch += 1
+        for k, v in totals.items():
+            self.writer.add_scalar(f"loss/{k}", v / steps, self.epoch)
+        return {k: v / steps for k, v in totals.items()} | self.updates.summary()
+
+    def _train_mode(self) -> None:
         for part in (self.generator, self.discriminator, *self.optional):
             part.train()
+
+    def train_epochs(self, epochs: int, tag: str = "") -> dict[str, float]:
+        """Train `epochs` epochs; returns the mean of each loss term and logs them to TensorBoard."""
+        self._train_mode()
         totals: Counter[str] = Counter()
         steps = 0
         for _ in range(epochs):
@@ -411,6 +468,33 @@ def _check_encoder(state: Mapping[str, Any], path: Path, encoder: str) -> None:
     if state["metadata"]["encoder"] != encoder:
         raise ValueError(f"checkpoint {path} was trained with encoder {state['metadata']['encoder']}, "
                          f"this run uses {encoder}")
+
+
+@contextlib.contextmanager
+def _only_trainable(networks: Iterable[torch.nn.Module], trainable: list[torch.nn.Parameter]) -> Iterator[None]:
+    """Within the block only ``trainable`` get gradients (the others keep requires_grad False, so the optimisers
+    skip them); every flag is restored afterwards, FreezeD's included."""
+    params = [p for net in networks for p in net.parameters()]
+    before = [p.requires_grad for p in params]
+    chosen = {id(p) for p in trainable}
+    for p in params:
+        p.requires_grad_(id(p) in chosen)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, before, strict=True):
+            p.requires_grad_(flag)
+
+
+def _critic_parameters(critic: torch.nn.Module, frozen: int) -> list[torch.nn.Parameter]:
+    """What D's optimiser trains: all of it, or under train.freeze_d (FreezeD, styled critic) all but its first
+    ``frozen`` convolutions, which keep their starting (prior) values and get no gradient."""
+    if not frozen:
+        return list(critic.parameters())
+    fixed = {id(p) for p in critic.frozen_layers(frozen)}
+    for p in critic.parameters():
+        p.requires_grad_(id(p) not in fixed)
+    return [p for p in critic.parameters() if id(p) not in fixed]
 
 
 def _backward(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:

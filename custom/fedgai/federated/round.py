@@ -65,9 +65,10 @@ class StudioUpdate:
 
 
 def studio_update(trainer, baseline: Mapping[str, torch.Tensor] | None, tag: str = "") -> StudioUpdate:
-    """Train the round's local epochs; the DIFF is taken against ``baseline`` (the global the studio loaded, or
-    its own D when it refused the global; None in the local-only mode, which sends nothing)."""
-    losses = trainer.train_epochs(trainer.cfg.train.epochs, tag=tag)
+    """Train the round's local work (trainer.train_round: epochs or fixed steps, FedRep's head then body); the DIFF
+    is taken against ``baseline`` (the global the studio loaded, or its own D when it refused the global; None in
+    the local-only mode, which sends nothing)."""
+    losses = trainer.train_round(tag=tag)
     if baseline is None:
         return StudioUpdate({}, losses)
     after = trainer.shared_state()
