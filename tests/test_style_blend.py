@@ -9,7 +9,7 @@ import torch
 
 from fedgai.cli import main
 from fedgai.edge.sketcher import load_studio_model
-from fedgai.style_blend import StyleMismatch, blend, fuse_grid, load_style, share_style, sketch_with, style_of
+from fedgai.edge.style_blend import StyleMismatch, blend, fuse_grid, load_style, share_style, sketch_with, style_of
 from fedgai.trainer import StudioTrainer
 
 

@@ -197,7 +197,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_share_style(args: argparse.Namespace) -> None:
-    from fedgai.style_blend import share_style
+    from fedgai.edge.style_blend import share_style
 
     path = share_style(args.model, args.out)
     print(f"style statistics (AdaIN_SD channel means and stds only) written to {path}")
@@ -205,7 +205,7 @@ def cmd_share_style(args: argparse.Namespace) -> None:
 
 def cmd_fuse(args: argparse.Namespace) -> None:
     from fedgai.edge import expand_inputs
-    from fedgai.style_blend import fuse
+    from fedgai.edge.style_blend import fuse
 
     path = fuse(args.model, args.style, expand_inputs(args.photos), args.out, args.steps, args.device)
     print(f"style-fusion grid written to {path}")

@@ -1,7 +1,8 @@
-"""Sketching on a designer's machine: the compressed generator, export, and whole-photo sketching.
+"""Sketching on a designer's machine: the compressed generator, export, whole-photo sketching, and style fusion
+(``style_blend``: ``fedgai share-style``, ``fedgai fuse``).
 
 Torch-free modules (``framing``, ``runtime``, ``runners``) run an exported ONNX model with onnxruntime, numpy and Pillow
-only; the torch parts (``sketcher``, ``lite``, ``distill``, ``export``) load lazily, so importing this
+only; the torch parts (``sketcher``, ``lite``, ``distill``, ``export``, ``style_blend``) load lazily, so importing this
 package never pulls torch in by itself.
 """
 

@@ -26,11 +26,11 @@ from fedgai.data import SketchPairDataset, read_image
 from fedgai.data.demo import CROSS_STYLE_FILE, CROSS_STYLE_FORMAT
 from fedgai.device import resolve_device
 from fedgai.edge.sketcher import StudioModel, load_studio_model
+from fedgai.edge.style_blend import SharedStyle, blend, check_compatible, sketch_with, style_of
 from fedgai.evaluation.evaluate import fit_style, resolve_data
 from fedgai.evaluation.metrics import MetricSuite, frechet_distance, ink_chamfer
 from fedgai.evaluation.runs import load_run, merge_runs
 from fedgai.evaluation.style import StyleClassifier
-from fedgai.style_blend import SharedStyle, blend, check_compatible, sketch_with, style_of
 
 
 @dataclass

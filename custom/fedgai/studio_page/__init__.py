@@ -3,7 +3,7 @@
 It sketches dropped photos in the studio's own style, blends them towards styles other studios chose to
 share, and shows what joining the federation gave the studio (its latest evaluation and round progress).
 Everything it does reuses the product's own code: framing and runners of ``fedgai sketch``
-(``edge/``), the blending of ``fedgai fuse`` (``style_blend.py``), and the readers of ``fedgai evaluate`` and the
+(``edge/``), the blending of ``fedgai fuse`` (``edge/style_blend.py``), and the readers of ``fedgai evaluate`` and the
 round summaries. It writes no file: uploads live in memory only.
 
 Modules: ``engine`` (the model, loaded once), ``uploads`` (what a browser may send), ``joining`` (evaluation and

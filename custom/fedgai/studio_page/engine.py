@@ -21,7 +21,15 @@ from fedgai.edge.framing import BatchRunner, output_size, to_batch, to_sketch
 from fedgai.edge.runners import open_runner
 from fedgai.edge.runtime import resolve_model
 from fedgai.edge.sketcher import Sketcher, StudioModel
-from fedgai.style_blend import SharedStyle, StyleMismatch, blend, check_compatible, load_style, sketch_with, style_of
+from fedgai.edge.style_blend import (
+    SharedStyle,
+    StyleMismatch,
+    blend,
+    check_compatible,
+    load_style,
+    sketch_with,
+    style_of,
+)
 
 RESULTS_PAGE = "docs/results.md, cross-style fusion"
 WARM_UP_SIDE = 64
