@@ -197,17 +197,19 @@ def test_under_he_a_result_with_data_that_is_not_an_update_is_refused(keyed_site
 
 # ----------------------------------------------------------------------------------------------- §1 modes, policy
 GENERATOR_MODES = sorted(name for name, spec in MODES.items() if spec.sends_generator)
+# What a mode needs besides fed.mode to be a valid config (config.styled_problem).
+MODE_SETTINGS = {"fedgai_style": {"model.generator": "styled"}}
 
 
 def test_the_default_policy_allows_exactly_the_d_only_modes():
     assert set(D_ONLY_MODES) == {"fedgai", "fedavg_bn", "local"}
     assert SitePolicy().allowed_modes == D_ONLY_MODES
-    assert set(GENERATOR_MODES) == {"fedavg_full", "fedbn", "fedgai_struct", "fedgai_ditto"}
+    assert set(GENERATOR_MODES) == {"fedavg_full", "fedbn", "fedgai_struct", "fedgai_ditto", "fedgai_style"}
 
 
 @pytest.mark.parametrize("mode", GENERATOR_MODES)
 def test_a_generator_mode_needs_the_sites_consent(mode):
-    cfg = profile("test").with_overrides({"fed.mode": mode, **CLIENT_DP})
+    cfg = profile("test").with_overrides({"fed.mode": mode, **MODE_SETTINGS.get(mode, {}), **CLIENT_DP})
     with pytest.raises(SitePolicyError, match=f"fed.mode '{mode}' is not among the modes this site allows"):
         site_config(cfg, SitePolicy())
     assert site_config(cfg, SitePolicy(allowed_modes=(mode,), epsilon_budget=50.0)).fed.mode == mode
@@ -280,11 +282,15 @@ def test_the_policy_file_round_trips_its_modes(tmp_path):
 def test_no_batchnorm_tensor_leaves_in_any_mode(mode, studio_dir, tmp_path):
     """On the wire: the DIFF a studio sends. Old code sent D's BatchNorm in fedavg_bn and G's and D's (weights,
     biases, running statistics) in fedavg_full."""
-    cfg = profile("test").with_overrides({"fed.mode": mode, "privacy.he": True, "fed.min_clients": 3})
+    cfg = profile("test").with_overrides({"fed.mode": mode, **MODE_SETTINGS.get(mode, {}), "privacy.he": True,
+                                          "fed.min_clients": 3})
     trainer = StudioTrainer(cfg, studio_dir, tmp_path)
     sent = releasable(local_round(trainer, _global(cfg)), cfg)
-    norms = {f"{name}.{key}" for name, net in trainer.wire_networks().items() for key in norm_keys(net)}
-    assert norms and not set(sent.params) & norms
+    networks = trainer.wire_networks()
+    norms = {f"{name}.{key}" for name, net in networks.items() for key in norm_keys(net)}
+    batchnorms = [m for net in networks.values() for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms or not batchnorms  # fedgai_style's renderer and critic hold no BatchNorm: none to send
+    assert not set(sent.params) & norms
     assert not [key for key in sent.params if NORM_NAME_PATTERN.search(key.partition(".")[2])]
 
 
