@@ -51,6 +51,11 @@ class Mode:
     kept: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
+    def federated(self) -> bool:
+        """Whether anything leaves the studio (False: each studio trains alone and never loads a global)."""
+        return bool(self.networks)
+
+    @property
     def sends_generator(self) -> bool:
         """Whether any generator weight leaves: the site must consent and the server must never see it alone."""
         return "generator" in self.networks

@@ -45,7 +45,6 @@ PRIVATE_STATS_PATTERN = re.compile(r"(^|\.)adain\.")
 
 # Every mode's facts (networks, stages, style guard) live in modes.py; these names are its readers' view.
 MODE_NETWORKS: dict[str, tuple[str, ...]] = {name: spec.networks for name, spec in MODES.items()}
-STYLE_GUARDED_MODES = tuple(name for name, spec in MODES.items() if spec.style_guard)
 
 
 def _module_entries(module: nn.Module, prefix: str) -> list[str]:
@@ -127,7 +126,7 @@ def network_shared_keys(net: nn.Module, net_name: str, mode: str, groupnorm_is_n
 
 def style_guarded_keys(keys: list[str], mode: str) -> list[str]:
     """The received entries a studio may decline in ``mode`` (the generator's), after its style guard."""
-    if mode not in STYLE_GUARDED_MODES:
+    if not fed_mode(mode).style_guard:
         return []
     return [key for key in keys if split_key(key)[0] == "generator"]
 

@@ -20,6 +20,7 @@ import torch
 
 from fedgai.data.split import StudioSplit
 from fedgai.layout import CHECKPOINT, CHECKPOINTS, EPOCH_RECORDS, ROUND_RECORDS, SPLIT_FILE, WORKSPACE_DATA
+from fedgai.modes import mode as fed_mode
 from fedgai.round_summaries import round_summaries_below
 
 
@@ -107,8 +108,8 @@ def run_mode(studios: list[StudioRun]) -> str:
     mode, with DP/HE where used. Read from the first studio's checkpoint config."""
     first = studios[0]
     cfg = first.config
-    mode = "local-only" if (first.folder / EPOCH_RECORDS).is_file() else cfg["fed"]["mode"]
-    mode = "local-only" if mode == "local" else mode
+    name = cfg["fed"]["mode"]
+    mode = "local-only" if (first.folder / EPOCH_RECORDS).is_file() or not fed_mode(name).federated else name
     privacy = cfg.get("privacy", {})
     if privacy.get("dp", "none") != "none":
         mode += f"+dp-{privacy['dp']}"

@@ -45,6 +45,7 @@ from fedgai.federated.round import Received, receive_global, studio_update
 from fedgai.federated.server_state import config_hash
 from fedgai.federated.slots import SlotWait, training_slot
 from fedgai.layout import ROUND_RECORDS
+from fedgai.modes import mode as fed_mode
 from fedgai.privacy import LEDGER_FILE, PrivacyBudgetExceeded, budget_allows_next_round
 from fedgai.privacy.accountant import reported_epsilon
 from fedgai.privacy.client_level import StudioClientDP
@@ -223,7 +224,7 @@ def local_round(trainer: StudioTrainer, received: FLModel, ledger_path: Path | N
     cfg = trainer.cfg
     if dp_enabled(cfg) and not can_afford_round(trainer, ledger_path or site_ledger_path()):
         return budget_exhausted_notice(trainer, "the next round would pass privacy.target_epsilon")
-    federated = cfg.fed.mode != "local"
+    federated = fed_mode(cfg.fed.mode).federated
     own_space = studio_feature_space(trainer)  # refuse a global D trained on another encoder's features
     if federated:
         check_global_model(own_space, (received.meta or {}).get(FINGERPRINT_META_KEY))

@@ -42,8 +42,9 @@ from fedgai.federated.summary import BUDGET_SPENT, round_summary, unusable_reaso
 from fedgai.federated.validation import contribution_problem, update_norm_bound, update_norm_floor
 from fedgai.layout import global_model_name
 from fedgai.models import build_discriminator, build_gan, per_sample_networks
+from fedgai.modes import mode as fed_mode
 from fedgai.prior import PriorError, load_prior, resolved_encoder_name
-from fedgai.sharing import MODE_NETWORKS, shared_state
+from fedgai.sharing import shared_state
 from fedgai.wire import BUDGET_EXHAUSTED_KEY, CONFIG_META_KEY, DP_EPSILON_META_KEY
 
 OUTPUT_DIR = "fedgai"
@@ -59,7 +60,7 @@ def initial_global(cfg: FedgaiConfig) -> dict[str, np.ndarray]:
     architecture.
     """
     torch.manual_seed(cfg.train.seed)
-    if "generator" in MODE_NETWORKS[cfg.fed.mode]:
+    if fed_mode(cfg.fed.mode).sends_generator:
         gan = build_gan(cfg)
         networks = {"generator": gan.generator, "discriminator": gan.discriminator}
         encoder_name = gan.encoder.name

@@ -41,6 +41,7 @@ from fedgai.federated.job import (
     new_job,
     site_folders,
 )
+from fedgai.modes import mode as fed_mode
 
 HE_JOB_NAME = "fedgai_he"
 # The fed.* defences the server cannot apply to updates it cannot read: switched off by he_job_config (the
@@ -65,8 +66,8 @@ def build_he_job(
 ) -> FedJob:
     """The FedGAI job with HE for ``cfg`` (privacy.he is set to true in what the studios receive).
 
-    Raises ValueError for fed.mode local and for settings an HE server cannot honour (he_refusals; apply
-    he_job_config to switch off the norm bounds).
+    Raises ValueError for a mode that shares nothing (local) and for settings an HE server cannot honour
+    (he_refusals; apply he_job_config to switch off the norm bounds).
 
     Args:
         studios: site name -> studio folder (simulator, tests); None for a portable job whose sites find
@@ -75,8 +76,8 @@ def build_he_job(
         checkpoint_dir: where the server keeps resume states (as job.build_job's; "" disables resuming).
         save_outbound_arrays: passed to OutboundAudit (it stores plaintext arrays only; under HE none leave).
     """
-    if cfg.fed.mode == "local":
-        raise ValueError("fed.mode 'local' shares nothing, so there is nothing to encrypt; use the plain job")
+    if not fed_mode(cfg.fed.mode).federated:
+        raise ValueError(f"fed.mode {cfg.fed.mode!r} shares nothing, so there is nothing to encrypt; use the plain job")
     refusals = he_refusals(cfg)
     if refusals:  # a defence the config asks for must never be skipped silently
         raise ValueError("under HE these settings cannot be honoured: " + "; ".join(refusals))

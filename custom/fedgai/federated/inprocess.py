@@ -212,7 +212,7 @@ def run_federation(cfg: FedgaiConfig, studios: list[Path], scratch: Path, *, dev
         if cfg.privacy.dp == "client":
             studio.client_dp = StudioClientDP(cfg.privacy, studio.ledger, site)
     trainers = {site: s.trainer for site, s in studio_of.items()}
-    federated = bool(mode(cfg.fed.mode).networks)
+    federated = mode(cfg.fed.mode).federated
     reference = initial_global(cfg) if federated else {}
     he = EncryptedSum(cfg, reference) if federated and cfg.privacy.he else None
     global_params, first_counts = dict(reference), {}

@@ -35,7 +35,7 @@ def val_style_score(trainer) -> float:
 
 
 def receive_global(trainer, params: Mapping[str, torch.Tensor]) -> Received:
-    """Load a round's global entries. In a style-guarded mode (sharing.STYLE_GUARDED_MODES) the studio scores
+    """Load a round's global entries. In a style-guarded mode (modes.Mode.style_guard) the studio scores
     its val style with its own generator stages and with the received ones, and keeps its own where the
     received ones score worse; D is always taken. Only the resulting bit may leave the studio. fedgai_ditto has
     no per-round guard: the global goes into the shared generator and becomes the anchor of the personal one,

@@ -42,6 +42,7 @@ from fedgai.layout import (
 )
 from fedgai.losses import clip_preflight
 from fedgai.models import resolve_encoder
+from fedgai.modes import mode as fed_mode
 from fedgai.polling import Poller
 from fedgai.prior_build import build_missing_prior
 from fedgai.round_summaries import SummaryError, new_round_summaries, read_round_summaries
@@ -294,7 +295,7 @@ def print_summary(workspace: Path, out: Path, sites: dict[str, Path], summaries:
         took = f", {summary['wall_time_s']} s" if "wall_time_s" in summary else ""
         print(f"  round {summary['round']}: {summary['aggregated']} aggregated{took}, "
               f"dropped: {dropped}, no result: {', '.join(summary['no_result']) or 'none'}")
-    if last["mode"] != "local":  # the local-only baseline has no global model
+    if fed_mode(last["mode"]).federated:  # the local-only baseline has no global model
         print(f"  global discriminator: {out}/global-round-{last['round']:03d}.*")
     print(f"  round summaries: {out}")
     print(f"  TensorBoard (all studios' metrics): tensorboard --logdir {server_dir(workspace) / 'tb_events'}")
