@@ -88,11 +88,13 @@ class StatReader(nn.Module):
         self.own_mean, self.other_mean = adain.mean0.flatten().clone(), other_mean.flatten()
         self.device_anchor = nn.Parameter(torch.zeros(()))  # sketch_with reads the device off a parameter
 
-    def forward(self, taps: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, taps: list[torch.Tensor], stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+                ) -> torch.Tensor:
         if not self.follow:
             return self.own
         span = self.other_mean - self.own_mean
-        alpha = float((self.adain.mean0.flatten() - self.own_mean) @ span / (span @ span))
+        mean = (stats if stats is not None else self.adain.stats())[0][0]  # the generators' forward(taps, stats)
+        alpha = float((mean.flatten() - self.own_mean) @ span / (span @ span))
         return (1 - alpha) * self.own + alpha * self.other
 
 

@@ -23,7 +23,7 @@ from fedgai.edge import OnnxSketcher, Sketcher
 from fedgai.edge.distill import Distiller
 from fedgai.edge.lite import CompressedGenerator
 from fedgai.edge.sketcher import StudioModel, TorchScriptSketcher
-from fedgai.models import EFFNET_TAPS, SketchGenerator, build_gan
+from fedgai.models import EFFNET_TAPS, SketchGenerator, StyledSketchGenerator, build_gan
 from fedgai.trainer import StudioTrainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -274,3 +274,63 @@ def test_under_record_level_dp_compress_reads_photos_only(dp, studio_dir, tmp_pa
         distiller.train(progress=False)
         students.append(distilled(tmp_path / f"{name}.pt"))
     assert same_weights(*students) == (dp == "record")
+
+
+# ----------------------------------------------------------------------------------------------- styled renderer
+STYLED_LOCAL = {"model.generator": "styled", "fed.mode": "local", "train.round_steps": 2, "train.head_steps": 1,
+                "train.max_pairs": 6}
+
+
+@pytest.fixture(scope="module")
+def styled_teacher(studio_dir, tmp_path_factory) -> Path:
+    """A styled renderer (model.generator styled) after one tiny epoch: RUN_DIR with checkpoints/last.pt."""
+    torch.set_num_threads(1)
+    trainer = StudioTrainer(profile("test").with_overrides(STYLED_LOCAL), studio_dir, tmp_path_factory.mktemp("styled"))
+    trainer.train_epochs(1)
+    trainer.save_checkpoint()
+    trainer.close()
+    return trainer.run_dir
+
+
+def test_a_styled_checkpoint_sketches_whole_photos_in_its_own_statistics(styled_teacher, tmp_path):
+    sketcher = Sketcher(styled_teacher, "cpu")
+    assert isinstance(sketcher.generator, StyledSketchGenerator)
+    photos = torch.rand(2, 3, 32, 48) * 2 - 1
+    with torch.no_grad():
+        taps = sketcher.encoder(photos)
+        own = sketcher.generator(taps, sketcher.generator.adain.stats())
+        other = sketcher.generator(taps, [(m + 1, s * 2) for m, s in sketcher.generator.adain.stats()])
+    assert torch.equal(sketcher(photos), own) and not torch.allclose(own, other)
+    out = tmp_path / "sketches"
+    assert main(["sketch", "--model", str(styled_teacher), str(photo_folder(tmp_path) / "wide.jpg"), "--out", str(out),
+                 "--size", "96", "--device", "cpu"]) == 0
+    assert Image.open(out / "wide.png").size == (96, 54)
+
+
+def test_a_styled_export_bakes_in_its_own_statistics_and_runs_in_onnxruntime(styled_teacher, tmp_path):
+    out = tmp_path / "export"
+    assert main(["export", "--model", str(styled_teacher), "--out", str(out)]) == 0
+    photos = np.random.default_rng(1).random((2, 3, 64, 96), dtype=np.float32)
+    eager = Sketcher(styled_teacher, "cpu").run(photos)
+    scripted, onnx = TorchScriptSketcher(out / "sketcher.ts", "cpu"), OnnxSketcher(out / "sketcher.onnx", "cpu")
+    assert eager.std() > 0
+    assert np.abs(scripted(photos) - eager).max() < 1e-4 and np.abs(onnx(photos) - eager).max() < 1e-4
+    assert [i.name for i in onnx.session.get_inputs()] == ["photo"]  # the statistics are constants of the graph
+    assert onnx.spec["model_generator"] == scripted.spec["model_generator"] == "styled"
+    sketches = tmp_path / "sketches"
+    assert main(["sketch", "--model", str(out / "sketcher.onnx"), str(photo_folder(tmp_path) / "tall.jpg"),
+                 "--out", str(sketches), "--device", "cpu"]) == 0
+    assert Image.open(sketches / "tall.png").size == (300, 600)
+
+
+def test_a_styled_teacher_distils_into_the_depthwise_student_at_its_own_statistics(styled_teacher, tmp_path, capsys):
+    out = tmp_path / "compressed.pt"
+    assert main(["compress", "--model", str(styled_teacher), "--out", str(out), *FAST_EDGE, "--epochs", "3"]) == 0
+    losses = [float(line.split("distill=")[1].split()[0]) for line in capsys.readouterr().out.splitlines()
+              if "distill=" in line]
+    assert len(losses) == 3 and losses[-1] < losses[0]  # it learns the styled teacher's drawing
+    teacher, student = Sketcher(styled_teacher, "cpu"), Sketcher(out, "cpu")
+    assert isinstance(student.generator, CompressedGenerator) and student.model.cfg.model.generator == "styled"
+    for name, value in teacher.generator.adain.state_dict().items():
+        assert torch.equal(student.generator.adain.state_dict()[name], value)
+    assert student(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)

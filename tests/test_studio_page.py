@@ -213,6 +213,38 @@ def test_uploaded_names_never_become_paths_and_nothing_is_written(client, photo,
     assert {folder: tree(folder) for folder in before} == before
 
 
+def test_a_styled_studio_sketches_and_blends_and_its_export_sketches_on_the_page(studios, trained, photo, tmp_path):
+    """model.generator styled: its checkpoint sketches as `fedgai sketch` does and blends (its decoder follows
+    statistics by design); its export sketches the same drawing, without a blend."""
+    from fedgai.config import profile
+    from fedgai.trainer import StudioTrainer
+
+    cfg = profile("test").with_overrides({"model.generator": "styled", "fed.mode": "local", "train.round_steps": 2,
+                                          "train.head_steps": 1, "train.max_pairs": 6})
+    trainer = StudioTrainer(cfg, studios[0], tmp_path / "styled")
+    trainer.train_epochs(1)
+    trainer.save_checkpoint()
+    trainer.close()
+    client = client_for(trainer.run_dir, trained["styles"])
+    info = client.get("/api/info").json()
+    assert info["model"].startswith("styled renderer") and info["blend"]["available"]
+    assert "model.generator styled" in info["blend"]["reason"]
+    usable = next(s["index"] for s in info["blend"]["styles"] if s["problem"] is None)
+    photo_id = upload(client, photo.read_bytes()).json()["id"]
+    own = client.get(f"/api/sketches/{photo_id}.png").content
+    assert own != client.get(f"/api/sketches/{photo_id}.png", params={"style": usable, "alpha": 1}).content
+    assert main(["sketch", "--model", str(trainer.run_dir), str(photo), "--out", str(tmp_path / "cli")]) == 0
+    own_pixels = np.asarray(Image.open(io.BytesIO(own)), dtype=int)
+    assert np.array_equal(own_pixels, np.asarray(Image.open(tmp_path / "cli" / "look 12.png")))
+
+    assert main(["export", "--model", str(trainer.run_dir), "--out", str(tmp_path / "export")]) == 0
+    exported = client_for(tmp_path / "export" / "sketcher.onnx", trained["styles"])
+    assert not exported.get("/api/info").json()["blend"]["available"]
+    photo_id = upload(exported, photo.read_bytes()).json()["id"]
+    drawn = np.asarray(Image.open(io.BytesIO(exported.get(f"/api/sketches/{photo_id}.png").content)), dtype=int)
+    assert drawn.shape == own_pixels.shape and np.abs(drawn - own_pixels).max() <= 1  # float noise, one grey level
+
+
 @pytest.fixture(scope="module")
 def workspace(trained, tmp_path_factory) -> Path:
     """The trained run as studio-01 of a simulator workspace: two federated rounds of five (the studio's

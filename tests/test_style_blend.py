@@ -74,3 +74,50 @@ def test_cli_share_style_then_fuse_writes_the_grid(two_studios, demo_root, tmp_p
     assert out.is_file() and str(out) in capsys.readouterr().out
     assert main(["fuse", "--model", str(two_studios[0]), "--style", str(photo), "--out", str(out), str(photo)]) == 2
     assert "cannot read style file" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def two_styled(demo_root, tmp_path_factory):
+    """Styled renderers (model.generator styled) of both demo studios after one tiny epoch each."""
+    from fedgai.config import profile
+
+    cfg = profile("test").with_overrides({"model.generator": "styled", "fed.mode": "local", "train.round_steps": 2,
+                                          "train.head_steps": 1, "train.max_pairs": 6})
+    out = tmp_path_factory.mktemp("styled-fusion")
+    ckpts = []
+    for studio in sorted(p for p in demo_root.iterdir() if p.is_dir()):
+        trainer = StudioTrainer(cfg, studio, out / studio.name)
+        trainer.train_epochs(1)
+        ckpts.append(trainer.save_checkpoint())
+        trainer.close()
+    return ckpts
+
+
+def test_a_styled_renderer_draws_the_blend_through_its_style_code(two_styled, demo_root, tmp_path):
+    """generator(taps, blended statistics): the mapping network reads the blend, alpha 0 is the own drawing, and
+    every step of the grid draws differently."""
+    from fedgai.models import StyledSketchGenerator, style_vector
+
+    own, other = load_studio_model(two_styled[0]), load_style(share_style(two_styled[1], tmp_path / "b.json"))
+    assert isinstance(own.generator, StyledSketchGenerator)
+    photos = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        plain = own.generator(own.encoder(photos))
+    seen = []
+    hook = own.generator.mapping.register_forward_hook(lambda _m, args, _out: seen.append(style_vector(args[0])))
+    alphas = (0.0, 0.5, 1.0)
+    drawn = [sketch_with(own, photos, blend(style_of(own), other, a)) for a in alphas]
+    hook.remove()
+    torch.testing.assert_close(drawn[0], plain)
+    assert all(not torch.allclose(a, b) for i, a in enumerate(drawn) for b in drawn[i + 1:])
+    for alpha, code_input in zip(alphas, seen, strict=True):  # the code is the blend's, not the stored statistics'
+        expected = style_vector([(m.view(1, -1, 1, 1), s.view(1, -1, 1, 1)) for m, s in blend(style_of(own), other,
+                                                                                               alpha)])
+        torch.testing.assert_close(code_input, expected)
+    assert style_of(own) == style_of(load_studio_model(two_styled[0]))  # its own statistics are untouched
+    grid = fuse_grid(own, [other], photos[:1], steps=3)
+    tiles = [grid[:, 2:34, 2 + 34 * i:34 + 34 * i] for i in range(1, 4)]  # the three alphas after the photo
+    assert all(not torch.equal(a, b) for i, a in enumerate(tiles) for b in tiles[i + 1:])
+    photo = sorted((sorted(demo_root.iterdir())[0] / "photos").iterdir())[0]
+    assert main(["fuse", "--model", str(two_styled[0]), "--style", str(tmp_path / "b.json"), "--steps", "3",
+                 "--out", str(tmp_path / "grid.png"), str(photo)]) == 0

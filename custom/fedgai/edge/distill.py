@@ -7,6 +7,11 @@ stay unseen by both generators. Under record-level DP it reads no sketch at all:
 teacher on the training photos alone, and its Gram target is the teacher's own drawing, so the student is
 post-processing of the private generator (docs/edge.md says what that covers). Progress is saved every epoch,
 so an interrupted run resumes.
+
+A styled renderer (model.generator styled) is a teacher like the paper's generator: it draws at the studio's own
+statistics, and the student - the same depthwise decoder, without mapping network or FiLM head - learns that one
+style, its code folded into its weights. It does not follow other statistics (the studio page offers no blend
+for it); blending stays with the full styled checkpoint.
 """
 
 from __future__ import annotations

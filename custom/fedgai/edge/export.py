@@ -1,6 +1,8 @@
 """`fedgai export`: the whole photo -> sketch pipeline (frozen encoder, the studio's AdaIN_SD statistics,
 generator) as one TorchScript file and one ONNX graph, each carrying its input/output spec, checked against
-the eager model (ONNX with onnxruntime) before anything is written to the output folder."""
+the eager model (ONNX with onnxruntime) before anything is written to the output folder. A styled renderer
+(model.generator styled) is exported drawing in its own statistics: its mapping network and FiLM head run on
+those constants inside the graph, so the exported file draws the studio's style and no other."""
 
 from __future__ import annotations
 
@@ -41,10 +43,13 @@ class ExportResult:
 
 
 def model_spec(model: StudioModel) -> dict:
+    """``model_generator``: the run's model.generator (a compressed student's is its teacher's); either way the
+    studio's own AdaIN_SD statistics are constants of the exported graph, its only input is the photo."""
     return io_spec({
         "studio": model.metadata.get("studio"),
         "encoder": model.encoder.name,
         "generator": "compressed" if model.compressed else "full",
+        "model_generator": model.cfg.model.generator,
         "train_size": model.cfg.model.image_size,
     })
 

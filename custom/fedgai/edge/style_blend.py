@@ -1,10 +1,12 @@
 """Style fusion: a studio's own generator drawing in a blend of its style and styles other studios chose to share.
 
 A studio's style enters its generator only through AdaIN_SD: per encoder tap, the channel mean and standard
-deviation of its sketch set's features. `share_style` writes exactly those numbers (nothing else: no sketch,
-no generator weight) to a readable JSON file the studio may hand to another studio. `fuse_grid` then runs the
-receiving studio's own generator with statistics interpolated between its own and the shared ones, which is
-the paper's style-fusion use. Statistics from another feature space (encoder or its weights differ) are refused.
+deviation of its sketch set's features (the paper's generator re-styles the encoder taps with them; the styled
+renderer, model.generator styled, also maps them to the style code that modulates every decoder stage).
+`share_style` writes exactly those numbers (nothing else: no sketch, no generator weight) to a readable JSON
+file the studio may hand to another studio. `fuse_grid` then runs the receiving studio's own generator with
+statistics interpolated between its own and the shared ones, which is the paper's style-fusion use. Statistics
+from another feature space (encoder or its weights differ) are refused.
 """
 
 from __future__ import annotations
@@ -104,17 +106,16 @@ def blend(own: SharedStyle, other: SharedStyle, alpha: float) -> list[tuple[torc
 @torch.no_grad()
 def sketch_with(model: StudioModel, photos: torch.Tensor, stats: list[tuple[torch.Tensor, torch.Tensor]]
                 ) -> torch.Tensor:
-    """Run the generator with the given AdaIN_SD statistics, restoring its own ones afterwards."""
+    """Run the generator with the given AdaIN_SD statistics (per tap (mean, std), any shape of C values).
+
+    They go in as ``generator(taps, stats)``, never into the stored buffers: the styled renderer reads them both
+    for the taps and for its style code, and the studio's own statistics cannot be left overwritten."""
     adain = adain_of(model)
-    saved = {k: v.clone() for k, v in adain.state_dict().items()}
-    try:
-        for i, (mean, std) in enumerate(stats):
-            getattr(adain, f"mean{i}").copy_(mean.view_as(getattr(adain, f"mean{i}")))
-            getattr(adain, f"std{i}").copy_(std.view_as(getattr(adain, f"std{i}")))
-        device = next(model.generator.parameters()).device
-        return model.generator(model.encoder(photos.to(device))).cpu()
-    finally:
-        adain.load_state_dict(saved)
+    if len(stats) != adain.n_taps:
+        raise StyleMismatch(f"{len(stats)} taps of statistics for a generator with {adain.n_taps}")
+    device = next(model.generator.parameters()).device
+    targets = [(mean.reshape(1, -1, 1, 1).to(device), std.reshape(1, -1, 1, 1).to(device)) for mean, std in stats]
+    return model.generator(model.encoder(photos.to(device)), targets).cpu()
 
 
 def fuse_grid(model: StudioModel, others: list[SharedStyle], photos: torch.Tensor, steps: int) -> torch.Tensor:

@@ -1,9 +1,9 @@
 """The studio's generator behind the page: loaded once, run under one lock, with `fedgai sketch`'s framing and
 `fedgai fuse`'s blending.
 
-One lock guards every run of the model: blending swaps the generator's AdaIN_SD buffers for the duration of a
-run (`style_blend.sketch_with`), and two runs at once on a 2-core laptop would only slow each other down. Page
-requests that do not sketch never take it, so the page stays responsive while a batch runs.
+One lock guards every run of the model: two runs at once on a 2-core laptop would only slow each other down
+(blending passes the statistics into the run, `style_blend.sketch_with`, and leaves the generator as it was).
+Page requests that do not sketch never take it, so the page stays responsive while a batch runs.
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ class PageModel:
         """What the page says it sketches with."""
         if self.studio is None:
             return f"exported sketcher {self.path.name} ({self.kind})"
-        what = "compressed (edge) generator" if self.studio.compressed else "full generator"
+        what = ("compressed (edge) generator" if self.studio.compressed else
+                "styled renderer" if self.studio.cfg.model.generator == "styled" else "full generator")
         return f"{what} of studio {self.studio_name or 'unknown'} ({self.path})"
 
     def blend_support(self) -> BlendSupport:
@@ -97,6 +98,10 @@ class PageModel:
             return BlendSupport(False, "This compressed (edge) generator was distilled at the studio's own style "
                                        "statistics only, so it does not follow shared ones. Start the page with the "
                                        "run folder (the full generator) to blend styles.")
+        if self.studio.cfg.model.generator == "styled":
+            return BlendSupport(True, "This is a styled renderer (model.generator styled): every stage of its decoder "
+                                      "is steered by the style statistics it is given, so shared ones steer its "
+                                      "drawing.")
         if not self.studio.cfg.train.public_styles:
             return BlendSupport(False, "This generator does not follow shared styles: it was trained without "
                                        "train.public_styles, and such a generator draws the same sketch whatever "
