@@ -2,7 +2,7 @@
 
 Every arm runs the product: StudioTrainer with model.generator styled (models.StyledSketchGenerator + ProjectionCritic,
 objective.RendererObjective), started from the public line-style prior (prior_build.build_prior), through the
-in-process federation driver (federated/inprocess.py: the product's round, HE packing with the product's CKKS
+in-process federation driver (federated/simulator/inprocess.py: the product's round, HE packing with the product's CKKS
 parameters and the HE server's sum). Per seed:
 
 - federated: fed.mode fedgai_style under privacy.he over the first ``--studios`` demo studios; each round every
@@ -243,7 +243,7 @@ def run_job(job: tuple) -> str:
     path = out / f"{arm}-seed{seed}.json"
     if path.is_file():
         return f"{path.name}: done before"
-    from fedgai.federated.inprocess import run_federation
+    from fedgai.federated.simulator.inprocess import run_federation
 
     torch.set_num_threads(1)
     started = time.perf_counter()

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import json
 import os
 import statistics
@@ -42,7 +41,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 SIZE = 64
@@ -154,23 +152,6 @@ def build_networks(encoder) -> tuple[torch.nn.Module, torch.nn.Module]:
     return gen, ProjectionCritic(32, 2 * sum(encoder.channels))
 
 
-@functools.cache
-def _augmentations() -> tuple[torch.nn.Module, torch.nn.Module]:
-    import kornia.augmentation as K
-
-    colour = K.ColorJiggle(0.3, 0.3, 0.3, p=1.0)
-    geometry = torch.nn.Sequential(K.RandomAffine(degrees=0.0, translate=(0.125, 0.125), padding_mode="border", p=1.0),
-                                   K.RandomErasing(scale=(0.06, 0.25), ratio=(1.0, 1.0), value=0.0, p=1.0))
-    return colour, geometry
-
-
-def diff_augment(photo: torch.Tensor, sketch: torch.Tensor) -> torch.Tensor:
-    """DiffAugment's colour, translation and cutout (kornia, differentiable), the same geometry for photo and
-    sketch so the critic still judges whether the lines fit the photo."""
-    colour, geometry = _augmentations()
-    return geometry(torch.cat([colour((photo + 1) / 2) * 2 - 1, sketch], 1))
-
-
 def batch_of(sets: list[StyleSet], rng: np.random.Generator, size: int):
     """A style-mixed batch: each row's style uniform over the sets, then a pair of that style."""
     picks = [(s, int(rng.integers(len(sets[s].photos)))) for s in rng.integers(len(sets), size=size)]
@@ -184,11 +165,11 @@ def batch_of(sets: list[StyleSet], rng: np.random.Generator, size: int):
 
 def train(gen, critic, encoder, sets: list[StyleSet], recipe: Recipe, seed: int,
           criteria: dict[str, Callable[[torch.nn.Module], float]]) -> dict[str, dict]:
-    """The GAN loop: hinge D step, then G step (L1 + statistics consistency + adversarial). Returns, per
-    criterion, the generator state with the lowest value over the evaluations (every ``eval_every`` steps), or
-    the final state under "final"."""
-    from fedgai.losses import statistics_consistency
-    from fedgai.models import style_vector
+    """The GAN loop on style-mixed pooled batches: hinge D step, then G step (L1 + statistics consistency +
+    adversarial, the product's RendererObjective). Returns, per criterion, the generator state with the lowest value
+    over the evaluations (every ``eval_every`` steps), or the final state under "final"."""
+    from fedgai.config import LossConfig
+    from fedgai.objective import Fakes, GanInputs, PairBatch, RealFeatures, RendererObjective
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -197,22 +178,22 @@ def train(gen, critic, encoder, sets: list[StyleSet], recipe: Recipe, seed: int,
         p.requires_grad_(id(p) not in frozen)
     opt_g = torch.optim.Adam(gen.parameters(), recipe.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam([p for p in critic.parameters() if p.requires_grad], recipe.lr, betas=(0.5, 0.999))
-    augment = diff_augment if recipe.augment else (lambda photo, sketch: torch.cat([photo, sketch], 1))
+    # The product's losses (objective.RendererObjective, augment.diff_augment); only the pooled batches are this
+    # benchmark's.
+    weights = LossConfig(pixel_l1=recipe.l1, statistics=recipe.stats, adversarial=recipe.adv)
+    objective = RendererObjective(weights, encoder, critic, recipe.augment)
     best = {name: (float("inf"), None) for name in criteria}
     for step in range(1, recipe.steps + 1):
         gen.train()
         photo, sketch, taps, stats = batch_of(sets, rng, recipe.batch)
-        style = style_vector(stats)
         fake = gen(taps, stats)
-        real_in, fake_in = augment(photo, sketch), augment(photo, fake.detach())
-        d_loss = F.relu(1 - critic(real_in[:, :3], real_in[:, 3:], style)).mean() \
-            + F.relu(1 + critic(fake_in[:, :3], fake_in[:, 3:], style)).mean()
+        real = RealFeatures(taps, torch.empty(0), [])  # the renderer's terms read no real-sketch features
+        inputs = GanInputs(PairBatch(photo, sketch, real), Fakes.of(fake, encoder(fake)), None, stats)
+        d_loss, _ = objective.discriminator_loss(inputs.detached())
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
-        fake_in = augment(photo, fake)
-        g_loss = recipe.l1 * F.l1_loss(fake, sketch) + recipe.stats * statistics_consistency(encoder(fake), stats) \
-            - recipe.adv * critic(fake_in[:, :3], fake_in[:, 3:], style).mean()
+        g_loss = objective.weighted(objective.generator_loss_terms(inputs))
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
