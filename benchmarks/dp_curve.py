@@ -4,12 +4,12 @@ pairs. One command runs the grid and prints the curve; results and commands: doc
 
     python benchmarks/dp_curve.py --out runs/dpcurve --studios 2 --seeds 0
 
-The runs use benchmarks/federation_value.py's harness (the product's in-process federation, federated/inprocess.py;
-no NVFlare transport) and its evaluation (FD-EffNetLite0, SSIM, ink IoU, style accuracy and FD-Style on each
-studio's test pairs, never trained on). DP runs plan sigma, batch and steps from their target
-(privacy.plan); from the prior they train only the style head (privacy.record_trainable). dp_prior_nosteps is the
+The runs use benchmarks/federation_value.py's harness (the product's in-process federation,
+federated/simulator/inprocess.py; no NVFlare transport) and its evaluation (FD-EffNetLite0, SSIM, ink IoU, style
+accuracy and FD-Style on each studio's test pairs, never trained on). DP runs plan sigma, batch and steps from their
+target (privacy.plan); from the prior they train only the style head (privacy.record_trainable). dp_prior_nosteps is the
 prior with the private AdaIN_SD statistics release and no DP-SGD step (what the private steps add to). The
-federation starts from the server's initial global (controller.initial_global), so with the prior its D starts from
+federation starts from the server's initial global (round.initial_global), so with the prior its D starts from
 the prior's too. Every run also records the membership-inference AUC of the final shared D on each studio's pairs
 (membership(), written next to the run's fakes as SITE.mia.json) and the table shows it. The priors the grid
 starts from are built before its first run (prior_build.py; a trainer only loads one) into $FEDGAI_PRIOR_DIR

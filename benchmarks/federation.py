@@ -35,7 +35,7 @@ import psutil
 
 from fedgai.config import profile
 from fedgai.data import make_demo
-from fedgai.federated.simulate import check_run, simulate, training_slots
+from fedgai.federated.simulator.simulate import check_run, simulate, training_slots
 from fedgai.models import build_gan
 from fedgai.polling import Poller
 from fedgai.sharing import shared_state

@@ -5,7 +5,7 @@ judged on each studio's held-out test pairs (issue 8 §3). Exact commands and re
     python benchmarks/federation_value.py evaluate --out runs/fedvalue
 
 `train` runs every (variant, seed) federation in one process each through the product's in-process federation
-(federated/inprocess.py): a StudioTrainer per studio, the studio's check, style guard and own client-level DP
+(federated/simulator/inprocess.py): a StudioTrainer per studio, the studio's check, style guard and own client-level DP
 release, the server's screening and step (federated/round.py), and under privacy.he the HE job's packed CKKS sum
 with the product's parameters. Only NVFlare's transport differs from `fedgai simulate`, so the numbers measure the
 method, not NVFlare. Each studio's generated test sketches are saved (uint8 PNG bytes in one .npz per run), so
@@ -112,7 +112,7 @@ def run_federation(variant: str, seed: int, base: dict[str, Any], studios: list[
     """One federation (or local-only run) of every studio through the product's in-process federation; returns
     per-round val metrics and timings. ``save_fakes`` (default save_test_fakes) writes each studio's outputs after
     the final receive, before its trainer closes: where a caller adds its own audit of the final networks."""
-    from fedgai.federated.inprocess import run_federation as federate
+    from fedgai.federated.simulator.inprocess import run_federation as federate
 
     overrides = dict(VARIANTS[variant])
     guard = overrides.pop("guard", True)

@@ -41,16 +41,16 @@ from nvflare.app_opt.he.intime_accumulate_model_aggregator import HEInTimeAccumu
 from nvflare.fuel.utils import fobs
 
 from fedgai.config import profile
-from fedgai.federated.controller import initial_global
 from fedgai.federated.he_keys import HE_PARAMS, make_contexts
-from fedgai.federated.he_server import PERSISTOR_ID, FedgaiHEShareableGenerator
-from fedgai.federated.he_studio import PackedHEModelEncryptor, ShapedHEModelDecryptor
 from fedgai.federated.he_wire import (
     PackedCiphertextLoader,
     decrypt_packed,
     encrypt_packed,
 )
-from fedgai.federated.server_state import Federation
+from fedgai.federated.round import initial_global
+from fedgai.federated.server.he_server import PERSISTOR_ID, FedgaiHEShareableGenerator
+from fedgai.federated.server.server_state import Federation
+from fedgai.federated.studio.he_studio import PackedHEModelEncryptor, ShapedHEModelDecryptor
 
 RESULTS = Path(__file__).resolve().parent / "results" / "he_cost.json"
 

@@ -28,9 +28,9 @@ import numpy as np
 
 from fedgai.config import FedgaiConfig, profile
 from fedgai.federated.aggregation import TooFewStudios
-from fedgai.federated.job import DP_JOB_SETTINGS
+from fedgai.federated.jobs.job import DP_JOB_SETTINGS
 from fedgai.federated.round import server_step as round_step
-from fedgai.federated.validation import contribution_problem, update_norm_bound, update_norm_floor
+from fedgai.federated.server.validation import contribution_problem, update_norm_bound, update_norm_floor
 from fedgai.privacy.mechanism import clip_and_noise
 
 STUDIOS = (2, 3, 5, 8)

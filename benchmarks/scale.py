@@ -35,12 +35,12 @@ import numpy as np
 import psutil
 from federation import PeakRss, cpu_seconds, round_rows
 
-import fedgai.federated.simulate as sim
+import fedgai.federated.simulator.simulate as sim
 from fedgai.cli import setting
 from fedgai.config import profile
 from fedgai.data import make_demo
 from fedgai.federated.round import server_step
-from fedgai.federated.simulate import check_run, pool_size, simulate
+from fedgai.federated.simulator.simulate import check_run, pool_size, simulate
 from fedgai.models import build_gan
 from fedgai.polling import Poller
 from fedgai.sharing import shared_state

@@ -58,7 +58,7 @@ def main() -> None:
 
     record(f"import torch {torch.__version__}")
     from fedgai.config import profile
-    from fedgai.federated.slots import release_memory
+    from fedgai.federated.studio.slots import release_memory
     from fedgai.losses import CLIP_UNAVAILABLE_ENV
     from fedgai.trainer import StudioTrainer
 

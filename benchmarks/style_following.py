@@ -5,7 +5,7 @@ scored against the demo's cross-style ground truth. Exact commands and results: 
     python benchmarks/style_following.py all --out runs/fusion --studios 3 --seeds 0 --workers 2
 
 `train` writes demo studios with their cross-style ground truth (if missing) and trains each (variant, seed)
-federation in one process through the product's in-process federation (federated/inprocess.py: the studio's
+federation in one process through the product's in-process federation (federated/simulator/inprocess.py: the studio's
 check and guard, the server's screening and step), saving every studio's checkpoint in a run folder that
 `fedgai evaluate-fusion` also reads. `evaluate`
 scores each run with fedgai.evaluation.cross_style and writes OUT/fusion.json and a markdown table OUT/fusion.md.
@@ -53,7 +53,7 @@ def demo_data(data: Path, cross: Path, studios: int) -> list[Path]:
 
 def run_federation(variant: str, seed: int, base: dict[str, Any], studios: list[Path], out: Path) -> float:
     """One federation (or local-only run) of every studio; leaves a run folder per studio with its checkpoint."""
-    from fedgai.federated.inprocess import run_federation as federate
+    from fedgai.federated.simulator.inprocess import run_federation as federate
 
     cfg = FedgaiConfig.from_dict(base).with_overrides({**VARIANTS[variant], "train.seed": seed})
     folder = out / f"{variant}-seed{seed}"

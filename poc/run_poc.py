@@ -4,7 +4,7 @@
     python poc/run_poc.py --profile test --studios 2   # tiny job exported on the fly (about a minute)
 
 Steps: demo studios (unless --data-root) -> `nvflare poc prepare` from a generated project.yml (server,
-studio-01.., admin; free ports) -> kits hardened like provisioned ones (fedgai.federated.kits: config-only
+studio-01.., admin; free ports) -> kits hardened like provisioned ones (fedgai.federated.jobs.kits: config-only
 jobs, server storage inside its kit) -> `nvflare poc start` (server + studios, no admin console) -> submit the job
 with the Session API, monitor it, download the result -> `nvflare poc stop` + `nvflare poc clean`.
 Everything is stopped on any failure or signal, and leftover processes of this workspace are killed by id.
@@ -101,7 +101,7 @@ class Poc:
         project = self.workspace / "project.yml"
         project.write_text(project_yaml(studios, he))
         self.nvflare("poc", "prepare", "-i", str(project), "--force")
-        from fedgai.federated.kits import harden_kits
+        from fedgai.federated.jobs.kits import harden_kits
 
         harden_kits(self.poc_dir / PROJECT / "prod_00")  # the same site policies as provisioned kits
 
@@ -182,7 +182,7 @@ def check_result(result: Path, rounds: int) -> list[dict]:
 
 
 def export_job(profile_name: str, out: Path) -> Path:
-    from fedgai.federated.job import export
+    from fedgai.federated.jobs.job import export
 
     return export(out, profile_name)
 

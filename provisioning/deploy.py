@@ -7,7 +7,7 @@ per site name.
 
 1. writes ``WORKDIR/project.yml``: provisioning/project.yml with the server on localhost at a free port;
 2. ``nvflare provision`` -> one startup kit per participant in ``WORKDIR/workspace/fedgai/prod_NN/``, each
-   hardened with fedgai.federated.kits (what ``python -m fedgai.federated.kits KIT`` does at a real site);
+   hardened with fedgai.federated.jobs.kits (what ``python -m fedgai.federated.jobs.kits KIT`` does at a real site);
 3. the studios' data root is passed to them as $FEDGAI_DATA_ROOT (the client script reads ``ROOT/<site>``);
 4. starts the server, then every studio, each from its own kit (``startup/sub_start.sh --once``: the
    foreground form of start.sh, so this script owns the process), logs in ``WORKDIR/logs/``;
@@ -43,8 +43,8 @@ from nvflare.apis.fl_exception import FLCommunicationError
 from nvflare.fuel.flare_api.api_spec import JobNotDone, JobNotRunning, MonitorReturnCode, NoConnection
 from nvflare.fuel.flare_api.flare_api import Session, new_secure_session
 
-from fedgai.federated.client import DATA_ROOT_ENV, OUTPUT_ROOT_ENV, SitePaths
-from fedgai.federated.kits import harden_kits
+from fedgai.federated.jobs.kits import harden_kits
+from fedgai.federated.studio.client import DATA_ROOT_ENV, OUTPUT_ROOT_ENV, SitePaths
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECT_TEMPLATE = REPO / "provisioning" / "project.yml"
@@ -81,7 +81,7 @@ def participants(project: dict, kind: str) -> list[dict]:
 
 
 def provision(project_file: Path, workspace: Path) -> Path:
-    """Run ``nvflare provision`` and harden the kits (fedgai.federated.kits: no custom code, studios run only
+    """Run ``nvflare provision`` and harden the kits (fedgai.federated.jobs.kits: no custom code, studios run only
     the project admin's jobs, server storage inside its kit); returns the folder holding the kits (the newest
     prod_NN).
 
@@ -362,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.profile and args.job:
         p.error("use either --job or --profile")
     if args.profile:
-        from fedgai.federated.he_job import export_jobs
+        from fedgai.federated.jobs.he_job import export_jobs
 
         jobs = export_jobs(args.workdir.resolve() / "jobs", args.profile)
     else:

@@ -40,8 +40,8 @@ from pathlib import Path
 import yaml
 
 from fedgai.config import profile
-from fedgai.federated.controller import OUTPUT_DIR
-from fedgai.federated.job import build_job
+from fedgai.federated.jobs.job import build_job
+from fedgai.federated.server.controller import OUTPUT_DIR
 from fedgai.round_summaries import read_round_summaries
 
 REPO = Path(__file__).resolve().parent.parent

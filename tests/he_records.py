@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fedgai.federated.he_server import HE_OUTPUT_DIR, RECEIVED_DIR, record_name
+from fedgai.federated.server.he_server import HE_OUTPUT_DIR, RECEIVED_DIR, record_name
 from fedgai.safe_paths import inside
 
 

@@ -11,8 +11,8 @@ import pytest
 from scripts import load_script
 
 from fedgai.config import profile
-from fedgai.federated.controller import OUTPUT_DIR
-from fedgai.federated.job import build_job
+from fedgai.federated.jobs.job import build_job
+from fedgai.federated.server.controller import OUTPUT_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 SITES = ["studio-a", "studio-b"]

@@ -165,7 +165,7 @@ def test_simulate_refuses_one_studio_as_data_and_too_few_studios(studio, tmp_pat
 
 
 def test_simulate_refuses_an_earlier_run_and_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
-    import fedgai.federated.simulate as sim
+    import fedgai.federated.simulator.simulate as sim
 
     workspace = tmp_path / "ws"
     (workspace / "server_state").mkdir(parents=True)
@@ -185,7 +185,7 @@ def test_simulate_refuses_an_earlier_run_and_ctrl_c_says_how_to_resume(tmp_path,
 
 
 def test_one_studio_federation_warns_loudly(caplog):
-    from fedgai.federated.simulate import check_request
+    from fedgai.federated.simulator.simulate import check_request
 
     with caplog.at_level(logging.WARNING):
         check_request(profile("test"), 1, None)

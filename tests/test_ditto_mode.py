@@ -11,8 +11,8 @@ from nvflare.app_common.abstract.fl_model import FLModel
 
 from fedgai.config import ConfigError, profile
 from fedgai.edge.sketcher import load_studio_model
-from fedgai.federated.client import local_round
-from fedgai.federated.controller import initial_global
+from fedgai.federated.round import initial_global
+from fedgai.federated.studio.client import local_round
 from fedgai.models import build_gan
 from fedgai.sharing import norm_keys, private_stats_keys, shared_keys, split_key
 from fedgai.trainer import StudioTrainer, make_optimizer

@@ -16,10 +16,10 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 
 from fedgai.config import profile
-from fedgai.federated.audit import AUDIT_DIR, EVENT_LOG_FILE, LOG_FILE, OutboundEventAudit
-from fedgai.federated.client import local_round, releasable
-from fedgai.federated.controller import initial_global
-from fedgai.federated.simulate import check_run, simulate
+from fedgai.federated.round import initial_global
+from fedgai.federated.simulator.simulate import check_run, simulate
+from fedgai.federated.studio.audit import AUDIT_DIR, EVENT_LOG_FILE, LOG_FILE, OutboundEventAudit
+from fedgai.federated.studio.client import local_round, releasable
 from fedgai.privacy import GaussianDPFilter, PrivacyLedger
 from fedgai.privacy.accountant import reported_epsilon
 from fedgai.privacy.client_level import StudioClientDP

@@ -17,7 +17,7 @@ from conftest import headless_chromium
 from fedgai.cli import main
 from fedgai.evaluation.report import fmt_bytes
 from fedgai.evaluation.runs import find_studio_folders
-from fedgai.federated.client import save_round
+from fedgai.federated.studio.client import save_round
 from fedgai.trainer import StudioTrainer
 
 

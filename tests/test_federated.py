@@ -20,13 +20,13 @@ from torch.nn.utils import spectral_norm
 from fedgai.cli import main
 from fedgai.config import FED_MODES, GUARANTEE_BREAKING_MODES, profile
 from fedgai.federated.aggregation import weighted_mean
-from fedgai.federated.audit import AUDIT_DIR, LOG_FILE
-from fedgai.federated.client import local_round, open_trainer, resolve_studio, save_round, studio_map
-from fedgai.federated.controller import OUTPUT_DIR, FilteredFedAvg, initial_global
-from fedgai.federated.job import build_job
-from fedgai.federated.round import apply_update, receive_global
-from fedgai.federated.simulate import SimulationError, check_run, server_dir, simulate
-from fedgai.federated.validation import contribution_problem, update_norm, update_norm_bound
+from fedgai.federated.jobs.job import build_job
+from fedgai.federated.round import apply_update, initial_global, receive_global
+from fedgai.federated.server.controller import OUTPUT_DIR, FilteredFedAvg
+from fedgai.federated.server.validation import contribution_problem, update_norm, update_norm_bound
+from fedgai.federated.simulator.simulate import SimulationError, check_run, server_dir, simulate
+from fedgai.federated.studio.audit import AUDIT_DIR, LOG_FILE
+from fedgai.federated.studio.client import local_round, open_trainer, resolve_studio, save_round, studio_map
 from fedgai.models import build_discriminator
 from fedgai.privacy import clip_and_noise
 from fedgai.sharing import MODE_NETWORKS, norm_keys, shared_keys, spectral_state_keys

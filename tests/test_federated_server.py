@@ -18,7 +18,8 @@ from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from fedgai.config import ConfigError, FedgaiConfig, profile
 from fedgai.federated import fingerprint as fp
 from fedgai.federated.aggregation import capped_weights, clip_to_median_norm, trimmed_count
-from fedgai.federated.controller import OUTPUT_DIR, FilteredFedAvg, initial_global
+from fedgai.federated.round import initial_global
+from fedgai.federated.server.controller import OUTPUT_DIR, FilteredFedAvg
 from fedgai.models import RandomEncoder
 from fedgai.round_summaries import SummaryError, read_round_summaries
 from fedgai.wire import BUDGET_EXHAUSTED_KEY
@@ -248,7 +249,7 @@ def test_job_ends_normally_when_every_studio_has_spent_its_budget(test_cfg, tmp_
 
 
 def test_server_does_not_import_opacus():
-    code = "import sys, fedgai.federated.controller; print('opacus' in sys.modules)"
+    code = "import sys, fedgai.federated.server.controller; print('opacus' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

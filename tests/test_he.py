@@ -29,9 +29,6 @@ from nvflare.fuel.utils import fobs
 
 from fedgai.config import profile
 from fedgai.federated import fingerprint as fp
-from fedgai.federated.audit import AUDIT_DIR, LOG_FILE
-from fedgai.federated.controller import initial_global
-from fedgai.federated.he_job import HE_JOB_NAME, build_he_job, export_he, he_job_config
 from fedgai.federated.he_keys import (
     CLIENT_CONTEXT,
     SERVER_CONTEXT,
@@ -42,7 +39,10 @@ from fedgai.federated.he_keys import (
     make_contexts,
     prepare_simulator_he,
 )
-from fedgai.federated.he_server import (
+from fedgai.federated.he_wire import PackedCiphertextLoader, decrypt_packed, encrypt_packed, packed_size
+from fedgai.federated.jobs.he_job import HE_JOB_NAME, build_he_job, export_he, he_job_config
+from fedgai.federated.round import initial_global
+from fedgai.federated.server.he_server import (
     HE_OUTPUT_DIR,
     HE_STATE_FILE,
     PERSISTOR_ID,
@@ -57,9 +57,9 @@ from fedgai.federated.he_server import (
     ResumeRefused,
     ciphertext_problem,
 )
-from fedgai.federated.he_studio import PackedHEModelEncryptor, ShapedHEModelDecryptor, load_encrypted_global
-from fedgai.federated.he_wire import PackedCiphertextLoader, decrypt_packed, encrypt_packed, packed_size
-from fedgai.federated.progress import RoundProgress
+from fedgai.federated.server.progress import RoundProgress
+from fedgai.federated.studio.audit import AUDIT_DIR, LOG_FILE
+from fedgai.federated.studio.he_studio import PackedHEModelEncryptor, ShapedHEModelDecryptor, load_encrypted_global
 from fedgai.round_summaries import read_round_summaries
 from fedgai.wire import CONFIG_META_KEY, DP_EPSILON_META_KEY, LAYOUT_META_KEY
 

@@ -23,12 +23,13 @@ from nvflare.app_opt.he.intime_accumulate_model_aggregator import HEInTimeAccumu
 from nvflare.fuel.utils import fobs
 
 from fedgai.config import profile
-from fedgai.federated.client import local_round
-from fedgai.federated.controller import Federation, initial_global
 from fedgai.federated.he_keys import make_contexts
-from fedgai.federated.he_server import PERSISTOR_ID, FedgaiHEShareableGenerator
-from fedgai.federated.he_studio import GlobalCheck, PackedHEModelEncryptor, ShapedHEModelDecryptor
 from fedgai.federated.he_wire import PackedCiphertextLoader
+from fedgai.federated.round import initial_global
+from fedgai.federated.server.controller import Federation
+from fedgai.federated.server.he_server import PERSISTOR_ID, FedgaiHEShareableGenerator
+from fedgai.federated.studio.client import local_round
+from fedgai.federated.studio.he_studio import GlobalCheck, PackedHEModelEncryptor, ShapedHEModelDecryptor
 from fedgai.trainer import StudioTrainer
 from fedgai.wire import GLOBAL_REFUSED_META_KEY
 

@@ -12,9 +12,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.app_opt.he.constant import HE_ALGORITHM_CKKS
 
 from fedgai.config import profile
-from fedgai.federated.controller import initial_global
 from fedgai.federated.he_keys import HE_PARAMS, make_contexts
-from fedgai.federated.he_server import ciphertext_problem
 from fedgai.federated.he_wire import (
     PackedCiphertextLoader,
     add_to_plain_global,
@@ -22,6 +20,8 @@ from fedgai.federated.he_wire import (
     encrypt_packed,
     packed_size,
 )
+from fedgai.federated.round import initial_global
+from fedgai.federated.server.he_server import ciphertext_problem
 
 # HomomorphicEncryption.org standard, 128-bit classical security, ternary secret: max log2(q) per ring degree.
 HE_STANDARD_128 = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}

@@ -20,7 +20,7 @@ from fedgai.federated.aggregation import (
     size_problem,
     update_norm,
 )
-from fedgai.federated.validation import contribution_problem, update_norm_bound, update_norm_floor
+from fedgai.federated.server.validation import contribution_problem, update_norm_bound, update_norm_floor
 
 REFERENCE = {"w": np.full(1000, 0.1, np.float32)}
 SPACE = {"encoder": "efficientnet-lite0", "encoder_weights": "ab" * 8, "clip": None, "image_size": 32,
@@ -157,8 +157,8 @@ def test_under_client_dp_the_widened_bound_lets_one_direction_through(bench, agg
 
 
 def test_a_tied_first_round_takes_no_update_and_adopts_no_feature_space():
-    from fedgai.federated.screening import adopt_feature_space
-    from fedgai.federated.server_state import Federation
+    from fedgai.federated.server.screening import adopt_feature_space
+    from fedgai.federated.server.server_state import Federation
 
     cfg = profile("test").with_overrides({"model.encoder": "efficientnet-lite0"})
     made_up = {**SPACE, "encoder_weights": "00" * 8}

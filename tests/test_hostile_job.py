@@ -13,13 +13,13 @@ import pytest
 from nvflare.apis.fl_constant import FLMetaKey
 
 from fedgai.config import profile
-from fedgai.federated.audit import AUDIT_DIR, LOG_FILE
-from fedgai.federated.controller import initial_global
-from fedgai.federated.he_job import build_he_job, he_job_config
 from fedgai.federated.he_keys import prepare_simulator_he
-from fedgai.federated.he_studio import PackedHEModelEncryptor
-from fedgai.federated.job import FedgaiJob, build_job
-from fedgai.federated.kits import job_classes
+from fedgai.federated.jobs.allow_list import job_classes
+from fedgai.federated.jobs.he_job import build_he_job, he_job_config
+from fedgai.federated.jobs.job import FedgaiJob, build_job
+from fedgai.federated.round import initial_global
+from fedgai.federated.studio.audit import AUDIT_DIR, LOG_FILE
+from fedgai.federated.studio.he_studio import PackedHEModelEncryptor
 from fedgai.privacy import GaussianDPFilter
 from fedgai.privacy.mechanism import update_norm
 

@@ -1,6 +1,6 @@
-"""The in-process federation (federated/inprocess.py) runs the product's round: its plain server step on the studios'
-DIFFs, the HE job's packed sum under the product's CKKS parameters, the studio's own client-level DP release, and
-nothing sent in the local mode."""
+"""The in-process federation (federated/simulator/inprocess.py) runs the product's round: its plain server step on
+the studios' DIFFs, the HE job's packed sum under the product's CKKS parameters, the studio's own client-level DP
+release, and nothing sent in the local mode."""
 
 from __future__ import annotations
 
@@ -11,12 +11,11 @@ import pytest
 import tenseal as ts
 
 from fedgai.config import profile
-from fedgai.federated import inprocess
 from fedgai.federated.aggregation import capped_weights, update_norm
-from fedgai.federated.controller import initial_global
 from fedgai.federated.he_keys import HE_PARAMS
-from fedgai.federated.round import server_step
-from fedgai.federated.validation import update_norm_floor
+from fedgai.federated.round import initial_global, server_step
+from fedgai.federated.server.validation import update_norm_floor
+from fedgai.federated.simulator import inprocess
 from fedgai.privacy import LEDGER_FILE, client_level
 
 

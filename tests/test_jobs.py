@@ -19,12 +19,13 @@ from nvflare.app_common.widgets.component_path_authorizer import ComponentPathAu
 from nvflare.fuel.sec.authz import Authorizer, AuthzContext, Person
 
 from fedgai.config import profile
-from fedgai.federated import executor
-from fedgai.federated.client import STUDIOS_ENV, SitePaths
-from fedgai.federated.executor import CLIENT_SCRIPT, FedgaiVersionCheck, StudioExecutor
-from fedgai.federated.he_job import export_jobs
-from fedgai.federated.job import DP_JOB_SETTINGS, build_job
-from fedgai.federated.kits import STUDIO_POLICY, allow_fedgai
+from fedgai.federated.jobs.allow_list import SIDES, allow_fedgai, job_classes
+from fedgai.federated.jobs.he_job import export_jobs
+from fedgai.federated.jobs.job import DP_JOB_SETTINGS, build_job
+from fedgai.federated.jobs.kits import STUDIO_POLICY
+from fedgai.federated.studio import executor
+from fedgai.federated.studio.client import STUDIOS_ENV, SitePaths
+from fedgai.federated.studio.executor import CLIENT_SCRIPT, FedgaiVersionCheck, StudioExecutor
 from fedgai.wire import VERSION_META_KEY
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,6 +68,15 @@ def test_committed_jobs_are_a_fresh_config_export(fresh, name):
     assert mismatch == [] and errors == [], f"{mismatch or errors} differ; {hint}"
 
 
+def test_the_allow_list_names_exactly_the_classes_of_a_fresh_export(fresh):
+    """allow_list.py writes the shipped jobs' classes down (reading them from an export tied every job to all
+    three: issue 26's cycle); this keeps the list and the jobs the same, side by side."""
+    for side, name in SIDES.items():
+        exported = {path for job in JOBS for path in component_paths(json.loads(
+            (fresh / job / "app" / "config" / name).read_text()))}
+        assert job_classes(side) == exported, f"{side}: update federated/jobs/allow_list.py"
+
+
 @pytest.mark.parametrize("name", JOBS)
 def test_jobs_carry_no_code_and_pin_the_installed_fedgai(name):
     job = REPO / "jobs" / name
@@ -74,7 +84,7 @@ def test_jobs_carry_no_code_and_pin_the_installed_fedgai(name):
     pinned = json.loads((job / "meta.json").read_text())[VERSION_META_KEY]
     assert pinned == executor.installed_version()
     server, client = configs(job)
-    assert client["executors"][0]["executor"] == {"path": "fedgai.federated.executor.StudioExecutor",
+    assert client["executors"][0]["executor"] == {"path": "fedgai.federated.studio.executor.StudioExecutor",
                                                   "args": {"fedgai_version": pinned}}
     checks = [c for c in server["components"] if c["path"].endswith("FedgaiVersionCheck")]
     assert [c["args"] for c in checks] == [{"fedgai_version": pinned}]
@@ -105,7 +115,8 @@ def test_a_hardened_studio_refuses_classes_outside_nvflare_and_fedgai(tmp_path):
     # NVFlare's own default list alone (an unhardened site) refuses our executor: the studio decides
     plain = resources_workspace(tmp_path, {"format_version": 2})
     with pytest.raises(UnsafeComponentError):
-        authorizer.authorize_component_config({"path": "fedgai.federated.executor.StudioExecutor"}, workspace=plain)
+        authorizer.authorize_component_config({"path": "fedgai.federated.studio.executor.StudioExecutor"},
+                                              workspace=plain)
 
 
 def studio_authorizer(site_org: str = "studio_a") -> Authorizer:
@@ -169,7 +180,7 @@ def test_a_site_with_another_fedgai_version_stops_the_job(make, monkeypatch):
 
 def test_the_pinned_version_passes_the_check():
     assert start_run(FedgaiVersionCheck(executor.installed_version())) == []
-    assert Path(CLIENT_SCRIPT).is_file() and CLIENT_SCRIPT.endswith("fedgai/federated/client.py")
+    assert Path(CLIENT_SCRIPT).is_file() and CLIENT_SCRIPT.endswith("fedgai/federated/studio/client.py")
 
 
 # ----------------------------------------------------------------------------------------------- job content

@@ -16,8 +16,9 @@ from fedgai import prior_build
 from fedgai.cli import build_parser, load_config, main
 from fedgai.config import profile
 from fedgai.data.sketchify import sketchify_image
-from fedgai.federated.client import local_round
-from fedgai.federated.controller import FilteredFedAvg, initial_global
+from fedgai.federated.round import initial_global
+from fedgai.federated.server.controller import FilteredFedAvg
+from fedgai.federated.studio.client import local_round
 from fedgai.trainer import StudioTrainer
 
 

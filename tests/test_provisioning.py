@@ -18,9 +18,9 @@ from nvflare.fuel.flare_api.flare_api import new_secure_session
 from scripts import load_script
 
 from fedgai.config import profile
-from fedgai.federated.controller import OUTPUT_DIR
 from fedgai.federated.he_keys import CLIENT_CONTEXT, HE_PARAMS, SERVER_CONTEXT, SecretKeyFound, check_no_secret_key
-from fedgai.federated.kits import job_classes
+from fedgai.federated.jobs.allow_list import job_classes
+from fedgai.federated.server.controller import OUTPUT_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 ADMIN = "admin@fedgai.example"

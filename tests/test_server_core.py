@@ -25,10 +25,11 @@ from test_he import (  # noqa: F401 - fixtures used by name
 )
 
 from fedgai.config import profile
-from fedgai.federated.controller import STATE_FILE
-from fedgai.federated.executor import StudioExecutor, UnsafeScriptArgs, installed_version
-from fedgai.federated.he_job import build_he_job, he_job_config
-from fedgai.federated.he_server import (
+from fedgai.federated.he_wire import decrypt_packed
+from fedgai.federated.jobs.he_job import build_he_job, he_job_config
+from fedgai.federated.jobs.job import build_job
+from fedgai.federated.server.controller import STATE_FILE
+from fedgai.federated.server.he_server import (
     HE_OUTPUT_DIR,
     RECEIVED_DIR,
     CiphertextOnlyGuard,
@@ -36,8 +37,7 @@ from fedgai.federated.he_server import (
     PlaintextUpdate,
     ResumeRefused,
 )
-from fedgai.federated.he_wire import decrypt_packed
-from fedgai.federated.job import build_job
+from fedgai.federated.studio.executor import StudioExecutor, UnsafeScriptArgs, installed_version
 from fedgai.round_summaries import read_round_summaries
 from fedgai.safe_paths import UnsafePathError
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-import fedgai.federated.simulate as simulate_module
+import fedgai.federated.simulator.simulate as simulate_module
 from fedgai import prior
 from fedgai.config import profile
-from fedgai.federated.progress import RoundProgress
-from fedgai.federated.simulate import ProgressPrinter, check_run, pool_size, simulate, studio_memory_mb
+from fedgai.federated.server.progress import RoundProgress
+from fedgai.federated.simulator.simulate import ProgressPrinter, check_run, pool_size, simulate, studio_memory_mb
 
 
 def summary(rnd: int, started: float, ended: float, total: int = 3, **extra) -> dict:
@@ -140,7 +140,7 @@ def test_the_pool_gives_every_studio_its_process_while_memory_holds_them_else_as
 
 def test_simulate_prints_the_pool_it_chose(demo_root, tmp_path, capsys, monkeypatch):
     """The choice is made (and said) before the simulator starts; here the run is stopped right there."""
-    import fedgai.federated.simulate as sim
+    import fedgai.federated.simulator.simulate as sim
 
     def stop(*args):
         raise RuntimeError("stopped before the simulator")
@@ -166,7 +166,7 @@ def test_fedgai_simulate_threads_reaches_the_simulator(tmp_path, capsys):
 def test_encoder_auto_is_resolved_once_for_every_studio_with_one_line(tmp_path, capsys, monkeypatch):
     """The studios of one simulator share the machine, so `auto` is decided once and named in their config."""
     import fedgai.models as models
-    from fedgai.federated.simulate import resolve_auto_encoder
+    from fedgai.federated.simulator.simulate import resolve_auto_encoder
 
     monkeypatch.setattr(models, "find_vgg16_weights", lambda cfg: None)
     cfg = resolve_auto_encoder(profile("quick"))
@@ -184,7 +184,7 @@ def test_the_console_drops_nvflares_more_results_than_required_warning_only(tmp_
     import logging
     import logging.config
 
-    from fedgai.federated.simulate import quiet_console_log_config
+    from fedgai.federated.simulator.simulate import quiet_console_log_config
 
     config = json.loads(quiet_console_log_config(tmp_path / "log.json").read_text())
     filter_spec = config["filters"]["more_results"]

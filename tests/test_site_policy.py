@@ -18,9 +18,10 @@ from nvflare.apis.fl_exception import UnsafeComponentError
 from nvflare.app_common.widgets.component_path_authorizer import ComponentPathAuthorizer
 
 from fedgai.config import PrivacyConfig, profile
-from fedgai.federated.audit import AUDIT_DIR, LOG_FILE, OutboundAudit
-from fedgai.federated.client import StudioResumeRefused, open_trainer, resume_owner, site_config
-from fedgai.federated.kits import SIDES, allow_fedgai, config_classes, harden_kit, job_classes
+from fedgai.federated.jobs.allow_list import SIDES, allow_fedgai, config_classes, job_classes
+from fedgai.federated.jobs.kits import harden_kit
+from fedgai.federated.studio.audit import AUDIT_DIR, LOG_FILE, OutboundAudit
+from fedgai.federated.studio.client import StudioResumeRefused, open_trainer, resume_owner, site_config
 from fedgai.privacy import GaussianDPFilter, PrivacyBudgetExceeded, PrivacyLedger, Step, compute_epsilon
 from fedgai.privacy.accountant import reported_epsilon
 from fedgai.privacy.policy import (
@@ -171,12 +172,12 @@ def test_the_class_allow_lists_hold_exactly_the_shipped_jobs_classes(tmp_path):
             for path in config_classes(json.loads((job / "app" / "config" / name).read_text())):
                 authorizer.authorize_component_config({"path": path, "args": {}}, workspace=workspace)
         unused = ["nvflare.app_common.executors.client_api_executor.ClientAPIExecutor",  # NVFlare's default list
-                  "nvflare.app_common.workflows.fedavg.FedAvg", "fedgai.federated.kits.KitError"]
+                  "nvflare.app_common.workflows.fedavg.FedAvg", "fedgai.federated.jobs.kits.KitError"]
         for path in unused:
             with pytest.raises(UnsafeComponentError, match="not in allow_list"):
                 authorizer.authorize_component_config({"path": path, "args": {}}, workspace=workspace)
-    assert "fedgai.federated.executor.StudioExecutor" not in job_classes("server")
-    assert "fedgai.federated.controller.FilteredFedAvg" not in job_classes("client")
+    assert "fedgai.federated.studio.executor.StudioExecutor" not in job_classes("server")
+    assert "fedgai.federated.server.controller.FilteredFedAvg" not in job_classes("client")
 
 
 def _client_kit(folder: Path) -> Path:
@@ -252,7 +253,7 @@ def test_a_studio_resumes_only_its_own_jobs_checkpoint(studio_dir, tmp_path, tes
 def test_in_the_simulator_a_studio_with_a_policy_refuses_a_job_without_dp(demo_root, tmp_path):
     """The simulator copies ``<workspace>/local`` to every site: both studios carry the policy, the plain job
     stops at them before any pair is read, with the reason in their logs."""
-    from fedgai.federated.simulate import SimulationError, simulate
+    from fedgai.federated.simulator.simulate import SimulationError, simulate
 
     write_site_policy(tmp_path / "nvflare", POLICY)
     with pytest.raises(SimulationError):

@@ -11,7 +11,7 @@ import torch
 
 import fedgai.prior as prior
 from fedgai.config import profile
-from fedgai.federated.client import site_config
+from fedgai.federated.studio.client import site_config
 from fedgai.models import build_discriminator
 from fedgai.privacy.policy import SitePolicy, file_sha256, write_site_policy
 

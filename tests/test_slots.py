@@ -1,4 +1,4 @@
-"""Studios sharing one machine take turns (federated/slots.py): never more than N train at once, a dead studio
+"""Studios sharing one machine take turns (federated/studio/slots.py): never more than N train at once, a dead studio
 frees its slot, and a deployment without slots never waits."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-import fedgai.federated.slots as slots
-from fedgai.federated.slots import SLOTS_ENV, parse_slots, slots_spec, training_slot
+import fedgai.federated.studio.slots as slots
+from fedgai.federated.studio.slots import SLOTS_ENV, parse_slots, slots_spec, training_slot
 
 
 @pytest.fixture(autouse=True)

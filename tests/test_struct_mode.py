@@ -11,9 +11,9 @@ from nvflare.app_common.abstract.fl_model import FLModel
 
 from fedgai.config import ConfigError, FedgaiConfig, profile
 from fedgai.federated import round as round_mod
-from fedgai.federated.client import local_round, releasable
-from fedgai.federated.controller import initial_global
-from fedgai.federated.job import build_job
+from fedgai.federated.jobs.job import build_job
+from fedgai.federated.round import initial_global
+from fedgai.federated.studio.client import local_round, releasable
 from fedgai.models import build_gan
 from fedgai.modes import STRUCTURE_STAGES
 from fedgai.privacy.client_level import StudioClientDP

@@ -19,8 +19,11 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.executors.client_api_executor import ClientAPIExecutor
 
 from fedgai.config import profile
-from fedgai.federated import executor
-from fedgai.federated.client import (
+from fedgai.federated.he_keys import CLIENT_CONTEXT, make_contexts
+from fedgai.federated.he_wire import decrypt_packed
+from fedgai.federated.round import initial_global
+from fedgai.federated.studio import executor
+from fedgai.federated.studio.client import (
     SitePaths,
     Studio,
     StudioConfigChanged,
@@ -32,13 +35,9 @@ from fedgai.federated.client import (
     save_round,
     site_config,
 )
-from fedgai.federated.controller import initial_global
-from fedgai.federated.executor import StudioExecutor
-from fedgai.federated.global_check import GlobalCheck, GlobalCheckStateError, site_check_file
-from fedgai.federated.he_keys import CLIENT_CONTEXT, make_contexts
-from fedgai.federated.he_studio import PackedHEModelEncryptor, ShapedHEModelDecryptor, is_sealed, seal_job
-from fedgai.federated.he_wire import decrypt_packed
-from fedgai.federated.server_state import config_hash
+from fedgai.federated.studio.executor import StudioExecutor
+from fedgai.federated.studio.global_check import GlobalCheck, GlobalCheckStateError, site_check_file
+from fedgai.federated.studio.he_studio import PackedHEModelEncryptor, ShapedHEModelDecryptor, is_sealed, seal_job
 from fedgai.modes import D_ONLY_MODES, MODES
 from fedgai.privacy import GaussianDPFilter, PrivacyLedger, Step, compute_epsilon
 from fedgai.privacy.accountant import client_level_noise
@@ -53,6 +52,7 @@ from fedgai.wire import (
     DP_EPSILON_META_KEY,
     DP_NOISE_META_KEY,
     GLOBAL_REFUSED_META_KEY,
+    config_hash,
 )
 
 NUM_STEPS = FLMetaKey.NUM_STEPS_CURRENT_ROUND

@@ -11,7 +11,7 @@ import torch
 
 from fedgai import prior, prior_build
 from fedgai.config import ConfigError, profile
-from fedgai.federated import inprocess
+from fedgai.federated.simulator import inprocess
 from fedgai.modes import mode, protection_problem
 from fedgai.trainer import StudioTrainer
 

@@ -257,7 +257,7 @@ def cmd_evaluate_fusion(args: argparse.Namespace) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
-    from fedgai.federated.simulate import SimulationError, simulate
+    from fedgai.federated.simulator.simulate import SimulationError, simulate
 
     cfg = load_config(args, common_overrides(args) | {
         "data.follow_symlinks": args.follow_symlinks, "fed.rounds": args.rounds, "fed.mode": args.mode,
@@ -270,7 +270,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 
 
 def cmd_job_export(args: argparse.Namespace) -> None:
-    from fedgai.federated.he_job import export_jobs
+    from fedgai.federated.jobs.he_job import export_jobs
 
     for path in export_jobs(args.out, profile=args.profile):
         print(f"job written: {path}")

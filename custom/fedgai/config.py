@@ -337,7 +337,7 @@ class EdgeConfig:
     distill: float = 1.0
     pixel_l1: float = 0.5
     gram: float = 1.0
-    # Distil the studio's compressed generator at the end of a federated job (federated/client.py).
+    # Distil the studio's compressed generator at the end of a federated job (federated/studio/client.py).
     compress_after_training: bool = False
 
     def validate(self) -> None:

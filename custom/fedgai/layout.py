@@ -45,7 +45,7 @@ WORKSPACE_DATA = "data"
 WORKSPACE_STUDIOS = "studios"
 WORKSPACE_STATE = "server_state"
 WORKSPACE_NVFLARE = "nvflare"
-WORKSPACE_SLOTS = "training_slots"  # lock files: studios on one machine take turns (federated/slots.py)
+WORKSPACE_SLOTS = "training_slots"  # lock files: studios on one machine take turns (federated/studio/slots.py)
 
 
 def round_summary_name(rnd: int) -> str:

@@ -157,7 +157,7 @@ def site_pinned(cfg: FedgaiConfig, path: Path) -> bytes:
 def load_prior(cfg: FedgaiConfig, encoder_name: str, generator: nn.Module | None,
                discriminator: nn.Module) -> Path | None:
     """Start G and D from the prior train.prior names (G's AdaIN_SD statistics stay the studio's own). The
-    server passes no G where its mode shares only D (federated/controller.initial_global)."""
+    server passes no G where its mode shares only D (federated/round.initial_global)."""
     path = resolve_prior(cfg, encoder_name)
     if path is None:
         return None

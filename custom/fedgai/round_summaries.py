@@ -1,4 +1,4 @@
-"""Reading the servers' round summaries (``round-NNN.json``, written by federated/summary.py): of a finished run,
+"""Reading the servers' round summaries (``round-NNN.json``, written by federated/server/summary.py): of a finished run,
 of a running one being polled, and of a run of unknown layout.
 
 Torch-free and free of the federation's code, next to layout.py, so that every reader (``fedgai simulate``,

@@ -1,12 +1,17 @@
 """Every meta key fedgai puts on NVFlare's wire, and which of them a studio may release.
 
-The studio script (federated/client.py, ``releasable``) and the last filter before the wire
-(federated/audit.py) both apply ``release_meta``, so a new key is listed once and the studio's own send path
+The studio script (federated/studio/client.py, ``releasable``) and the last filter before the wire
+(federated/studio/audit.py) both apply ``release_meta``, so a new key is listed once and the studio's own send path
 gates the meta whatever filters a job installs. No torch, no DP machinery: the server reads these without
 loading either.
 """
 
 from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
 
 from nvflare.apis.dxo import MetaKey
 
@@ -56,3 +61,9 @@ def release_meta(meta: dict, dp: bool) -> tuple[dict, list[str]]:
     if dp:
         kept[MetaKey.NUM_STEPS_CURRENT_ROUND] = DP_WEIGHT
     return kept, sorted(str(k) for k in set(meta) - set(kept))
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """A job config's short hash (the dict under CONFIG_META_KEY): the studio checks every task's against the
+    config it accepted, and both sides key resume state by it."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]

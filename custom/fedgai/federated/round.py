@@ -1,7 +1,8 @@
-"""One federated round without NVFlare: the studio's update step and the server's aggregation step.
+"""One federated round without NVFlare: the global it starts from, the studio's update step and the server's
+aggregation step.
 
-NVFlare only carries these: federated/client.py wraps ``studio_update`` in flare.receive/send, the controller
-(federated/controller.py) wraps ``server_step`` around its broadcast and screening, and the benchmark harness
+NVFlare only carries these: federated/studio/client.py wraps ``studio_update`` in flare.receive/send, the controller
+(federated/server/controller.py) wraps ``server_step`` around its broadcast and screening, and the benchmark harness
 (benchmarks/federation_value.py) calls both directly, so what it measures is the product's round.
 """
 
@@ -15,7 +16,31 @@ import torch
 
 from fedgai.config import FedgaiConfig
 from fedgai.federated.aggregation import Params, Weight, aggregate, capped_weights, clip_to_median_norm, update_norm
-from fedgai.sharing import style_guarded_keys
+from fedgai.models import build_discriminator, build_gan, per_sample_networks
+from fedgai.modes import mode as fed_mode
+from fedgai.prior import load_prior, resolved_encoder_name
+from fedgai.sharing import shared_state, style_guarded_keys
+
+
+def initial_global(cfg: FedgaiConfig) -> dict[str, np.ndarray]:
+    """The mode's shared entries of freshly built networks, seeded so every run starts alike, or of the public
+    prior when train.prior is on: the same file the studios resolve ("auto": built before the job, never here).
+
+    fedavg_full and fedbn also federate the generator, so the server needs the studios' encoder (for its
+    channel counts) in those baselines only. Raises PriorError for a prior that is missing or built for another
+    architecture.
+    """
+    torch.manual_seed(cfg.train.seed)
+    if fed_mode(cfg.fed.mode).sends_generator:
+        gan = build_gan(cfg)
+        networks = {"generator": gan.generator, "discriminator": gan.discriminator}
+        encoder_name = gan.encoder.name
+    else:
+        networks = {"discriminator": build_discriminator(cfg)}
+        encoder_name = resolved_encoder_name(cfg)
+    load_prior(cfg, encoder_name, networks.get("generator"), networks["discriminator"])
+    # Under DP-SGD build_discriminator already swaps BatchNorm for GroupNorm, which then stays local too.
+    return {k: v.numpy() for k, v in shared_state(networks, cfg.fed.mode, per_sample_networks(cfg)).items()}
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Client-level DP applied by the studio itself, in its own send path (issue 24 §1).
 
 A job's result filters are the job's choice: a job can leave GaussianDPFilter out, or bind it to another task,
-and then nothing noises the update. So the studio's script (federated/client.py, ``releasable``) clips and
+and then nothing noises the update. So the studio's script (federated/studio/client.py, ``releasable``) clips and
 noises its update with the same mechanism (mechanism.clip_and_noise) and charges the same site ledger before
 ``flare.send``; no job configuration reaches that code. A job's own GaussianDPFilter then finds the studio's
 record in the meta and checks it instead of noising again (filter.py): noise is applied once, by the studio.

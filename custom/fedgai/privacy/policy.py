@@ -1,7 +1,7 @@
 """A studio's own privacy policy: what any job must at least do with the studio's data, and where its ledger is.
 
 The policy is a file in the studio's kit, ``<site workspace>/local/fedgai_privacy.json``: provisioning writes
-it (``fedgai.federated.kits``), the studio edits it, no job can change it. (``local/privacy.json`` is NVFlare's
+it (``fedgai.federated.jobs.kits``), the studio edits it, no job can change it. (``local/privacy.json`` is NVFlare's
 own file of privacy scopes, so the policy has its own name.) Every fedgai component that runs at the site
 reads it: the studio trainer refuses a job that asks for less before it touches a pair (its DP settings, its
 fed.mode, the weight files it names), the loaders check the bytes they load against the pinned hashes (the

@@ -55,11 +55,11 @@ from nvflare.app_opt.he.model_shareable_generator import HEModelShareableGenerat
 from fedgai.config import FedgaiConfig
 from fedgai.federated import fingerprint as fp
 from fedgai.federated.aggregation import Weight, capped_weights, site_cap
-from fedgai.federated.controller import initial_global
 from fedgai.federated.he_keys import SERVER_CONTEXT, layout_of
 from fedgai.federated.he_wire import add_to_plain_global, packed_size
-from fedgai.federated.screening import adopt_feature_space, screen_meta
-from fedgai.federated.server_state import (
+from fedgai.federated.round import initial_global
+from fedgai.federated.server.screening import adopt_feature_space, screen_meta
+from fedgai.federated.server.server_state import (
     Federation,
     job_identity,
     load_state,
@@ -67,7 +67,7 @@ from fedgai.federated.server_state import (
     save_state,
     state_path,
 )
-from fedgai.federated.summary import round_summary, write_round_summary
+from fedgai.federated.server.summary import round_summary, write_round_summary
 from fedgai.layout import global_model_name
 from fedgai.prior import PriorError
 from fedgai.safe_paths import inside, safe_name

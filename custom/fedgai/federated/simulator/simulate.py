@@ -28,11 +28,11 @@ from nvflare.fuel.utils import log_utils
 
 from fedgai.config import FedgaiConfig
 from fedgai.environment import scoped_env, scoped_environ
-from fedgai.federated import log_filters
-from fedgai.federated.controller import OUTPUT_DIR
-from fedgai.federated.job import build_job
-from fedgai.federated.progress import RoundProgress
-from fedgai.federated.slots import SLOTS_ENV, slots_spec
+from fedgai.federated.jobs.job import build_job
+from fedgai.federated.server.controller import OUTPUT_DIR
+from fedgai.federated.server.progress import RoundProgress
+from fedgai.federated.simulator import log_filters
+from fedgai.federated.studio.slots import SLOTS_ENV, slots_spec
 from fedgai.layout import (
     WORKSPACE_DATA,
     WORKSPACE_NVFLARE,
@@ -255,9 +255,9 @@ def simulate(
     sites = studio_folders(Path(data_dir), studios)
     sim_workspace = workspace / WORKSPACE_NVFLARE
     if cfg.privacy.he:
-        from fedgai.federated.he_job import HE_UNREADABLE_BOUNDS, build_he_job, he_job_config
         from fedgai.federated.he_keys import prepare_simulator_he
-        from fedgai.federated.he_server import HE_OUTPUT_DIR
+        from fedgai.federated.jobs.he_job import HE_UNREADABLE_BOUNDS, build_he_job, he_job_config
+        from fedgai.federated.server.he_server import HE_OUTPUT_DIR
 
         log.warning("HE: the server cannot read updates, so fed.%s are off", " and fed.".join(HE_UNREADABLE_BOUNDS))
         job = build_he_job(he_job_config(cfg), sites, output_root=workspace / WORKSPACE_STUDIOS,

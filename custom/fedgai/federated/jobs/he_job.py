@@ -19,20 +19,9 @@ from nvflare.job_config.api import FedJob
 from nvflare.job_config.defs import FilterType
 
 from fedgai.config import FedgaiConfig, profile
-from fedgai.federated.audit import OutboundAudit
 from fedgai.federated.he_keys import CLIENT_CONTEXT, SERVER_CONTEXT
-from fedgai.federated.he_server import (
-    PERSISTOR_ID,
-    CiphertextOnlyGuard,
-    DiscriminatorPersistor,
-    FeatureSpaceHEAggregator,
-    FedgaiHEShareableGenerator,
-    ResumableScatterAndGather,
-    he_refusals,
-)
-from fedgai.federated.he_studio import PackedHEModelEncryptor, ShapedHEModelDecryptor
 from fedgai.federated.he_wire import PackedCiphertextLoader
-from fedgai.federated.job import (
+from fedgai.federated.jobs.job import (
     DEFAULT_CHECKPOINT_DIR,
     TASK,
     add_dp_filter,
@@ -41,6 +30,17 @@ from fedgai.federated.job import (
     new_job,
     site_folders,
 )
+from fedgai.federated.server.he_server import (
+    PERSISTOR_ID,
+    CiphertextOnlyGuard,
+    DiscriminatorPersistor,
+    FeatureSpaceHEAggregator,
+    FedgaiHEShareableGenerator,
+    ResumableScatterAndGather,
+    he_refusals,
+)
+from fedgai.federated.studio.audit import OutboundAudit
+from fedgai.federated.studio.he_studio import PackedHEModelEncryptor, ShapedHEModelDecryptor
 from fedgai.modes import mode as fed_mode
 
 HE_JOB_NAME = "fedgai_he"

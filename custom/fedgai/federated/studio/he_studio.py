@@ -31,10 +31,10 @@ from nvflare.app_opt.he.model_decryptor import HEModelDecryptor
 from nvflare.app_opt.he.model_encryptor import HEModelEncryptor
 
 from fedgai.config import FedgaiConfig
-from fedgai.federated.controller import initial_global
-from fedgai.federated.global_check import GlobalCheck, site_check_file
 from fedgai.federated.he_keys import CLIENT_CONTEXT, layout_of, restore_layout
 from fedgai.federated.he_wire import decrypt_packed, encrypt_packed
+from fedgai.federated.round import initial_global
+from fedgai.federated.studio.global_check import GlobalCheck, site_check_file
 from fedgai.privacy.mechanism import UnsafeUpdateError
 from fedgai.wire import GLOBAL_REFUSED_META_KEY, LAYOUT_META_KEY
 

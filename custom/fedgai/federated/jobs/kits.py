@@ -1,14 +1,14 @@
 """Site-local policies for FedGAI startup kits: no custom code anywhere, studios run only the admin's jobs,
 and the server keeps its jobs in its own kit.
 
-    python -m fedgai.federated.kits KIT [KIT ...]      (at each site, once the kit is where it will run)
+    python -m fedgai.federated.jobs.kits KIT [KIT ...]      (at each site, once the kit is where it will run)
 
 NVFlare reads ``local/authorization.json`` and ``local/resources.json`` (when present) instead of the
 ``.default`` files that provisioning writes; the ``local`` folder belongs to the site. Written here:
 
-- every kit: ``class_allow_list`` = exactly the classes the shipped jobs name on that side (read from a fresh
-  export of them, so the list follows the jobs), in ``enforce`` mode: a job can only assemble what fedgai
-  ships (no other executor, no filter that re-adds what the release gate removed);
+- every kit: ``class_allow_list`` = exactly the classes the shipped jobs name on that side (allow_list.py,
+  checked against a fresh export of them, so the list follows the jobs), in ``enforce`` mode: a job can only
+  assemble what fedgai ships (no other executor, no filter that re-adds what the release gate removed);
 - studios: ``allow_log_streaming`` false (NVFlare would otherwise stream the site's job log to the server,
   past every result filter), and the studio's privacy policy ``local/fedgai_privacy.json``
   (privacy/policy.py), written once: the studio edits it, hardening again keeps its edits;
@@ -26,17 +26,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import json
-import logging
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fedgai.federated.jobs.allow_list import allow_fedgai
 from fedgai.privacy.policy import SitePolicy, policy_path, write_site_policy
 
-SIDES = {"server": "config_fed_server.json", "client": "config_fed_client.json"}
 STORAGE_DIR = "storage"
 JOB_STORE = "jobs"
 SNAPSHOTS = "snapshots"
@@ -83,47 +80,6 @@ def kit_kind(kit: Path) -> str:
         if (kit / "startup" / f"fed_{kind}.json").is_file():
             return kind
     raise KitError(f"{kit} is not a server or client startup kit (no startup/fed_server.json or fed_client.json)")
-
-
-def config_classes(config: Any) -> set[str]:
-    """Every component class path (``"path"`` entries) anywhere in an NVFlare job config."""
-    if isinstance(config, dict):
-        found = {config["path"]} if isinstance(config.get("path"), str) else set()
-        return found.union(*(config_classes(v) for v in config.values()))
-    if isinstance(config, list):
-        return set().union(*(config_classes(v) for v in config))
-    return set()
-
-
-def job_classes(side: str) -> frozenset[str]:
-    """The classes the shipped jobs (plain, DP, HE) name on ``side`` ("server" or "client"), from a fresh
-    export: the allow-list follows the jobs and never lists what no shipped job uses."""
-    return _shipped_job_classes()[side]
-
-
-@functools.cache
-def _shipped_job_classes() -> dict[str, frozenset[str]]:
-    """Both sides' classes from one export per process; NVFlare's HE filters log INFO lines as they are built,
-    which are not news to a console here."""
-    from fedgai.federated.he_job import export_jobs  # the jobs import this module (allow_fedgai)
-
-    previous = logging.root.manager.disable
-    logging.disable(logging.INFO)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            jobs = export_jobs(Path(tmp), "test")
-            return {side: frozenset().union(*(config_classes(json.loads((job / "app" / "config" / name).read_text()))
-                                              for job in jobs))
-                    for side, name in SIDES.items()}
-    finally:
-        logging.disable(previous)
-
-
-def allow_fedgai(resources: dict, sides: Sequence[str] = tuple(SIDES)) -> dict:
-    """Only the shipped jobs' classes of ``sides`` (default both, for the simulator's one shared ``local``
-    folder), enforced."""
-    classes = set().union(*(job_classes(side) for side in sides))
-    return {**resources, "class_allow_list": sorted(classes), "class_list_enforcement_mode": "enforce"}
 
 
 def kit_storage(resources: dict, kit: Path) -> dict:

@@ -13,7 +13,6 @@ for its workspace). The job folder is made from the job's name, sanitised.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from fedgai.safe_paths import UnsafePathError, inside, relative_only, safe_name
+from fedgai.wire import config_hash
 
 STATE_DIR_ENV = "FEDGAI_SERVER_STATE_DIR"
 
@@ -35,10 +35,6 @@ class Federation:
     first_counts: dict[str, int] = field(default_factory=dict)
     exhausted: list[str] = field(default_factory=list)
     feature_space: dict[str, Any] | None = None
-
-
-def config_hash(config: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def job_identity(job_id: str | None, meta: Mapping[str, Any] | None) -> dict[str, str | None]:

@@ -7,10 +7,10 @@ writes ``jobs/fedgai/`` (meta.json, app/config/config_fed_{server,client}.json),
 ``export_jobs``, the whole set). The jobs are configuration only: no ``app/custom`` folder, every class is
 named by path from NVFlare or from the fedgai package installed at the server and the studios (``make wheel``;
 docs/deployment.md). So studios can forbid custom code (BYOC) altogether and allow only the classes these
-jobs name (kits.job_classes).
+jobs name (allow_list.job_classes).
 Each job records the fedgai version it was exported with (meta.json ``fedgai_version`` and the components'
 ``fedgai_version`` argument); a site with another version stops the job when it starts
-(fedgai.federated.executor).
+(fedgai.federated.studio.executor).
 
 Server: FilteredFedAvg (screened, BN-excluding FedAvg) + TensorBoard receiver for the studios' metrics.
 Studios: client.py run in-process by StudioExecutor, analytics forwarded to the server, the client-level DP
@@ -33,12 +33,12 @@ from nvflare.job_config.defs import FilterType
 
 from fedgai.config import FedgaiConfig, generator_sharing_problem, profile
 from fedgai.environment import scoped_env
-from fedgai.federated.audit import OutboundAudit, OutboundEventAudit
-from fedgai.federated.client import OUTPUT_ROOT_ENV, PER_JOB_ENV, STUDIOS_ENV
-from fedgai.federated.controller import FilteredFedAvg
-from fedgai.federated.executor import FedgaiVersionCheck, StudioExecutor, installed_version
-from fedgai.federated.kits import allow_fedgai
-from fedgai.federated.server_state import STATE_DIR_ENV
+from fedgai.federated.jobs.allow_list import allow_fedgai
+from fedgai.federated.server.controller import FilteredFedAvg
+from fedgai.federated.server.server_state import STATE_DIR_ENV
+from fedgai.federated.studio.audit import OutboundAudit, OutboundEventAudit
+from fedgai.federated.studio.client import OUTPUT_ROOT_ENV, PER_JOB_ENV, STUDIOS_ENV
+from fedgai.federated.studio.executor import FedgaiVersionCheck, StudioExecutor, installed_version
 from fedgai.privacy import GaussianDPFilter
 from fedgai.safe_paths import relative_only
 from fedgai.wire import VERSION_META_KEY
@@ -64,8 +64,8 @@ def required_version() -> str:
 
 
 class FedgaiJob(FedJob):
-    """A FedJob whose simulator sites allow what hardened kits allow (kits.py): the classes the shipped jobs
-    name (both sides': the simulator has one ``local`` folder), enforced. Without that, NVFlare's default list
+    """A FedJob whose simulator sites allow what hardened kits allow (allow_list.py): the classes the shipped
+    jobs name (both sides': the simulator has one ``local`` folder), enforced. Without that, NVFlare's default list
     refuses a config-only job's fedgai classes in the simulator too.
 
     ``site_env``: folders on this machine for a simulator run (studios' output root, server's resume folder),
@@ -161,7 +161,7 @@ def build_job(
         name: the job's name (its folder name when exported).
     """
     if cfg.privacy.he:  # never fall back to plaintext updates silently
-        raise ValueError("privacy.he is set: build the encrypted job with fedgai.federated.he_job.build_he_job")
+        raise ValueError("privacy.he is set: build the encrypted job with fedgai.federated.jobs.he_job.build_he_job")
     problem = generator_sharing_problem(cfg.fed, cfg.privacy)  # also for a config changed after validation
     if problem:
         raise ValueError(problem)

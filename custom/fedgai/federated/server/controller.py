@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from nvflare.apis.fl_constant import FLContextKey, FLMetaKey
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.workflows.model_controller import ModelController
@@ -26,10 +25,10 @@ from nvflare.app_common.workflows.model_controller import ModelController
 from fedgai.config import FedgaiConfig
 from fedgai.federated import fingerprint as fp
 from fedgai.federated.aggregation import TooFewStudios
-from fedgai.federated.progress import RoundProgress
-from fedgai.federated.round import server_step
-from fedgai.federated.screening import adopt_feature_space, screen_meta
-from fedgai.federated.server_state import (
+from fedgai.federated.round import initial_global, server_step
+from fedgai.federated.server.progress import RoundProgress
+from fedgai.federated.server.screening import adopt_feature_space, screen_meta
+from fedgai.federated.server.server_state import (
     Federation,
     job_identity,
     load_state,
@@ -38,38 +37,14 @@ from fedgai.federated.server_state import (
     save_state,
     state_path,
 )
-from fedgai.federated.summary import BUDGET_SPENT, round_summary, unusable_reasons, write_round_summary
-from fedgai.federated.validation import contribution_problem, update_norm_bound, update_norm_floor
+from fedgai.federated.server.summary import BUDGET_SPENT, round_summary, unusable_reasons, write_round_summary
+from fedgai.federated.server.validation import contribution_problem, update_norm_bound, update_norm_floor
 from fedgai.layout import global_model_name
-from fedgai.models import build_discriminator, build_gan, per_sample_networks
-from fedgai.modes import mode as fed_mode
-from fedgai.prior import PriorError, load_prior, resolved_encoder_name
-from fedgai.sharing import shared_state
+from fedgai.prior import PriorError
 from fedgai.wire import BUDGET_EXHAUSTED_KEY, CONFIG_META_KEY, DP_EPSILON_META_KEY
 
 OUTPUT_DIR = "fedgai"
 STATE_FILE = "server_state.pt"
-
-
-def initial_global(cfg: FedgaiConfig) -> dict[str, np.ndarray]:
-    """The mode's shared entries of freshly built networks, seeded so every run starts alike, or of the public
-    prior when train.prior is on: the same file the studios resolve ("auto": built before the job, never here).
-
-    fedavg_full and fedbn also federate the generator, so the server needs the studios' encoder (for its
-    channel counts) in those baselines only. Raises PriorError for a prior that is missing or built for another
-    architecture.
-    """
-    torch.manual_seed(cfg.train.seed)
-    if fed_mode(cfg.fed.mode).sends_generator:
-        gan = build_gan(cfg)
-        networks = {"generator": gan.generator, "discriminator": gan.discriminator}
-        encoder_name = gan.encoder.name
-    else:
-        networks = {"discriminator": build_discriminator(cfg)}
-        encoder_name = resolved_encoder_name(cfg)
-    load_prior(cfg, encoder_name, networks.get("generator"), networks["discriminator"])
-    # Under DP-SGD build_discriminator already swaps BatchNorm for GroupNorm, which then stays local too.
-    return {k: v.numpy() for k, v in shared_state(networks, cfg.fed.mode, per_sample_networks(cfg)).items()}
 
 
 # ----------------------------------------------------------------------------------------------- controller

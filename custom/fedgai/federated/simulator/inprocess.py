@@ -30,12 +30,11 @@ import torch
 from nvflare.app_common.abstract.fl_model import FLModel
 
 from fedgai.config import FedgaiConfig
-from fedgai.federated.client import accept_global, can_afford_round
-from fedgai.federated.controller import initial_global
-from fedgai.federated.global_check import GlobalCheck
-from fedgai.federated.round import Received, server_step, studio_update
-from fedgai.federated.server_state import Federation
-from fedgai.federated.validation import contribution_problem, update_norm_bound, update_norm_floor
+from fedgai.federated.round import Received, initial_global, server_step, studio_update
+from fedgai.federated.server.server_state import Federation
+from fedgai.federated.server.validation import contribution_problem, update_norm_bound, update_norm_floor
+from fedgai.federated.studio.client import accept_global, can_afford_round
+from fedgai.federated.studio.global_check import GlobalCheck
 from fedgai.modes import mode
 from fedgai.privacy import LEDGER_FILE, PrivacyBudgetExceeded
 from fedgai.privacy.client_level import StudioClientDP
@@ -134,7 +133,7 @@ class EncryptedSum:
 
     def seal(self, diff: Params, count: int) -> dict[str, bytes]:
         """The studio's encryption (he_studio.seal): every entry times its count, in the compact format."""
-        from fedgai.federated.he_studio import encrypt_entries
+        from fedgai.federated.studio.he_studio import encrypt_entries
 
         return encrypt_entries(self.client, diff, float(count))
 
@@ -142,8 +141,8 @@ class EncryptedSum:
         """FeatureSpaceHEAggregator's sum, then the shareable generator's addition to the global."""
         import tenseal as ts
 
-        from fedgai.federated.he_server import he_weights, weighted_sum
         from fedgai.federated.he_wire import add_to_plain_global
+        from fedgai.federated.server.he_server import he_weights, weighted_sum
 
         for site, count in counts.items():
             self.federation.first_counts.setdefault(site, count)
@@ -172,7 +171,7 @@ def job_config(cfg: FedgaiConfig) -> FedgaiConfig:
     """The config the job sends: under HE without the norm bounds an HE server cannot apply (he_job_config)."""
     if not cfg.privacy.he:
         return cfg
-    from fedgai.federated.he_job import he_job_config
+    from fedgai.federated.jobs.he_job import he_job_config
 
     return he_job_config(cfg)
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from fedgai.config import FedgaiConfig
 from fedgai.federated import fingerprint as fp
-from fedgai.federated.server_state import Federation
-from fedgai.federated.validation import clean_epsilon, clean_metrics, sample_count
+from fedgai.federated.server.server_state import Federation
+from fedgai.federated.server.validation import clean_epsilon, clean_metrics, sample_count
 
 
 @dataclass

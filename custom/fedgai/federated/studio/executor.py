@@ -2,10 +2,10 @@
 
 FedGAI jobs carry no code (no ``app/custom``): server and studios run the fedgai package installed at the
 site, pinned to the version the job was exported with. The job names these classes by path; a studio
-allows them by name in its ``local/resources.json`` class allow-list (kits.py: the shipped jobs' classes).
+allows them by name in its ``local/resources.json`` class allow-list (jobs/allow_list.py: the shipped jobs' classes).
 
 - ``StudioExecutor``: NVFlare's in-process Client-API executor running the installed
-  ``fedgai/federated/client.py`` (the same script the simulator runs). A relative script path would be
+  ``fedgai/federated/studio/client.py`` (the same script the simulator runs). A relative script path would be
   searched for in the job's custom folder only, so the path is resolved here, at the site.
 - ``FedgaiVersionCheck``: a server component that stops the job when the server's fedgai differs.
 
@@ -36,9 +36,9 @@ from nvflare.app_common.executors.client_api_executor import ClientAPIExecutor, 
 from nvflare.app_opt.he.homomorphic_encrypt import load_tenseal_context_from_workspace
 from nvflare.client.config import ExchangeFormat
 
-from fedgai.federated import client
 from fedgai.federated.he_keys import CLIENT_CONTEXT
-from fedgai.federated.he_studio import seal, seal_job
+from fedgai.federated.studio import client
+from fedgai.federated.studio.he_studio import seal, seal_job
 from fedgai.privacy.mechanism import UnsafeUpdateError
 from fedgai.wire import CONFIG_META_KEY
 
@@ -98,7 +98,7 @@ def version_problem(required: str, site: str) -> str | None:
 
 
 class StudioExecutor(ClientAPIExecutor):
-    """The studio trainer (federated/client.py, in process) from the installed package, version-checked.
+    """The studio trainer (federated/studio/client.py, in process) from the installed package, version-checked.
 
     Args:
         fedgai_version: the fedgai version the job was exported with; any other version refuses to run.

@@ -39,11 +39,10 @@ from nvflare.client.tracking import SummaryWriter
 
 from fedgai.config import FedgaiConfig
 from fedgai.federated.fingerprint import check_global_model, studio_feature_space
-from fedgai.federated.global_check import GlobalCheck, site_check_file
-from fedgai.federated.he_studio import sealing_problem
 from fedgai.federated.round import Received, receive_global, studio_update
-from fedgai.federated.server_state import config_hash
-from fedgai.federated.slots import SlotWait, training_slot
+from fedgai.federated.studio.global_check import GlobalCheck, site_check_file
+from fedgai.federated.studio.he_studio import sealing_problem
+from fedgai.federated.studio.slots import SlotWait, training_slot
 from fedgai.layout import ROUND_RECORDS
 from fedgai.modes import mode as fed_mode
 from fedgai.privacy import LEDGER_FILE, PrivacyBudgetExceeded, budget_allows_next_round
@@ -62,6 +61,7 @@ from fedgai.wire import (
     FINGERPRINT_META_KEY,
     GLOBAL_REFUSED_META_KEY,
     TOOK_SHARED_STAGES_KEY,
+    config_hash,
     release_meta,
 )
 
@@ -257,7 +257,7 @@ def budget_exhausted_notice(trainer: StudioTrainer, reason: str) -> FLModel:
 
 def resume_owner(job_id: str | None, job_config: Mapping) -> dict[str, str | None]:
     """What a studio's checkpoint belongs to: the job's id and the hash of its config, as the server keys its
-    own resume state (federated/server_state.py)."""
+    own resume state (federated/server/server_state.py)."""
     return {"job_id": job_id, "config_hash": config_hash(job_config)}
 
 
