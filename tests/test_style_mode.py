@@ -146,3 +146,12 @@ def test_the_styled_prior_trains_on_many_public_line_styles_each_pair_in_its_own
     saved = torch.load(path, weights_only=True)["generator"]
     assert all(torch.equal(trainer.generator.state_dict()[k], v) for k, v in saved.items())
     trainer.close()
+
+
+def test_fedgai_style_code_keeps_only_the_statistics_home(three_studios, tmp_path):
+    trainer = StudioTrainer(styled_cfg(**{"fed.mode": "fedgai_style_code"}), three_studios[0], tmp_path / "run")
+    keys = set(trainer.shared_state())
+    assert any(".film." in k for k in keys) and "discriminator.embed.1.weight_orig" in keys
+    assert not any(k.startswith("generator.adain.") or k.endswith(("weight_u", "weight_v")) for k in keys)
+    assert trainer.head_parameters() == []  # no head: train_round is train.round_steps steps on everything
+    trainer.close()

@@ -21,7 +21,7 @@ from typing import Any, Literal
 # Each choice list is written once, as the field's type; the tuples (for CLIs and messages) derive from it.
 EncoderName = Literal["auto", "vgg16", "efficientnet-lite0", "random"]
 FedMode = Literal["fedgai", "local", "fedavg_full", "fedavg_bn", "fedbn", "fedgai_struct", "fedgai_ditto",
-                  "fedgai_style"]
+                  "fedgai_style", "fedgai_style_code"]
 GeneratorKind = Literal["mrfm", "styled"]
 DpMode = Literal["none", "client", "record"]
 RecordTrainable = Literal["all", "style_head"]
@@ -474,9 +474,9 @@ class FedgaiConfig:
 
 
 # Modes in which generator weights leave a studio although FedGAI promises they do not (opt-in, issue 15 §4).
-GUARANTEE_BREAKING_MODES = ("fedgai_struct", "fedgai_ditto", "fedgai_style")
+GUARANTEE_BREAKING_MODES = ("fedgai_struct", "fedgai_ditto", "fedgai_style", "fedgai_style_code")
 # The modes the styled renderer runs in, and the one mode that needs it.
-STYLED_MODES = ("local", "fedgai_style")
+STYLED_MODES = ("local", "fedgai_style", "fedgai_style_code")
 
 
 def styled_problem(cfg: FedgaiConfig) -> str | None:
@@ -484,10 +484,10 @@ def styled_problem(cfg: FedgaiConfig) -> str | None:
 
     It trains with its own objective (objective.RendererObjective): no per-pair path for record-level DP, no
     Ditto, public-style or unpaired-photo hooks, and its critic is not the Gram discriminator the D-only modes
-    share. fedgai_style shares exactly its renderer and critic trunk, so it needs it."""
+    share. fedgai_style and fedgai_style_code share parts of it, so they need it."""
     styled = cfg.model.generator == "styled"
-    if cfg.fed.mode == "fedgai_style" and not styled:
-        return "fed.mode 'fedgai_style' shares the style-conditioned renderer: set model.generator to 'styled'"
+    if cfg.fed.mode in STYLED_MODES[1:] and not styled:
+        return f"fed.mode {cfg.fed.mode!r} shares the style-conditioned renderer: set model.generator to 'styled'"
     if cfg.train.freeze_d and not styled:
         return "train.freeze_d freezes the styled renderer's critic layers: it needs model.generator 'styled'"
     if not styled:

@@ -82,6 +82,9 @@ MODES: dict[str, Mode] = {mode.name: mode for mode in (
          "the styled renderer (decoder trunk + mapping) and its critic's trunk; each studio's style statistics, "
          "per-stage modulation (FiLM) and critic branch stay home", stages=(("discriminator", STYLED_CRITIC_TRUNK),),
          kept=(("generator", STYLED_HEAD),)),
+    Mode("fedgai_style_code", ("generator", "discriminator"),
+         "the whole styled renderer (FiLM layers included) and its critic; only the studio's statistics (its style "
+         "code's input) stay home"),
     Mode("local", (), "nothing: each studio trains alone"),
 )}
 if set(MODES) != set(FED_MODES):  # config.FedMode is the list users choose from; this is what each one means
