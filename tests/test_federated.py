@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.utils import spectral_norm
 
 from fedgai.cli import main
-from fedgai.config import FED_MODES, GUARANTEE_BREAKING_MODES, profile
+from fedgai.config import FED_MODES, GUARANTEE_BREAKING_MODES, STYLED_MODES, profile
 from fedgai.federated.aggregation import weighted_mean
 from fedgai.federated.jobs.job import build_job
 from fedgai.federated.round import apply_update, initial_global, receive_global
@@ -333,7 +333,9 @@ def test_studio_refuses_entries_it_does_not_share(trainer):
 @pytest.mark.parametrize("mode", FED_MODES)
 def test_studio_round_sends_a_diff_of_the_mode_keys(studio_dir, tmp_path, mode):
     # A mode that shares generator stages runs only under secure aggregation or client-level DP.
-    cfg = profile("test").with_overrides({"fed.mode": mode, "privacy.he": mode in GUARANTEE_BREAKING_MODES})
+    # The styled modes share the style-conditioned renderer (model.generator styled; 64 px: its minimum taps).
+    styled = {"model.generator": "styled", "model.image_size": 64} if mode in STYLED_MODES[1:] else {}
+    cfg = profile("test").with_overrides({"fed.mode": mode, "privacy.he": mode in GUARANTEE_BREAKING_MODES, **styled})
     studio = StudioTrainer(cfg, studio_dir, tmp_path)
     received = {k: torch.from_numpy(v) for k, v in initial_global(cfg).items()}
     if mode == "local":  # whatever a server sends, the local-only baseline never loads it
@@ -343,7 +345,7 @@ def test_studio_round_sends_a_diff_of_the_mode_keys(studio_dir, tmp_path, mode):
     assert sorted(result.params) == shared_keys(nets, mode)
     assert result.params_type == ParamsType.DIFF
     assert result.meta[NUM_STEPS] == studio.num_samples
-    assert {"loss_g", "loss_d", "gram", "val_l1"} <= set(result.metrics)
+    assert {"loss_g", "loss_d", "pixel_l1", "val_l1"} <= set(result.metrics)
     after = {f"{name}.{k}": v for name, net in nets.items() for k, v in net.state_dict().items()}
     for key, diff in result.params.items():
         torch.testing.assert_close(diff, after[key] - received[key])
