@@ -296,9 +296,10 @@ def join_late(cfg: FedgaiConfig, joiner: Path, scratch: Path, global_params: dic
     out = {}
     stats, fakes[f"{joiner.name} (stats)"] = scorer.test(joiner.name, trainer)
     out["joiner_stats"] = {"scores": stats, "n_train": trainer.num_samples}
-    trainer.fit_head(cfg.train.head_steps * cfg.fed.rounds, " joiner")
-    head, fakes[f"{joiner.name} (head)"] = scorer.test(joiner.name, trainer)
-    out["joiner_head"] = {"scores": head, "n_train": trainer.num_samples}
+    if trainer.head_parameters():  # fedgai_style_code keeps no head: its joiner has only its statistics
+        trainer.fit_head(cfg.train.head_steps * cfg.fed.rounds, " joiner")
+        head, fakes[f"{joiner.name} (head)"] = scorer.test(joiner.name, trainer)
+        out["joiner_head"] = {"scores": head, "n_train": trainer.num_samples}
     trainer.close()
     return out
 

@@ -154,4 +154,6 @@ def test_fedgai_style_code_keeps_only_the_statistics_home(three_studios, tmp_pat
     assert any(".film." in k for k in keys) and "discriminator.embed.1.weight_orig" in keys
     assert not any(k.startswith("generator.adain.") or k.endswith(("weight_u", "weight_v")) for k in keys)
     assert trainer.head_parameters() == []  # no head: train_round is train.round_steps steps on everything
+    with pytest.raises(ValueError, match="keeps no head"):
+        trainer.fit_head(1)
     trainer.close()

@@ -241,7 +241,10 @@ class StudioTrainer:
     def fit_head(self, steps: int, tag: str = "") -> dict[str, float]:
         """``steps`` steps that train only the studio's head (head_parameters), the shared body frozen: FedRep's
         first phase, and how a studio that joins after training fits itself to the shared renderer."""
-        with _only_trainable(self.wire_networks().values(), self.head_parameters()):
+        head = self.head_parameters()
+        if not head:
+            raise ValueError(f"fed.mode {self.cfg.fed.mode!r} keeps no head at the studio: nothing to fit")
+        with _only_trainable(self.wire_networks().values(), head):
             return self.train_steps(steps, f"{tag} head")
 
     def head_parameters(self) -> list[torch.nn.Parameter]:
