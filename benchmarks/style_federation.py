@@ -289,6 +289,7 @@ def join_late(cfg: FedgaiConfig, joiner: Path, scratch: Path, global_params: dic
               fakes: dict[str, torch.Tensor]) -> dict[str, Any]:
     """A studio that joins after training: the final global renderer with the prior's head and its own n-sketch
     statistics (joiner_stats), then with its head fitted on its n pairs (joiner_head: head_steps x rounds steps)."""
+    from fedgai.features.fedrep import fit_head, head_parameters
     from fedgai.trainer import StudioTrainer
 
     trainer = StudioTrainer(cfg, joiner, scratch / "joiner")
@@ -296,8 +297,8 @@ def join_late(cfg: FedgaiConfig, joiner: Path, scratch: Path, global_params: dic
     out = {}
     stats, fakes[f"{joiner.name} (stats)"] = scorer.test(joiner.name, trainer)
     out["joiner_stats"] = {"scores": stats, "n_train": trainer.num_samples}
-    if trainer.head_parameters():  # fedgai_style_code keeps no head: its joiner has only its statistics
-        trainer.fit_head(cfg.train.head_steps * cfg.fed.rounds, " joiner")
+    if head_parameters(trainer):  # fedgai_style_code keeps no head: its joiner has only its statistics
+        fit_head(trainer, cfg.train.head_steps * cfg.fed.rounds, " joiner")
         head, fakes[f"{joiner.name} (head)"] = scorer.test(joiner.name, trainer)
         out["joiner_head"] = {"scores": head, "n_train": trainer.num_samples}
     trainer.close()

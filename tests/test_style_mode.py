@@ -11,6 +11,7 @@ import torch
 
 from fedgai import prior, prior_build
 from fedgai.config import ConfigError, profile
+from fedgai.features.fedrep import fit_head, head_parameters, train_round
 from fedgai.federated.simulator import inprocess
 from fedgai.modes import mode, protection_problem
 from fedgai.trainer import StudioTrainer
@@ -45,21 +46,21 @@ def test_the_wire_carries_the_renderer_and_critic_trunk_never_the_head_statistic
     assert {"mapping.net.1.weight", "start.conv.1.weight", "out.1.weight"} <= generator
     assert not any(".film." in k or k.startswith("adain.") for k in generator)
     assert critic == {f"convs.{i}.{p}" for i in range(3) for p in ("weight_orig", "bias")}
-    head = {id(p) for p in trainer.head_parameters()}
+    head = {id(p) for p in head_parameters(trainer)}
     films = [p for n, p in trainer.generator.named_parameters() if ".film." in n]
     branch = [p for n, p in trainer.discriminator.named_parameters() if not n.startswith("convs.")]
     assert films and branch and {id(p) for p in films + branch} == head
 
 
 def test_fedrep_order_fits_the_head_with_the_body_frozen_then_the_body_with_the_head_frozen(trainer):
-    head = {id(p) for p in trainer.head_parameters()}
+    head = {id(p) for p in head_parameters(trainer)}
     named = {f"{net}.{n}": p for net, m in trainer.wire_networks().items() for n, p in m.named_parameters()}
     before = {k: p.detach().clone() for k, p in named.items()}
-    trainer.fit_head(2)
+    fit_head(trainer, 2)
     changed = {k for k, p in named.items() if not torch.equal(p, before[k])}
     assert changed and all(id(named[k]) in head for k in changed)
     after_head = {k: p.detach().clone() for k, p in named.items()}
-    losses = trainer.train_round()
+    losses = train_round(trainer)
     moved = {k for k, p in named.items() if not torch.equal(p, after_head[k])}
     assert {k for k in moved if id(named[k]) not in head}, "the body trained"
     assert {k for k in moved if id(named[k]) in head}, "the round's head phase trained the head"
@@ -73,7 +74,7 @@ def test_a_round_is_a_fixed_number_of_steps_whatever_the_studio_size(three_studi
     calls = []
     real = trainer.updates.step
     monkeypatch.setattr(trainer.updates, "step", lambda item: calls.append(1) or real(item))
-    trainer.train_round()
+    train_round(trainer)
     assert len(calls) == 7  # 2 head steps + 5 body steps, though 6 pairs at batch 4 make 1 batch an epoch
     trainer.close()
 
@@ -83,7 +84,7 @@ def test_freeze_d_keeps_the_critics_first_convolutions_at_their_starting_values(
     trainer = StudioTrainer(cfg, three_studios[0], tmp_path / "run")
     frozen = [p.detach().clone() for p in trainer.discriminator.frozen_layers(2)]
     free = [p.detach().clone() for p in trainer.discriminator.convs[2].parameters()]
-    trainer.train_round()
+    train_round(trainer)
     assert all(torch.equal(a, b) for a, b in zip(frozen, trainer.discriminator.frozen_layers(2), strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(free, trainer.discriminator.convs[2].parameters(), strict=True))
     trainer.close()
@@ -153,7 +154,7 @@ def test_fedgai_style_code_keeps_only_the_statistics_home(three_studios, tmp_pat
     keys = set(trainer.shared_state())
     assert any(".film." in k for k in keys) and "discriminator.embed.1.weight_orig" in keys
     assert not any(k.startswith("generator.adain.") or k.endswith(("weight_u", "weight_v")) for k in keys)
-    assert trainer.head_parameters() == []  # no head: train_round is train.round_steps steps on everything
+    assert head_parameters(trainer) == []  # no head: train_round is train.round_steps steps on everything
     with pytest.raises(ValueError, match="keeps no head"):
-        trainer.fit_head(1)
+        fit_head(trainer, 1)
     trainer.close()

@@ -47,7 +47,7 @@ class Mode:
     personal_generator: bool = False
     norm_local: bool = True  # every mode since issue 24; kept as a fact the readers check, not a switch
     # Per network, name fragments of entries that stay home although the network is shared: the studio's head,
-    # which trains first each round with the shared body frozen (trainer.train_round, FedRep).
+    # which trains first each round with the shared body frozen (features/fedrep.py, FedRep).
     kept: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property

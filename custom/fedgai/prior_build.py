@@ -25,6 +25,7 @@ from fedgai.config import FedgaiConfig, PrivacyConfig
 from fedgai.data.public_styles import public_photo, public_style, render_line_style
 from fedgai.data.sketchify import sketchify_image
 from fedgai.data.studio import MIN_SIZE
+from fedgai.features.fedrep import train_round
 from fedgai.models import per_sample_networks
 from fedgai.trainer import StudioTrainer
 
@@ -106,7 +107,7 @@ def build_prior(cfg: FedgaiConfig, out: Path | None = None) -> Path:
         out = Path(out) if out else prior.prior_path(cfg, trainer.encoder.name)
         log.info("building the public prior (%d pairs, %s) -> %s", pairs,
                  f"{config.train.round_steps} steps" if styled else f"{epochs} epochs", out)
-        losses = trainer.train_round()
+        losses = train_round(trainer)
         trainer.close()
         state = {"format": prior.PRIOR_FORMAT, "key": prior.prior_key(cfg, trainer.encoder.name),
                  "generator": _without_statistics(trainer.generator.state_dict()),

@@ -8,7 +8,7 @@ import logging
 import os
 import random
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -221,40 +221,6 @@ class StudioTrainer:
     def _autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast for the forward passes on a GPU that has it (train.amp); a no-op otherwise."""
         return torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
-
-    def train_round(self, tag: str = "") -> dict[str, float]:
-        """One federated round's local work: train.round_steps steps (else train.epochs epochs). In a mode whose
-        studios keep a head (modes.Mode.kept), train.head_steps first fit that head with the shared body frozen,
-        then the body trains with the head frozen (FedRep's order); the head phase's losses carry ``head_``."""
-        t = self.cfg.train
-        head = self.head_parameters() if t.head_steps else []
-        if not head:
-            return self.train_steps(t.round_steps, tag) if t.round_steps else self.train_epochs(t.epochs, tag)
-        fitted = self.fit_head(t.head_steps, tag)
-        heads = {id(p) for p in head}
-        body = [p for net in self.wire_networks().values() for p in net.parameters()
-                if p.requires_grad and id(p) not in heads]
-        with _only_trainable(self.wire_networks().values(), body):
-            trained = self.train_steps(t.round_steps, tag) if t.round_steps else self.train_epochs(t.epochs, tag)
-        return trained | {f"head_{k}": v for k, v in fitted.items()}
-
-    def fit_head(self, steps: int, tag: str = "") -> dict[str, float]:
-        """``steps`` steps that train only the studio's head (head_parameters), the shared body frozen: FedRep's
-        first phase, and how a studio that joins after training fits itself to the shared renderer."""
-        head = self.head_parameters()
-        if not head:
-            raise ValueError(f"fed.mode {self.cfg.fed.mode!r} keeps no head at the studio: nothing to fit")
-        with _only_trainable(self.wire_networks().values(), head):
-            return self.train_steps(steps, f"{tag} head")
-
-    def head_parameters(self) -> list[torch.nn.Parameter]:
-        """The trainable parameters of the shared networks that never leave in this mode (modes.Mode.kept): the
-        studio's head. Empty in a mode that keeps none."""
-        if not fed_mode(self.cfg.fed.mode).kept:
-            return []
-        shared = set(self.shared_state())
-        return [p for net_name, net in self.wire_networks().items() for name, p in net.named_parameters()
-                if p.requires_grad and f"{net_name}.{name}" not in shared]
 
     def train_steps(self, steps: int, tag: str = "") -> dict[str, float]:
         """Train ``steps`` steps of the epoch schedule (train.round_steps), starting a new shuffled epoch where one
@@ -471,22 +437,6 @@ def _check_encoder(state: Mapping[str, Any], path: Path, encoder: str) -> None:
     if state["metadata"]["encoder"] != encoder:
         raise ValueError(f"checkpoint {path} was trained with encoder {state['metadata']['encoder']}, "
                          f"this run uses {encoder}")
-
-
-@contextlib.contextmanager
-def _only_trainable(networks: Iterable[torch.nn.Module], trainable: list[torch.nn.Parameter]) -> Iterator[None]:
-    """Within the block only ``trainable`` get gradients (the others keep requires_grad False, so the optimisers
-    skip them); every flag is restored afterwards, FreezeD's included."""
-    params = [p for net in networks for p in net.parameters()]
-    before = [p.requires_grad for p in params]
-    chosen = {id(p) for p in trainable}
-    for p in params:
-        p.requires_grad_(id(p) in chosen)
-    try:
-        yield
-    finally:
-        for p, flag in zip(params, before, strict=True):
-            p.requires_grad_(flag)
 
 
 def _critic_parameters(critic: torch.nn.Module, frozen: int) -> list[torch.nn.Parameter]:

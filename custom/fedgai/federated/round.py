@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from fedgai.config import FedgaiConfig
+from fedgai.features.fedrep import train_round
 from fedgai.federated.aggregation import Params, Weight, aggregate, capped_weights, clip_to_median_norm, update_norm
 from fedgai.models import build_discriminator, build_gan, per_sample_networks
 from fedgai.modes import mode as fed_mode
@@ -90,10 +91,10 @@ class StudioUpdate:
 
 
 def studio_update(trainer, baseline: Mapping[str, torch.Tensor] | None, tag: str = "") -> StudioUpdate:
-    """Train the round's local work (trainer.train_round: epochs or fixed steps, FedRep's head then body); the DIFF
-    is taken against ``baseline`` (the global the studio loaded, or its own D when it refused the global; None in
-    the local-only mode, which sends nothing)."""
-    losses = trainer.train_round(tag=tag)
+    """Train the round's local work (features/fedrep.train_round: epochs or fixed steps, FedRep's head then
+    body); the DIFF is taken against ``baseline`` (the global the studio loaded, or its own D when it refused the
+    global; None in the local-only mode, which sends nothing)."""
+    losses = train_round(trainer, tag)
     if baseline is None:
         return StudioUpdate({}, losses)
     after = trainer.shared_state()
