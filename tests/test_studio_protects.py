@@ -198,13 +198,14 @@ def test_under_he_a_result_with_data_that_is_not_an_update_is_refused(keyed_site
 # ----------------------------------------------------------------------------------------------- §1 modes, policy
 GENERATOR_MODES = sorted(name for name, spec in MODES.items() if spec.sends_generator)
 # What a mode needs besides fed.mode to be a valid config (config.styled_problem).
-MODE_SETTINGS = {"fedgai_style": {"model.generator": "styled"}}
+MODE_SETTINGS = {"fedgai_style": {"model.generator": "styled"}, "fedgai_style_code": {"model.generator": "styled"}}
 
 
 def test_the_default_policy_allows_exactly_the_d_only_modes():
     assert set(D_ONLY_MODES) == {"fedgai", "fedavg_bn", "local"}
     assert SitePolicy().allowed_modes == D_ONLY_MODES
-    assert set(GENERATOR_MODES) == {"fedavg_full", "fedbn", "fedgai_struct", "fedgai_ditto", "fedgai_style"}
+    assert set(GENERATOR_MODES) == {"fedavg_full", "fedbn", "fedgai_struct", "fedgai_ditto", "fedgai_style",
+                                    "fedgai_style_code"}
 
 
 @pytest.mark.parametrize("mode", GENERATOR_MODES)
