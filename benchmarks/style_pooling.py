@@ -173,11 +173,8 @@ def train(gen, critic, encoder, sets: list[StyleSet], recipe: Recipe, seed: int,
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    frozen = {id(p) for p in critic.frozen_layers(recipe.freeze_d)}
-    for p in critic.parameters():
-        p.requires_grad_(id(p) not in frozen)
     opt_g = torch.optim.Adam(gen.parameters(), recipe.lr, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam([p for p in critic.parameters() if p.requires_grad], recipe.lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(critic.freeze(recipe.freeze_d), recipe.lr, betas=(0.5, 0.999))
     # The product's losses (objective.RendererObjective, augment.diff_augment); only the pooled batches are this
     # benchmark's.
     weights = LossConfig(pixel_l1=recipe.l1, statistics=recipe.stats, adversarial=recipe.adv)

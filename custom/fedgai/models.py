@@ -498,6 +498,13 @@ class ProjectionCritic(nn.Module):
     def frozen_layers(self, n: int) -> list[nn.Parameter]:
         return [p for conv in self.convs[:n] for p in conv.parameters()]
 
+    def freeze(self, n: int) -> list[nn.Parameter]:
+        """FreezeD: the first n convolutions get no gradient from now on; returns what an optimiser should train."""
+        fixed = {id(p) for p in self.frozen_layers(n)}
+        for p in self.parameters():
+            p.requires_grad_(id(p) not in fixed)
+        return [p for p in self.parameters() if id(p) not in fixed]
+
     def forward(self, photo: torch.Tensor, sketch: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         """style: ``style_vector`` rows (1 or N); returns one score per sample."""
         h = torch.cat([photo, sketch], 1)

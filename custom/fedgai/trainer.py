@@ -442,12 +442,7 @@ def _check_encoder(state: Mapping[str, Any], path: Path, encoder: str) -> None:
 def _critic_parameters(critic: torch.nn.Module, frozen: int) -> list[torch.nn.Parameter]:
     """What D's optimiser trains: all of it, or under train.freeze_d (FreezeD, styled critic) all but its first
     ``frozen`` convolutions, which keep their starting (prior) values and get no gradient."""
-    if not frozen:
-        return list(critic.parameters())
-    fixed = {id(p) for p in critic.frozen_layers(frozen)}
-    for p in critic.parameters():
-        p.requires_grad_(id(p) not in fixed)
-    return [p for p in critic.parameters() if id(p) not in fixed]
+    return critic.freeze(frozen) if frozen else list(critic.parameters())
 
 
 def _backward(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
