@@ -22,12 +22,12 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from _pool import run_spawned
 from PIL import Image
 
 from fedgai.cli import load_config, setting
@@ -162,12 +162,7 @@ def train_all(plans: list[tuple[Path, dict[str, Any], list[str], list[int]]], st
 def run_jobs(jobs: list[tuple], workers: int) -> None:
     """Every job in one process pool, in order; a failed run is reported and the others go on (its folder then
     has no run.json and `evaluate` skips it)."""
-    with ProcessPoolExecutor(workers, mp_context=torch.multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_train_worker, job) for job in jobs]
-        for job, future in zip(jobs, futures, strict=True):
-            error = future.exception()
-            print(future.result() if error is None else f"{job[4].name}/{job[0]}-seed{job[1]}: FAILED {error!r}",
-                  flush=True)
+    run_spawned(_train_worker, jobs, workers, failed=lambda job: f"{job[4].name}/{job[0]}-seed{job[1]}")
 
 
 # ----------------------------------------------------------------------------------------------- evaluate

@@ -31,16 +31,17 @@ import json
 import os
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from _pool import run_spawned, write_table
 from PIL import Image
 
 from fedgai.cli import setting
 from fedgai.config import FedgaiConfig
+from fedgai.evaluation.style import StyleClassifier
 
 BASE: dict[str, Any] = {
     "model": {"encoder": "efficientnet-lite0", "image_size": 64, "generator": "styled", "decoder_width": 64,
@@ -128,20 +129,29 @@ def evaluation_pairs(folder: Path, demo_seed: int, side: str, size: int, cache: 
 
 class Scorer:
     """The product's metrics per studio on the evaluator's pairs; the style classifier fitted on every scored
-    studio's classifier pairs (the evaluator's knowledge, the same for every arm)."""
+    studio's classifier pairs (the evaluator's knowledge, the same for every arm).
 
-    def __init__(self, folders: list[Path], size: int, demo_seed: int, cache: Path):
+    ``style``: that classifier, fitted by a Scorer of the same studios before. Its reject-class features take
+    minutes, so main fits it once and hands it to every job (a plain object of tensors: it pickles to the spawned
+    processes) instead of each job fitting the same classifier again."""
+
+    def __init__(self, folders: list[Path], size: int, demo_seed: int, cache: Path,
+                 style: StyleClassifier | None = None):
         from fedgai.evaluation.metrics import MetricSuite
         self.suite = MetricSuite()
-        known = {f.name: evaluation_pairs(f, demo_seed, "classifier", size, cache)[1] for f in folders}
-        # With the reject classes ("not a line sketch", "another line style"): FD-Style-reject, which an untrained
-        # renderer's noise cannot win (docs/results.md, the floor check), beside the old FD-Style.
-        self.style = self.suite.style_classifier(torch.cat(list(known.values())),
-                                                 [s for s in known for _ in range(len(known[s]))])
+        self.style = style if style is not None else self.fit_style(folders, size, demo_seed, cache)
         self.sides = {f.name: {side: evaluation_pairs(f, demo_seed, side, size, cache) for side in ("val", "test")}
                       for f in folders}
         self.real = {s: {side: self.suite.features(t[1]) for side, t in sides.items()}
                      for s, sides in self.sides.items()}
+
+    def fit_style(self, folders: list[Path], size: int, demo_seed: int, cache: Path) -> StyleClassifier:
+        """The style classifier with the reject classes ("not a line sketch", "another line style"): it gives
+        FD-Style-reject, which an untrained renderer's noise cannot win (docs/results.md, the floor check), beside
+        the old FD-Style."""
+        known = {f.name: evaluation_pairs(f, demo_seed, "classifier", size, cache)[1] for f in folders}
+        return self.suite.style_classifier(torch.cat(list(known.values())),
+                                           [s for s in known for _ in range(len(known[s]))])
 
     def val_fd_style(self, studio: str, trainer) -> float:
         """FD-Style-reject on the studio's val pairs: the rule every arm picks its best round by."""
@@ -181,13 +191,6 @@ PUBLIC_CODES = 8  # public line styles an outsider draws with when it wants B's 
 FUSION_PHOTOS = 16  # A's first test photos, drawn at every blend and code
 
 
-def blended(own: list[tuple[torch.Tensor, torch.Tensor]], other: list[tuple[torch.Tensor, torch.Tensor]],
-            alpha: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per tap (mean, std) at ``alpha`` of the way from ``own`` to ``other`` (style_blend.blend's rule)."""
-    return [(m0 * (1 - alpha) + m1 * alpha, s0 * (1 - alpha) + s1 * alpha)
-            for (m0, s0), (m1, s1) in zip(own, other, strict=True)]
-
-
 @torch.no_grad()
 def draw_in(trainer, photos: torch.Tensor, stats: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     trainer.generator.eval()
@@ -219,6 +222,8 @@ def fusion_and_ip(scorer: Scorer, trainers: dict) -> dict[str, Any]:
     """Every ordered pair (A, B): the share of A's test photos the classifier files as B's when A's renderer draws
     in a blend of A's and B's statistics (ALPHAS, 0 = A's own), and, without B's statistics, the mean and best
     share for B over the public codes (what A can draw "in B's style" without B's code: the IP cost)."""
+    from fedgai.edge.style_blend import blend_stats
+
     some = next(iter(trainers.values()))
     codes = public_codes(some.encoder, some.cfg.model.image_size)
     stats = {site: t.generator.adain.stats() for site, t in trainers.items()}
@@ -231,7 +236,7 @@ def fusion_and_ip(scorer: Scorer, trainers: dict) -> dict[str, Any]:
                 continue
             pair = f"{a} -> {b}"
             out["fusion"][pair] = [scorer.style.accuracy(scorer.suite.features(
-                draw_in(trainer, photos, blended(stats[a], stats[b], alpha))), b) for alpha in ALPHAS]
+                draw_in(trainer, photos, blend_stats(stats[a], stats[b], alpha))), b) for alpha in ALPHAS]
             shares = [scorer.style.accuracy(features, b) for features in public]
             out["public_code_share"][pair] = {"mean": float(np.mean(shares)), "max": float(np.max(shares))}
     return out
@@ -239,7 +244,7 @@ def fusion_and_ip(scorer: Scorer, trainers: dict) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------- one job
 def run_job(job: tuple) -> str:
-    arm, seed, folders, joiner, out, sets, demo_seed = job
+    arm, seed, folders, joiner, out, sets, demo_seed, style = job
     path = out / f"{arm}-seed{seed}.json"
     if path.is_file():
         return f"{path.name}: done before"
@@ -249,7 +254,7 @@ def run_job(job: tuple) -> str:
     started = time.perf_counter()
     base = base_config(sets)
     cfg = arm_config(base, arm, seed, out / "prior.pt")
-    scorer = Scorer([*folders, joiner], cfg.model.image_size, demo_seed, out / "evaluation")
+    scorer = Scorer([*folders, joiner], cfg.model.image_size, demo_seed, out / "evaluation", style)
     scratch = out / "scratch" / f"{arm}-seed{seed}"
     record: dict[str, Any] = {"arm": arm, "seed": seed, "studios": {}, "config": cfg.to_dict()}
     fakes: dict[str, torch.Tensor] = {}
@@ -383,15 +388,13 @@ def main() -> None:
         print(f"federating {', '.join(f.name for f in folders)}; late joiner {joiner.name}", flush=True)
         torch.set_num_threads(max(1, os.cpu_count() or 1))
         build_prior(base_config(args.sets), args.out)
-        Scorer([*folders, joiner], base_config(args.sets).model.image_size, args.demo_seed, args.out / "evaluation")
-        jobs = [(arm, seed, folders, joiner, args.out, args.sets, args.demo_seed)
+        # once, before any job: the evaluation pairs every job reads, and the style classifier every job scores with
+        style = Scorer([*folders, joiner], base_config(args.sets).model.image_size, args.demo_seed,
+                       args.out / "evaluation").style
+        jobs = [(arm, seed, folders, joiner, args.out, args.sets, args.demo_seed, style)
                 for seed in args.seeds for arm in args.arms]
-        with ProcessPoolExecutor(args.workers, mp_context=torch.multiprocessing.get_context("spawn")) as pool:
-            for message in pool.map(run_job, jobs):
-                print(message, flush=True)
-    text = report(args.out)
-    (args.out / "table.md").write_text(text + "\n")
-    print(text)
+        run_spawned(run_job, jobs, args.workers)
+    write_table(args.out, report(args.out))
 
 
 if __name__ == "__main__":

@@ -17,11 +17,11 @@ import argparse
 import json
 import os
 import statistics
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
+from _pool import run_spawned
 
 from fedgai.cli import setting
 from fedgai.config import FedgaiConfig, profile
@@ -78,10 +78,7 @@ def train(args: argparse.Namespace, studios: list[Path]) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "config.json").write_text(json.dumps(base, indent=2) + "\n")
     jobs = [(v, s, base, studios, args.out) for s in args.seeds for v in args.variants]
-    with ProcessPoolExecutor(args.workers, mp_context=torch.multiprocessing.get_context("spawn")) as pool:
-        for job, future in zip(jobs, [pool.submit(_train_worker, job) for job in jobs], strict=True):
-            error = future.exception()
-            print(future.result() if error is None else f"{job[0]}-seed{job[1]}: FAILED {error!r}", flush=True)
+    run_spawned(_train_worker, jobs, args.workers, failed=lambda job: f"{job[0]}-seed{job[1]}")
 
 
 # ----------------------------------------------------------------------------------------------- evaluate

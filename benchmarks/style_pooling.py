@@ -35,12 +35,12 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from _pool import run_spawned, write_table
 from PIL import Image
 
 SIZE = 64
@@ -392,12 +392,8 @@ def main() -> None:
         finetune = replace(FINETUNE, steps=args.steps, eval_every=min(FINETUNE.eval_every, args.steps))
         jobs = [(arm, seed, ns, args.target, args.data, args.out, threads, finetune)
                 for arm, seed, ns in plan(args.arms, args.seeds, tuple(args.ns))]
-        with ProcessPoolExecutor(args.workers, mp_context=torch.multiprocessing.get_context("spawn")) as pool:
-            for message in pool.map(run_job, jobs):
-                print(message, flush=True)
-    text = report(args.out)
-    (args.out / "table.md").write_text(text + "\n")
-    print(text)
+        run_spawned(run_job, jobs, args.workers)
+    write_table(args.out, report(args.out))
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture
-def fv():
-    """benchmarks/federation_value.py as a module (benchmarks/ is not a package)."""
+def fv(monkeypatch):
+    """benchmarks/federation_value.py as a module (benchmarks/ is not a package; it imports its sibling _pool)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location("federation_value_benchmark", BENCHMARKS / "federation_value.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -9,7 +9,16 @@ import torch
 
 from fedgai.cli import main
 from fedgai.edge.sketcher import load_studio_model
-from fedgai.edge.style_blend import StyleMismatch, blend, fuse_grid, load_style, share_style, sketch_with, style_of
+from fedgai.edge.style_blend import (
+    StyleMismatch,
+    blend,
+    blend_stats,
+    fuse_grid,
+    load_style,
+    share_style,
+    sketch_with,
+    style_of,
+)
 from fedgai.trainer import StudioTrainer
 
 
@@ -26,6 +35,16 @@ def two_studios(demo_root, tmp_path_factory):
         ckpts.append(trainer.save_checkpoint())
         trainer.close()
     return ckpts
+
+
+def test_blend_stats_moves_each_tap_from_the_own_statistics_to_the_other():
+    """The one blend rule (``blend`` on style files, the benchmarks on a generator's statistics): 0 is the own,
+    1 the other, 0.5 the midpoint, for means and stds of every tap."""
+    own = [(torch.tensor([0.0, 2.0]), torch.tensor([1.0, 3.0])), (torch.tensor([4.0]), torch.tensor([0.5]))]
+    other = [(torch.tensor([2.0, 6.0]), torch.tensor([3.0, 1.0])), (torch.tensor([-4.0]), torch.tensor([1.5]))]
+    midpoint = [((m0 + m1) / 2, (s0 + s1) / 2) for (m0, s0), (m1, s1) in zip(own, other, strict=True)]
+    for alpha, expected in ((0.0, own), (1.0, other), (0.5, midpoint)):
+        torch.testing.assert_close(blend_stats(own, other, alpha), expected)
 
 
 def test_shared_style_file_holds_only_the_statistics(two_studios, tmp_path):

@@ -96,11 +96,22 @@ def check_compatible(own: SharedStyle, other: SharedStyle) -> None:
         raise StyleMismatch(f"style of {other.studio!r} has non-positive standard deviations")
 
 
+def blend_stats(own: list[tuple[torch.Tensor, torch.Tensor]], other: list[tuple[torch.Tensor, torch.Tensor]],
+                alpha: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per tap (mean, std) at ``alpha`` of the way from ``own`` to ``other`` (0 = own, 1 = other): style fusion's
+    one rule, for shared style files (``blend``) and for the statistics a generator holds (``AdaINSD.stats()``)."""
+    return [(m0 * (1 - alpha) + m1 * alpha, s0 * (1 - alpha) + s1 * alpha)
+            for (m0, s0), (m1, s1) in zip(own, other, strict=True)]
+
+
+def tap_stats(style: SharedStyle) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A shared style's per-tap (mean, std) as tensors, the form the generator and ``blend_stats`` take."""
+    return [(torch.tensor(m), torch.tensor(s)) for m, s in zip(style.means, style.stds, strict=True)]
+
+
 def blend(own: SharedStyle, other: SharedStyle, alpha: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per tap (mean, std) at ``alpha`` of the way from the own style to the other (0 = own, 1 = other)."""
-    return [(torch.tensor(m0) * (1 - alpha) + torch.tensor(m1) * alpha,
-             torch.tensor(s0) * (1 - alpha) + torch.tensor(s1) * alpha)
-            for m0, m1, s0, s1 in zip(own.means, other.means, own.stds, other.stds, strict=True)]
+    return blend_stats(tap_stats(own), tap_stats(other), alpha)
 
 
 @torch.no_grad()
