@@ -11,6 +11,7 @@ import torch
 
 from fedgai import prior, prior_build
 from fedgai.config import ConfigError, profile
+from fedgai.data.public_styles import write_line_style_studio
 from fedgai.features.fedrep import fit_head, head_parameters, train_round
 from fedgai.federated.simulator import inprocess
 from fedgai.modes import mode, protection_problem
@@ -97,6 +98,9 @@ def test_freeze_d_keeps_the_critics_first_convolutions_at_their_starting_values(
     ({"privacy.he": False, "privacy.dp": "record", "fed.mode": "local"}, "no record-level DP path"),
     ({"train.unpaired_batch": 4}, "does not use it"),
     ({"train.freeze_d": 4}, "freeze_d must be <= 3"),
+    ({"model.generator": "mrfm", "fed.mode": "local", "privacy.he": False, "train.public_mix": 4},
+     "public_mix feeds the styled renderer"),
+    ({"train.public_mix": -1}, "public_mix must be >= 0"),
 ])
 def test_settings_the_styled_mode_cannot_honour_are_refused_with_the_reason(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -140,7 +144,8 @@ def test_the_styled_prior_trains_on_many_public_line_styles_each_pair_in_its_own
     assert config.train.adain_sample_p == 1.0 and config.train.round_steps == 2
     assert prior.prior_key(base, "random") != prior.prior_key(base.with_overrides({"model.generator": "mrfm"}),
                                                               "random")
-    studio = prior_build.write_line_style_studio(tmp_path / "public", 64)
+    studio = write_line_style_studio(tmp_path / "public", 64, prior.STYLED_PRIOR_STYLES, prior.STYLED_PRIOR_PER_STYLE,
+                                     prior.PRIOR_STREAM)
     assert len(list((studio / "sketches").iterdir())) == 6
     path = prior_build.build_prior(base, tmp_path / "prior.pt")
     trainer = StudioTrainer(styled_cfg(**{"train.prior": str(path)}), three_studios[0], tmp_path / "run")

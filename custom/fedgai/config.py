@@ -181,10 +181,14 @@ class TrainConfig:
     # starting (prior) values; diff_augment applies DiffAugment's colour/translation/cutout to every critic input.
     freeze_d: int = 0
     diff_augment: bool = False
+    # The styled renderer: public line-style pairs (the prior's procedural styles, made at the studio; no studio's
+    # data) added to every step's batch, each drawn in its own sketch's statistics, so that every local step keeps
+    # the renderer following many codes instead of drifting to the studio's one (0 = off; features/public_mix.py).
+    public_mix: int = 0
 
     def validate(self) -> None:
         _positive("train.batch_size", self.batch_size)
-        for name in ("round_steps", "head_steps", "freeze_d"):
+        for name in ("round_steps", "head_steps", "freeze_d", "public_mix"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0 (0 = off), got {getattr(self, name)}")
         if not 0 <= self.adain_sample_p <= 1:
@@ -490,6 +494,8 @@ def styled_problem(cfg: FedgaiConfig) -> str | None:
         return f"fed.mode {cfg.fed.mode!r} shares the style-conditioned renderer: set model.generator to 'styled'"
     if cfg.train.freeze_d and not styled:
         return "train.freeze_d freezes the styled renderer's critic layers: it needs model.generator 'styled'"
+    if cfg.train.public_mix and not styled:
+        return "train.public_mix feeds the styled renderer public style codes: it needs model.generator 'styled'"
     if not styled:
         return None
     if cfg.fed.mode not in STYLED_MODES:

@@ -52,6 +52,13 @@ class RealFeatures:
             [torch.stack(grams) for grams in zip(*(r.sketch_grams for r in rows), strict=True)],
         )
 
+    @staticmethod
+    def cat(first: RealFeatures, second: RealFeatures) -> RealFeatures:
+        """Two batches' features as one batch, ``first``'s rows first."""
+        return RealFeatures([torch.cat(pair) for pair in zip(first.photo_taps, second.photo_taps, strict=True)],
+                            torch.cat([first.sketch_deep, second.sketch_deep]),
+                            [torch.cat(pair) for pair in zip(first.sketch_grams, second.sketch_grams, strict=True)])
+
 
 @dataclass
 class Unpaired:

@@ -26,6 +26,7 @@ from fedgai.device import amp_dtype, resolve_device
 from fedgai.features import Feature, TrainStep, Updates
 from fedgai.features.adain_sampling import AdainSampling
 from fedgai.features.ditto import Ditto
+from fedgai.features.public_mix import PublicMix
 from fedgai.features.public_styles import PublicStyles, public_style_targets
 from fedgai.features.record_dp import PrivateUpdates, record_level_dp
 from fedgai.features.unpaired import UnpairedPhotos, unpaired_fakes
@@ -93,6 +94,9 @@ class StudioTrainer:
         self.epoch = 0
         self.adain_sampling = AdainSampling(t.adain_sample_p, self.encoder, self.device)
         self.unpaired_photos = UnpairedPhotos(self.unpaired, t.unpaired_batch)
+        # train.public_mix: public line-style pairs in every batch (its own random stream, features/public_mix.py).
+        self.public_mix = PublicMix(t.public_mix, cfg.model.image_size, t.seed, self.objective.real_features,
+                                    self.device, self._autocast) if t.public_mix else None
         self.record_dp, self.updates = _schedule(self)
         self.metadata = _run_metadata(self, studio_dir, clip_status)
         self._writer: SummaryWriter | None = None
@@ -167,10 +171,11 @@ class StudioTrainer:
         """``generator``'s (default: the studio's) sketches of unpaired photos, for the critics' terms."""
         return unpaired_fakes(photo, generator or self.generator, self.encoder)
 
-    def _draw(self, generator: torch.nn.Module, batch: PairBatch, unpaired: torch.Tensor | None) -> GanInputs:
-        """``generator``'s sketches of the batch (AdaIN_SD statistics per features/adain_sampling.py) and of the
-        unpaired photos: what D's and G's losses read."""
-        stats = self.adain_sampling.stats(generator, batch.sketch)
+    def _draw(self, generator: torch.nn.Module, batch: PairBatch, unpaired: torch.Tensor | None,
+              public: int = 0) -> GanInputs:
+        """``generator``'s sketches of the batch (AdaIN_SD statistics per features/adain_sampling.py; the last
+        ``public`` pairs, train.public_mix's, in their own) and of the unpaired photos: what D's and G's losses read."""
+        stats = self.adain_sampling.stats(generator, batch.sketch, public)
         with record_function("G forward"):
             fake = generator(batch.real.photo_taps, stats)
         with record_function("encoder: generated sketch"):
@@ -188,18 +193,19 @@ class StudioTrainer:
 
     # ------------------------------------------------------------------ training
     def step(self, photo: torch.Tensor, sketch: torch.Tensor, real: RealFeatures | None = None,
-             unpaired: torch.Tensor | None = None, pairs: tuple[torch.Tensor, torch.Tensor] | None = None
-             ) -> dict[str, float]:
+             unpaired: torch.Tensor | None = None, pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
+             public: int = 0) -> dict[str, float]:
         """One D update on G's sketches of the batch (moved to the trainer's device), then one G update through
         the updated D, then the features' after-step updates. ``real``: the batch's encoder features when the
         caller has them (the cache); ``unpaired``: photos without a sketch, judged by the critics alongside the
-        paired fakes; ``pairs``: the batch's (indices, flips) in the epoch's schedule (public styles need them).
+        paired fakes; ``pairs``: the batch's (indices, flips) in the epoch's schedule (public styles need them);
+        ``public``: how many of the batch's last pairs are train.public_mix's (drawn in their own statistics).
         fedgai_ditto: D and the shared generator take this step, the personal generator its own after it."""
         photo, sketch = photo.to(self.device), sketch.to(self.device)
         unpaired = None if unpaired is None else unpaired.to(self.device)
         batch = PairBatch(photo, sketch, self._real_features(photo, sketch) if real is None else real)
         with self._autocast():
-            inputs = self._draw(self.gan_generator, batch, unpaired)
+            inputs = self._draw(self.gan_generator, batch, unpaired, public)
             with record_function("D loss (Gram + structure critic)"):
                 loss_d, decorr = self.objective.discriminator_loss(inputs.detached())
         with record_function("D backward + optimiser"):
@@ -224,47 +230,39 @@ class StudioTrainer:
 
     def train_steps(self, steps: int, tag: str = "") -> dict[str, float]:
         """Train ``steps`` steps of the epoch schedule (train.round_steps), starting a new shuffled epoch where one
-        runs out; returns the mean of each loss term and logs them to TensorBoard."""
+        runs out; the mean of each loss term (logged to TensorBoard per epoch)."""
+        return self._train(tag, steps=steps)
+
+    def train_epochs(self, epochs: int, tag: str = "") -> dict[str, float]:
+        """Train ``epochs`` whole epochs; the mean of each loss term (logged to TensorBoard per epoch)."""
+        return self._train(tag, epochs=epochs)
+
+    def _train(self, tag: str, *, steps: int | None = None, epochs: int = 0) -> dict[str, float]:
+        """The one training loop: whole epochs, or ``steps`` steps cut from as many epochs as they need."""
         self._train_mode()
         totals: Counter[str] = Counter()
-        done = 0
-        with tqdm(total=steps, desc=f"{self.studio.name}{tag} steps", leave=False) as bar:
-            while done < steps:
+        done = started = 0
+        with tqdm(total=steps, desc=f"{self.studio.name}{tag}", unit="step", leave=False) as bar:
+            while (done < steps) if steps is not None else (started < epochs):
                 items = self.updates.epoch()
-                if not items:
+                if steps is not None and not items:
                     raise ValueError(f"studio {self.studio.name} has no training batch to step on")
-                for item in items[: steps - done]:
+                items = items if steps is None else items[: steps - done]
+                epoch_totals: Counter[str] = Counter()
+                for item in items:
                     losses = self.updates.step(item)
-                    totals.update(losses)
-                    done += 1
+                    epoch_totals.update(losses)
                     bar.update()
-                self.epoch += 1
-        for k, v in totals.items():
-            self.writer.add_scalar(f"loss/{k}", v / steps, self.epoch)
-        return {k: v / steps for k, v in totals.items()} | self.updates.summary()
+                    bar.set_postfix(g=f"{losses.get('loss_g', 0):.3f}", d=f"{losses.get('loss_d', 0):.3f}")
+                done, started, self.epoch = done + len(items), started + 1, self.epoch + 1
+                for k, v in epoch_totals.items():
+                    self.writer.add_scalar(f"loss/{k}", v / max(len(items), 1), self.epoch)
+                totals.update(epoch_totals)
+        return {k: v / max(done, 1) for k, v in totals.items()} | self.updates.summary()
 
     def _train_mode(self) -> None:
         for part in (self.generator, self.discriminator, *self.optional):
             part.train()
-
-    def train_epochs(self, epochs: int, tag: str = "") -> dict[str, float]:
-        """Train `epochs` epochs; returns the mean of each loss term and logs them to TensorBoard."""
-        self._train_mode()
-        totals: Counter[str] = Counter()
-        steps = 0
-        for _ in range(epochs):
-            bar = tqdm(self.updates.epoch(), desc=f"{self.studio.name}{tag} epoch {self.epoch + 1}", leave=False)
-            epoch_totals: Counter[str] = Counter()
-            for item in bar:
-                losses = self.updates.step(item)
-                epoch_totals.update(losses)
-                bar.set_postfix(g=f"{losses.get('loss_g', 0):.3f}", d=f"{losses.get('loss_d', 0):.3f}")
-            self.epoch += 1
-            steps += len(bar)
-            for k, v in epoch_totals.items():
-                self.writer.add_scalar(f"loss/{k}", v / max(len(bar), 1), self.epoch)
-            totals.update(epoch_totals)
-        return {k: v / max(steps, 1) for k, v in totals.items()} | self.updates.summary()
 
     @property
     def writer(self) -> SummaryWriter:
@@ -462,8 +460,10 @@ class BatchUpdates:
         return list(self.trainer.batches())
 
     def step(self, item: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
-        photo, sketch, real = self.trainer.features.batch(*item)
-        return self.trainer.step(photo, sketch, real, unpaired=self.trainer.unpaired_batch(), pairs=item)
+        batch, mix = self.trainer.features.batch(*item), self.trainer.public_mix
+        photo, sketch, real = mix.join(batch) if mix else batch
+        return self.trainer.step(photo, sketch, real, unpaired=self.trainer.unpaired_batch(), pairs=item,
+                                 public=mix.count if mix else 0)
 
     def fit_statistics(self, adain: torch.nn.Module, taps: list[list[torch.Tensor]],
                        sketches: list[torch.Tensor]) -> None:

@@ -18,12 +18,14 @@ class AdainSampling:
         self.encoder = encoder
         self.device = device
 
-    def stats(self, generator: nn.Module, sketch: torch.Tensor) -> Stats | None:
-        """Per-pair statistics for ``generator``'s batch; None (the set's for all) when p is 0 or no pair drew
-        its own. At p 0 no random number is drawn, so runs without the option keep their random stream."""
-        if not self.p:
+    def stats(self, generator: nn.Module, sketch: torch.Tensor, always_own: int = 0) -> Stats | None:
+        """Per-pair statistics for ``generator``'s batch; None (the set's for all) when no pair draws its own. The
+        last ``always_own`` pairs always do (train.public_mix's public pairs: the set's statistics are not theirs).
+        At p 0 no random number is drawn, so runs without the option keep their random stream."""
+        if not self.p and not always_own:
             return None
-        pick = torch.rand(len(sketch)) < self.p
+        pick = torch.rand(len(sketch)) < self.p if self.p else torch.zeros(len(sketch), dtype=torch.bool)
+        pick[len(sketch) - always_own:] = True
         if not pick.any():
             return None
         adain = generator.adain
