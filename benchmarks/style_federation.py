@@ -55,6 +55,9 @@ BASE: dict[str, Any] = {
 LARGE = 3
 JOINER_PAIRS = 10
 SMALL = 20  # training-folder pairs at or below which a studio is "small" (issue 27 §3)
+# Report rows: the local twin; the federated renderer (the last global kept by val); each studio's own renderer
+# after a round's local steps (personal, also kept by val); the late joiner with its statistics / its fitted head.
+ARMS = ("local", "federated", "personal", "joiner_stats", "joiner_head")
 REPORTED = ("FD-Style-reject", "FD-Style", "FD-EffNetLite0", "style_acc", "not_sketch_share", "SSIM", "ink_IoU")
 
 
@@ -259,20 +262,20 @@ def run_job(job: tuple) -> str:
     record: dict[str, Any] = {"arm": arm, "seed": seed, "studios": {}, "config": cfg.to_dict()}
     fakes: dict[str, torch.Tensor] = {}
 
-    def score(runs, names) -> None:
-        best = runs.best
-        for site in names:
-            trainer = run.trainers[site]
+    def score(run, best: BestRound, key: str, label: str = "") -> None:
+        for site, trainer in run.trainers.items():
             rnd = best.restore(site, trainer)
-            scores, fakes[site] = scorer.test(site, trainer)
-            record["studios"][site] = {"scores": scores, "best_round": rnd, "n_train": trainer.num_samples}
+            scores, fakes[site + label] = scorer.test(site, trainer)
+            record.setdefault(key, {})[site] = {"scores": scores, "best_round": rnd, "n_train": trainer.num_samples}
 
-    best = BestRound(scorer)
-    run = run_federation(cfg, folders, scratch, tag=f" {arm} s{seed}", after_round=best)
+    best, personal = BestRound(scorer), BestRound(scorer)
+    run = run_federation(cfg, folders, scratch, tag=f" {arm} s{seed}", after_round=best,
+                         after_train=personal if arm == "federated" else None)
     record["bytes_up_per_studio_round"] = run.bytes_up_per_studio_round
-    run.best = best
-    score(run, [f.name for f in folders])
+    score(run, best, "studios")
     record |= fusion_and_ip(scorer, run.trainers)
+    if arm == "federated":  # each studio's own renderer after its local steps, before the average
+        score(run, personal, "personal", " (personal)")
     run.close()
     joiner_cfg = cfg.with_overrides({"train.max_pairs": JOINER_PAIRS})
     if arm == "federated":
@@ -281,8 +284,7 @@ def run_job(job: tuple) -> str:
         best = BestRound(scorer)
         run = run_federation(joiner_cfg, [joiner], scratch / "joiner", tag=f" {arm} s{seed} joiner",
                              after_round=best)
-        run.best = best
-        score(run, [joiner.name])
+        score(run, best, "studios")
         run.close()
     save_grid(path.with_suffix(".png"), scorer, fakes)
     record["seconds"] = time.perf_counter() - started
@@ -330,6 +332,7 @@ def collect(out: Path) -> dict[tuple[str, str], dict[str, list[float]]]:
     for path in sorted(out.glob("*-seed*.json")):
         run = json.loads(path.read_text())
         entries = [(run["arm"], s, r) for s, r in run["studios"].items()]
+        entries += [("personal", s, r) for s, r in run.get("personal", {}).items()]
         entries += [(arm, "joiner", r) for arm, r in run.get("joiner", {}).items()]
         for arm, studio, result in entries:
             cell = table.setdefault((arm, studio), {"n_train": [result["n_train"]]})
@@ -347,7 +350,7 @@ def report(out: Path) -> str:
     lines = ["| studio | n train | arm | " + " | ".join(REPORTED) + " | seeds |", "|---" * (len(REPORTED) + 4) + "|"]
     studios = sorted({s for (_, s) in table if s != "joiner"})
     for studio in studios:
-        for arm in ("local", "federated", "joiner_stats", "joiner_head"):
+        for arm in ARMS:
             cell = table.get((arm, studio))
             if cell:
                 lines.append(f"| {studio} | {cell['n_train'][0]} | {arm} | " + " | ".join(
@@ -356,7 +359,7 @@ def report(out: Path) -> str:
     lines.append("")
     for studio in studios:
         local = table.get(("local", studio))
-        for arm in ("federated", "joiner_stats", "joiner_head"):
+        for arm in ARMS[1:]:
             cell = table.get((arm, studio))
             if not (local and cell):
                 continue

@@ -122,7 +122,13 @@ def test_the_renderer_objective_judges_the_batch_in_the_style_it_was_drawn_in(tr
 
 
 def test_a_federated_round_under_he_shares_the_body_and_keeps_each_studios_head(three_studios, tmp_path):
-    run = inprocess.run_federation(styled_cfg(**{"fed.rounds": 1}), three_studios, tmp_path)
+    trained = {}
+
+    def after_train(rnd, trainers):  # each studio's own renderer after its local steps, before the average
+        trained.update({site: {k: v.clone() for k, v in t.generator.state_dict().items()}
+                        for site, t in trainers.items()})
+
+    run = inprocess.run_federation(styled_cfg(**{"fed.rounds": 1}), three_studios, tmp_path, after_train=after_train)
     states = [t.generator.state_dict() for t in run.trainers.values()]
     for key in run.global_params:
         net, _, name = key.partition(".")
@@ -131,6 +137,10 @@ def test_a_federated_round_under_he_shares_the_body_and_keeps_each_studios_head(
                 np.testing.assert_allclose(state[name].numpy(), run.global_params[key], atol=1e-3)
     films = [k for k in states[0] if ".film." in k]
     assert any(not torch.equal(states[0][k], states[1][k]) for k in films), "heads stay each studio's own"
+    own = trained[three_studios[0].name]
+    body = [k.partition(".")[2] for k in run.global_params if k.startswith("generator.")]
+    assert any(not np.array_equal(own[k].numpy(), run.global_params[f"generator.{k}"]) for k in body), \
+        "after_train sees the studio's own renderer, before the average"
     run.close()
 
 

@@ -198,11 +198,13 @@ def plain_step(cfg: FedgaiConfig, global_params: Params, reference: Params, upda
 
 def run_federation(cfg: FedgaiConfig, studios: list[Path], scratch: Path, *, device: str = "cpu", tag: str = "",
                    after_round: Callable[[int, dict[str, StudioTrainer]], None] | None = None,
+                   after_train: Callable[[int, dict[str, StudioTrainer]], None] | None = None,
                    guard: bool = True) -> FederationRun:
     """Every studio in ``studios`` trains for cfg.fed.rounds rounds (each in ``scratch/<studio>``), federated as
     cfg.fed.mode and cfg.privacy say; after the last round each studio loads the last global. ``after_round(r,
-    trainers)`` runs after each round's receive. ``guard`` False: every studio loads every received entry (an
-    ablation of the style guard, for benchmarks only)."""
+    trainers)`` runs after each round's receive, ``after_train`` after its local work (each studio's own renderer
+    before the average: a personalised model, as FedAvg with local fine-tuning scores it). ``guard`` False: every
+    studio loads every received entry (an ablation of the style guard, for benchmarks only)."""
     started = time.perf_counter()
     cfg = job_config(cfg)
     studio_of = {s.name: Studio(StudioTrainer(cfg, s, scratch / s.name, device=device), GlobalCheck(),
@@ -226,6 +228,8 @@ def run_federation(cfg: FedgaiConfig, studios: list[Path], scratch: Path, *, dev
             update = studio.update(received[site].baseline if federated else None, f"{tag} r{rnd}")
             if update is not None and federated:
                 updates[site] = update
+        if after_train is not None:
+            after_train(rnd, trainers)
         dropped = {site: "privacy budget exhausted" for site, s in studio_of.items() if s.spent}
         # As the controller: a round whose studios' budgets leave fewer than fed.min_clients able ends the run
         # normally; otherwise too few usable updates stop it.
