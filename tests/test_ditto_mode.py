@@ -14,6 +14,7 @@ from fedgai.edge.sketcher import load_studio_model
 from fedgai.federated.round import initial_global
 from fedgai.federated.studio.client import local_round
 from fedgai.models import build_gan
+from fedgai.objective import PairBatch
 from fedgai.sharing import norm_keys, private_stats_keys, shared_keys, split_key
 from fedgai.trainer import StudioTrainer, make_optimizer
 
@@ -104,7 +105,7 @@ def test_lambda_zero_is_the_plain_generator_update_on_the_same_batch(studio_dir,
     opt = make_optimizer(studio.cfg, plain.parameters(), studio.cfg.train.lr_g)
     photo, sketch, real = _batch(studio)
     d_state = _state(studio.discriminator)  # D's spectral-norm u advances on every training-mode forward
-    studio._personal_step(photo, sketch, real, None)
+    studio.ditto.personal_step(PairBatch(photo, sketch, real), None)
     studio.discriminator.load_state_dict(d_state)
     # the same G update by hand, through the same D
     fake = plain(real.photo_taps)

@@ -9,6 +9,7 @@ import torch
 
 from fedgai.config import ConfigError, profile
 from fedgai.data.sketchify import SKETCH_STYLES, sketchify_image
+from fedgai.features.public_styles import public_style_targets
 from fedgai.trainer import StudioTrainer
 
 
@@ -46,19 +47,19 @@ def test_without_the_option_g_always_draws_with_the_set_statistics(studio_dir, t
     t = trainer(studio_dir, tmp_path)
     seen = adain_calls(t)
     t.train_epochs(1)
-    assert seen and all(s is None for s in seen) and t.public_targets is None
+    assert seen and all(s is None for s in seen) and t.public_styles is None
 
 
 def test_public_styles_are_the_studios_own_photos_and_train_only_g(studio_dir, tmp_path):
     t = trainer(studio_dir, tmp_path, public_styles=True)
-    assert t.public_targets.shape == (t.num_samples, len(SKETCH_STYLES), 1, 32, 32)
+    assert t.public_styles.targets.shape == (t.num_samples, len(SKETCH_STYLES), 1, 32, 32)
     rgb = ((t.dataset[0][0].permute(1, 2, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
-    assert np.array_equal(((t.public_targets[0, 1, 0] + 1) * 127.5).round().numpy(),
+    assert np.array_equal(((t.public_styles.targets[0, 1, 0] + 1) * 127.5).round().numpy(),
                           sketchify_image(rgb, list(SKETCH_STYLES)[1]))
     d_before = {k: v.clone() for k, v in t.discriminator.state_dict().items()}
     g_before = {k: v.clone() for k, v in t.generator.state_dict().items()}
     _, _, real = t.features.batch(torch.arange(4), torch.zeros(4, dtype=torch.bool))
-    out = t.public_style_step(real.photo_taps, torch.arange(4), torch.zeros(4, dtype=torch.bool))
+    out = t.public_styles.step(real.photo_taps, torch.arange(4), torch.zeros(4, dtype=torch.bool))
     assert out["public_style"] > 0
     assert all(torch.equal(v, t.discriminator.state_dict()[k]) for k, v in d_before.items())
     assert any(not torch.equal(v, t.generator.state_dict()[k]) for k, v in g_before.items())
@@ -69,7 +70,7 @@ def steering(t: StudioTrainer) -> float:
     """How much nearer each public-style target G draws when given that target's statistics than another's:
     mean L1 to the target with other targets' statistics minus with its own (> 0: the statistics steer)."""
     t.generator.eval()
-    targets = t._public_targets()
+    targets = public_style_targets(t.dataset, t.num_samples)
     photos = torch.stack([t.dataset[i][0] for i in range(t.num_samples)])
     taps = t.encoder(photos)
     n = targets.shape[1]

@@ -112,25 +112,6 @@ class StudioTrainer:
         self.optional: list[Feature] = [f for f in (self.ditto, self.public_styles) if f is not None]
         self.folder.write_json(METADATA, self.metadata)
 
-    def _public_targets(self) -> torch.Tensor:
-        """Every training photo in every public edge style (features/public_styles.py)."""
-        return public_style_targets(self.dataset, self.num_samples)
-
-    @property
-    def public_targets(self) -> torch.Tensor | None:
-        """(pairs, public styles, 1, H, W) under train.public_styles; None without it."""
-        return None if self.public_styles is None else self.public_styles.targets
-
-    def public_style_step(self, photo_taps: list[torch.Tensor], indices: torch.Tensor, flips: torch.Tensor
-                          ) -> dict[str, float]:
-        """train.public_styles' extra G update on one batch (features/public_styles.py)."""
-        return self.public_styles.step(photo_taps, indices, flips)
-
-    def _personal_step(self, photo: torch.Tensor, sketch: torch.Tensor, real: RealFeatures,
-                       unpaired: torch.Tensor | None) -> dict[str, float]:
-        """Ditto's personal G update on one batch (features/ditto.py)."""
-        return self.ditto.personal_step(PairBatch(photo, sketch, real), unpaired)
-
     def dp_epsilon(self) -> float | None:
         """epsilon spent so far under record-level DP (None when it is off)."""
         return None if self.record_dp is None else self.record_dp.epsilon()
@@ -396,8 +377,9 @@ def _ditto(trainer: StudioTrainer) -> Ditto:
 
 
 def _public_styles(trainer: StudioTrainer) -> PublicStyles:
-    return PublicStyles(trainer._public_targets(), trainer.generator, trainer.encoder, trainer.opt_g,
-                        trainer.cfg.loss, trainer._autocast, trainer.device)
+    """train.public_styles: every training photo in every public edge style, one more G update a step."""
+    return PublicStyles(public_style_targets(trainer.dataset, trainer.num_samples), trainer.generator,
+                        trainer.encoder, trainer.opt_g, trainer.cfg.loss, trainer._autocast, trainer.device)
 
 
 @torch.no_grad()
