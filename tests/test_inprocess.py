@@ -135,3 +135,23 @@ def test_the_local_mode_sends_nothing(studios, updates, tmp_path):
     assert run.took_shared_stages == {s.name: [] for s in studios}
     assert len(run.rounds) == 1
     run.close()
+
+
+@pytest.mark.parametrize("weighting", ["samples", "uniform"])
+def test_a_studio_weighs_its_update_by_its_pair_count_or_one_under_uniform_weighting(studios, tmp_path, weighting):
+    import torch
+    from nvflare.app_common.abstract.fl_model import FLMetaKey, FLModel
+
+    from fedgai.federated.studio.client import local_round
+    from fedgai.trainer import StudioTrainer
+
+    cfg = one_round(**{"fed.weighting": weighting, "train.epochs": 1})
+    trainer = StudioTrainer(cfg, studios[0], tmp_path / "run")
+    expected = trainer.num_samples if weighting == "samples" else 1
+    assert trainer.num_samples > 1
+    received = FLModel(params={k: torch.from_numpy(v) for k, v in initial_global(cfg).items()}, current_round=0)
+    sent = local_round(trainer, received, tmp_path / "ledger.json")
+    assert sent.meta[FLMetaKey.NUM_STEPS_CURRENT_ROUND] == expected  # what crosses the wire
+    studio = inprocess.Studio(trainer, None, tmp_path / "ledger.json", None)
+    assert studio.weight() == expected  # what the in-process driver weighs it by
+    trainer.close()

@@ -53,6 +53,12 @@ class Received:
     took_shared_stages: bool | None = None
 
 
+def aggregation_weight(cfg: FedgaiConfig, num_samples: int) -> int:
+    """The weight a studio's update carries (meta NUM_STEPS_CURRENT_ROUND): its pair count, or 1 under
+    fed.weighting uniform (then its pair count never leaves). DP's weight of 1 is set by wire.release_meta."""
+    return 1 if cfg.fed.weighting == "uniform" else num_samples
+
+
 def val_style_score(trainer) -> float:
     """The studio's own style score, from its held-out val pairs only (lower is better): the Gram distance
     of generated and real sketches at the encoder's taps (trainer.quality's ``*_gram``). The cross-studio style

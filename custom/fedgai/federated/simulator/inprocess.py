@@ -30,7 +30,7 @@ import torch
 from nvflare.app_common.abstract.fl_model import FLModel
 
 from fedgai.config import FedgaiConfig
-from fedgai.federated.round import Received, initial_global, server_step, studio_update
+from fedgai.federated.round import Received, aggregation_weight, initial_global, server_step, studio_update
 from fedgai.federated.server.server_state import Federation
 from fedgai.federated.server.validation import contribution_problem, update_norm_bound, update_norm_floor
 from fedgai.federated.studio.client import accept_global, can_afford_round
@@ -112,8 +112,10 @@ class Studio:
         return {key: value.detach().cpu().numpy() for key, value in diff.items()}
 
     def weight(self) -> int:
-        """The count it sends: its pairs, or under DP the equal weight every studio sends (wire.release_meta)."""
-        return DP_WEIGHT if self.trainer.cfg.privacy.dp != "none" else self.trainer.num_samples
+        """The count it sends: round.aggregation_weight, or under DP the equal weight every studio sends
+        (wire.release_meta)."""
+        cfg = self.trainer.cfg
+        return DP_WEIGHT if cfg.privacy.dp != "none" else aggregation_weight(cfg, self.trainer.num_samples)
 
 
 class EncryptedSum:

@@ -39,7 +39,7 @@ from nvflare.client.tracking import SummaryWriter
 
 from fedgai.config import FedgaiConfig
 from fedgai.federated.fingerprint import check_global_model, studio_feature_space
-from fedgai.federated.round import Received, receive_global, studio_update
+from fedgai.federated.round import Received, aggregation_weight, receive_global, studio_update
 from fedgai.federated.studio.global_check import GlobalCheck, site_check_file
 from fedgai.federated.studio.he_studio import sealing_problem
 from fedgai.federated.studio.slots import SlotWait, training_slot
@@ -237,7 +237,8 @@ def local_round(trainer: StudioTrainer, received: FLModel, ledger_path: Path | N
         return budget_exhausted_notice(trainer, str(err))
     # train_seconds lets the server tell its own orchestration overhead from the studios' compute.
     metrics = {**update.losses, **trainer.quality(), "train_seconds": time.perf_counter() - started}
-    meta = {FLMetaKey.NUM_STEPS_CURRENT_ROUND: trainer.num_samples, FINGERPRINT_META_KEY: own_space}
+    meta = {FLMetaKey.NUM_STEPS_CURRENT_ROUND: aggregation_weight(trainer.cfg, trainer.num_samples),
+            FINGERPRINT_META_KEY: own_space}
     if took_shared_stages is not None:  # the guard's one bit; its scores stay here (and in the studio's metrics)
         meta[TOOK_SHARED_STAGES_KEY] = took_shared_stages
     epsilon = trainer.dp_epsilon()  # record-level DP-SGD; client-level DP adds its own in releasable
