@@ -7,7 +7,10 @@ parameters and the HE server's sum). Per seed:
 
 - federated: fed.mode fedgai_style under privacy.he over the first ``--studios`` demo studios; each round every
   studio first fits its head (FiLM layers, critic branch) with the shared body frozen for train.head_steps steps,
-  then trains the body for train.round_steps steps (FedRep); the renderer and critic trunk are summed under HE;
+  then trains the body for train.round_steps steps (FedRep); the renderer and critic trunk are summed under HE.
+  Scored twice: "federated" draws with the round's global (after the studio received it), "personal" with the
+  studio's own renderer after that round's local steps, before the average: what the product's studio holds (an
+  NVFlare studio saves its checkpoint after its local work, and no global follows the last round);
 - local: each studio's strong local twin: the same prior, DiffAugment, FreezeD (the critic's first 2
   convolutions frozen), the same number of steps (rounds x (head_steps + round_steps)), nothing sent;
 - joiner: a studio outside the federation (the next demo studio) with n = 10 training pairs. "joiner_stats" draws
@@ -21,6 +24,10 @@ reject classes that keep an untrained renderer's noise from scoring), FD-EffNetL
     fedgai data demo --studios 8 --seed 15 --size 128 --out runs/style-fed-data
     python benchmarks/style_federation.py --data runs/style-fed-data --out runs/style-fed --workers 2
     python benchmarks/style_federation.py --data runs/style-fed-data --out runs/style-fed --report
+
+The variants of docs/results.md by --set: fed.mode=fedgai_style_code train.head_steps=0 train.round_steps=40
+(everything shared but the statistics), fed.weighting=uniform (every studio's update weighs the same),
+train.public_mix=8 (public line-style pairs in every batch, both arms), train.round_steps=10 fed.rounds=40.
 """
 
 from __future__ import annotations
