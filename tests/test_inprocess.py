@@ -137,7 +137,7 @@ def test_the_local_mode_sends_nothing(studios, updates, tmp_path):
     run.close()
 
 
-@pytest.mark.parametrize("weighting", ["samples", "uniform"])
+@pytest.mark.parametrize("weighting", ["samples", "uniform", "auto"])
 def test_a_studio_weighs_its_update_by_its_pair_count_or_one_under_uniform_weighting(studios, tmp_path, weighting):
     import torch
     from nvflare.app_common.abstract.fl_model import FLMetaKey, FLModel
@@ -147,7 +147,7 @@ def test_a_studio_weighs_its_update_by_its_pair_count_or_one_under_uniform_weigh
 
     cfg = one_round(**{"fed.weighting": weighting, "train.epochs": 1})
     trainer = StudioTrainer(cfg, studios[0], tmp_path / "run")
-    expected = trainer.num_samples if weighting == "samples" else 1
+    expected = 1 if weighting == "uniform" else trainer.num_samples  # auto: the paper's mode weighs by pairs
     assert trainer.num_samples > 1
     received = FLModel(params={k: torch.from_numpy(v) for k, v in initial_global(cfg).items()}, current_round=0)
     sent = local_round(trainer, received, tmp_path / "ledger.json")
@@ -155,3 +155,14 @@ def test_a_studio_weighs_its_update_by_its_pair_count_or_one_under_uniform_weigh
     studio = inprocess.Studio(trainer, None, tmp_path / "ledger.json", None)
     assert studio.weight() == expected  # what the in-process driver weighs it by
     trainer.close()
+
+
+def test_the_styled_modes_weigh_every_studio_the_same_unless_told_otherwise():
+    from fedgai.federated.round import aggregation_weight
+
+    for mode in ("fedgai_style", "fedgai_style_code"):
+        cfg = profile("test").with_overrides({"model.generator": "styled", "model.image_size": 64, "fed.mode": mode,
+                                              "privacy.he": True, "fed.min_clients": 3})
+        assert aggregation_weight(cfg, 150) == 1
+        assert aggregation_weight(cfg.with_overrides({"fed.weighting": "samples"}), 150) == 150
+    assert aggregation_weight(profile("test"), 150) == 150

@@ -233,8 +233,10 @@ class FedConfig:
     max_weight_factor: float | None = 1.0
     # What a studio's update weighs: "samples" (its pair count, FedAvg's) or "uniform" (1 each: every studio's
     # style counts the same, as the §0 falsifier's style-uniform batches did, and no pair count leaves the studio;
-    # with train.round_steps every update is the same number of steps anyway). Under DP every weight is 1.
-    weighting: Literal["samples", "uniform"] = "samples"
+    # with train.round_steps every update is the same number of steps anyway); "auto": uniform in the styled modes
+    # (modes.Mode.equal_weights: measured to pay the small studios, docs/results.md), samples otherwise. Under DP
+    # every weight is 1.
+    weighting: Literal["auto", "samples", "uniform"] = "auto"
     # fedavg (sample-weighted mean), trimmed_mean (coordinate-wise, trim_fraction cut at each end) or median.
     aggregator: Literal["fedavg", "trimmed_mean", "median"] = "fedavg"
     trim_fraction: float = 0.2
@@ -258,7 +260,7 @@ class FedConfig:
         if self.straggler_grace is not None and self.straggler_grace < 0:
             raise ConfigError(f"fed.straggler_grace must be >= 0, got {self.straggler_grace}")
         _choice("fed.aggregator", self.aggregator, ("fedavg", "trimmed_mean", "median"))
-        _choice("fed.weighting", self.weighting, ("samples", "uniform"))
+        _choice("fed.weighting", self.weighting, ("auto", "samples", "uniform"))
         _choice("fed.resume", self.resume, ("never", "same_job", "same_config"))
         for name in ("norm_bound_factor", "max_weight_factor"):
             if getattr(self, name) is not None and getattr(self, name) < 1:

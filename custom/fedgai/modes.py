@@ -36,7 +36,9 @@ class Mode:
     networks: the networks whose entries leave the studio; stages: per network, the state-dict prefixes it
     shares (a network not named shares every entry the rules allow); style_guard: the studio takes received
     generator entries only where they keep its val style (round.py); personal_generator: the studio draws with a
-    generator that never leaves (features/ditto.py), and "generator" on the wire is its shared one.
+    generator that never leaves (features/ditto.py), and "generator" on the wire is its shared one;
+    equal_weights: under fed.weighting auto every studio's update weighs the same (the styled modes: one renderer
+    learns every studio's code, and each code counts the same; docs/results.md, issue 27 §3).
     """
 
     name: str
@@ -49,6 +51,7 @@ class Mode:
     # Per network, name fragments of entries that stay home although the network is shared: the studio's head,
     # which trains first each round with the shared body frozen (features/fedrep.py, FedRep).
     kept: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    equal_weights: bool = False
 
     @property
     def federated(self) -> bool:
@@ -81,10 +84,10 @@ MODES: dict[str, Mode] = {mode.name: mode for mode in (
     Mode("fedgai_style", ("generator", "discriminator"),
          "the styled renderer (decoder trunk + mapping) and its critic's trunk; each studio's style statistics, "
          "per-stage modulation (FiLM) and critic branch stay home", stages=(("discriminator", STYLED_CRITIC_TRUNK),),
-         kept=(("generator", STYLED_HEAD),)),
+         kept=(("generator", STYLED_HEAD),), equal_weights=True),
     Mode("fedgai_style_code", ("generator", "discriminator"),
          "the whole styled renderer (FiLM layers included) and its critic; only the studio's statistics (its style "
-         "code's input) stay home"),
+         "code's input) stay home", equal_weights=True),
     Mode("local", (), "nothing: each studio trains alone"),
 )}
 if set(MODES) != set(FED_MODES):  # config.FedMode is the list users choose from; this is what each one means

@@ -55,8 +55,11 @@ class Received:
 
 def aggregation_weight(cfg: FedgaiConfig, num_samples: int) -> int:
     """The weight a studio's update carries (meta NUM_STEPS_CURRENT_ROUND): its pair count, or 1 under
-    fed.weighting uniform (then its pair count never leaves). DP's weight of 1 is set by wire.release_meta."""
-    return 1 if cfg.fed.weighting == "uniform" else num_samples
+    fed.weighting uniform, or auto in a mode with equal weights (then its pair count never leaves). DP's weight of 1
+    is set by wire.release_meta."""
+    weighting = cfg.fed.weighting
+    uniform = weighting == "uniform" or (weighting == "auto" and fed_mode(cfg.fed.mode).equal_weights)
+    return 1 if uniform else num_samples
 
 
 def val_style_score(trainer) -> float:
