@@ -38,11 +38,13 @@ def public_line_styles(size: int) -> Path:
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".line-styles-", dir=folder.parent))
-    write_line_style_studio(tmp / "studio", size, prior.STYLED_PRIOR_STYLES, prior.STYLED_PRIOR_PER_STYLE,
-                            prior.PRIOR_STREAM)
-    with contextlib.suppress(OSError):  # another studio renamed its copy first: theirs is the same set
-        os.rename(tmp / "studio", folder)
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:  # an interrupted render leaves no half set behind
+        write_line_style_studio(tmp / "studio", size, prior.STYLED_PRIOR_STYLES, prior.STYLED_PRIOR_PER_STYLE,
+                                prior.PRIOR_STREAM)
+        with contextlib.suppress(OSError):  # another studio renamed its copy first: theirs is the same set
+            os.rename(tmp / "studio", folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

@@ -21,6 +21,7 @@ from fedgai.models import build_discriminator, build_gan, per_sample_networks
 from fedgai.modes import mode as fed_mode
 from fedgai.prior import load_prior, resolved_encoder_name
 from fedgai.sharing import shared_state, style_guarded_keys
+from fedgai.wire import DP_WEIGHT
 
 
 def initial_global(cfg: FedgaiConfig) -> dict[str, np.ndarray]:
@@ -54,12 +55,12 @@ class Received:
 
 
 def aggregation_weight(cfg: FedgaiConfig, num_samples: int) -> int:
-    """The weight a studio's update carries (meta NUM_STEPS_CURRENT_ROUND): its pair count, or 1 under
-    fed.weighting uniform, or auto in a mode with equal weights (then its pair count never leaves). DP's weight of 1
-    is set by wire.release_meta."""
+    """The weight a studio's update carries (meta NUM_STEPS_CURRENT_ROUND): its pair count, or 1 (wire.DP_WEIGHT)
+    under DP, under fed.weighting uniform, or auto in a mode with equal weights (then its pair count never leaves).
+    Under DP wire.release_meta also sets it at the wire, whatever the meta said."""
     weighting = cfg.fed.weighting
     uniform = weighting == "uniform" or (weighting == "auto" and fed_mode(cfg.fed.mode).equal_weights)
-    return 1 if uniform else num_samples
+    return DP_WEIGHT if uniform or cfg.privacy.dp != "none" else num_samples
 
 
 def val_style_score(trainer) -> float:

@@ -6,7 +6,8 @@ What each side does is what the studio script (client.py) and the servers (contr
 - a studio loads the global with its own check and style guard (``client.accept_global``), trains with
   ``round.studio_update``, and releases its DIFF as ``client.releasable`` decides: under ``privacy.dp = "client"``
   clipped and noised by its own ``StudioClientDP`` (charged to its ledger, in the studio's scratch folder), under
-  DP with the equal weight ``wire.DP_WEIGHT``; a studio whose budget cannot pay for a round sends nothing;
+  DP with the equal weight ``wire.DP_WEIGHT`` (round.aggregation_weight); a studio whose budget cannot pay for a
+  round sends nothing;
 - plain server: ``validation.contribution_problem`` screens each update (the controller's norm bound and floor),
   then ``round.server_step`` (capped weights, median-norm clip, fed.aggregator);
 - under ``privacy.he`` the job's config (``he_job.he_job_config``), the studio's own encryption in the compact
@@ -39,7 +40,6 @@ from fedgai.modes import mode
 from fedgai.privacy import LEDGER_FILE, PrivacyBudgetExceeded
 from fedgai.privacy.client_level import StudioClientDP
 from fedgai.trainer import StudioTrainer
-from fedgai.wire import DP_WEIGHT
 
 Params = dict[str, np.ndarray]
 
@@ -112,10 +112,8 @@ class Studio:
         return {key: value.detach().cpu().numpy() for key, value in diff.items()}
 
     def weight(self) -> int:
-        """The count it sends: round.aggregation_weight, or under DP the equal weight every studio sends
-        (wire.release_meta)."""
-        cfg = self.trainer.cfg
-        return DP_WEIGHT if cfg.privacy.dp != "none" else aggregation_weight(cfg, self.trainer.num_samples)
+        """The count it sends (round.aggregation_weight: equal weights under DP and in the styled modes)."""
+        return aggregation_weight(self.trainer.cfg, self.trainer.num_samples)
 
 
 class EncryptedSum:
